@@ -1,0 +1,57 @@
+"""Engine settings: what a user passes to ``LLM(model=..., **engine_args)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class EngineConfigError(ValueError):
+    """An engine argument is invalid or inconsistent with the model."""
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """``num_kv_blocks=None`` sizes the KV cache from ``kv_cache_memory_gb`` (CPU) or from
+    free GPU memory times ``gpu_memory_utilization`` (CUDA)."""
+
+    model: str
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda when available
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_memory_gb: float = 1.0
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise EngineConfigError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_batched_tokens < 1:
+            raise EngineConfigError("max_num_batched_tokens must be at least 1")
+        if self.max_num_seqs < 1:
+            raise EngineConfigError("max_num_seqs must be at least 1")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
+            raise EngineConfigError("num_kv_blocks must be at least 2")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise EngineConfigError(f"dtype must be auto or one of {sorted(_DTYPES)}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]

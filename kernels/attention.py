@@ -1,0 +1,78 @@
+"""Paged attention over a flat varlen batch that mixes prefill chunks and decodes.
+
+Layout of one step's batch (``query_start_loc`` has ``num_reqs + 1`` entries)::
+
+    query rows:  | req 0: 5 new tokens | req 1: 1 (decode) | req 2: 3 |
+    query_start_loc = [0, 5, 6, 9]
+    seq_lens        = [5, 40, 19]   # context incl. the new tokens
+
+Query row ``i`` of request ``r`` sits at position ``seq_lens[r] - q_len[r] + i`` and attends
+causally to positions ``0 ..= that``; those keys are read through the request's block table
+(``block_table[r, pos // block_size]``, offset ``pos % block_size``), which already holds the
+new tokens' K/V (``store_kv_cache`` runs first) and any prefix-cached context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def paged_attention_reference(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_size]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
+    block_table: torch.Tensor,  # [num_reqs, max_blocks_per_req] int32
+    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_reqs] int32
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
+    """Plain-PyTorch paged attention: gather K/V per request, then SDPA.
+
+    Decode-only rows (query length 1) are batched into one padded SDPA call, since a step of
+    continuous batching is mostly decodes; prefill chunks run one request at a time.
+    """
+    num_tokens, num_heads, head_size = query.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query)
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    q_lens = [starts[i + 1] - starts[i] for i in range(len(lens))]
+    decode_rows = [r for r, q in enumerate(q_lens) if q == 1]
+    prefill_rows = [r for r, q in enumerate(q_lens) if q > 1]
+
+    if decode_rows:
+        rows = torch.tensor(decode_rows, device=query.device)
+        ctx = max(lens[r] for r in decode_rows)
+        num_ctx_blocks = (ctx + block_size - 1) // block_size
+        blocks = block_table[rows, :num_ctx_blocks].long()  # [D, nb]
+        k = k_cache[blocks].flatten(1, 2)[:, :ctx]  # [D, ctx, kvh, hs]
+        v = v_cache[blocks].flatten(1, 2)[:, :ctx]
+        valid = torch.arange(ctx, device=query.device)[None, :] < seq_lens[rows, None]
+        q = query[query_start_loc[rows].long()]  # [D, heads, hs]
+        q = q.view(len(decode_rows), num_kv_heads, group, 1, head_size)
+        k = k.permute(0, 2, 1, 3)[:, :, None]  # [D, kvh, 1, ctx, hs]
+        v = v.permute(0, 2, 1, 3)[:, :, None]
+        mask = valid[:, None, None, None, :]  # [D, 1, 1, 1, ctx]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out[query_start_loc[rows].long()] = o.reshape(len(decode_rows), num_heads, head_size)
+
+    for r in prefill_rows:
+        q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
+        num_ctx_blocks = (ctx + block_size - 1) // block_size
+        blocks = block_table[r, :num_ctx_blocks].long()
+        k = k_cache[blocks].flatten(0, 1)[:ctx]  # [ctx, kvh, hs]
+        v = v_cache[blocks].flatten(0, 1)[:ctx]
+        q = query[q_start : q_start + q_len]  # [q_len, heads, hs]
+        q = q.view(q_len, num_kv_heads, group, head_size).permute(1, 2, 0, 3)
+        k = k.permute(1, 0, 2)[:, None]  # [kvh, 1, ctx, hs]
+        v = v.permute(1, 0, 2)[:, None]
+        # Causal with an offset: query i sits at position ctx - q_len + i.
+        q_pos = torch.arange(ctx - q_len, ctx, device=query.device)
+        mask = torch.arange(ctx, device=query.device)[None, :] <= q_pos[:, None]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out[q_start : q_start + q_len] = o.permute(2, 0, 1, 3).reshape(q_len, num_heads, head_size)
+    return out
