@@ -1,0 +1,282 @@
+"""Decides, each step, which tokens of which requests the model computes.
+
+There are no prefill or decode phases. Every request has ``num_computed_tokens`` catching up
+with ``num_tokens``; a step hands out at most ``max_num_batched_tokens`` tokens::
+
+    request A (decode):          [ computed ............ | 1 ]
+    request B (prefill, chunk):  [ computed | 300 of 900 ]
+    request C (new, prefix hit): [ cached blocks | rest ]
+                                  one step = A's 1 + B's 300 + C's rest <= budget
+
+Running requests go first (in priority, then arrival order), then waiting ones. When the KV
+cache runs out, the worst running request is preempted: its blocks are freed and it later
+recomputes its prompt and its outputs so far as one longer prompt.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from engine.config import EngineConfig
+from engine.kv_cache_manager import KVCacheManager, cdiv
+from engine.request import Request, RequestId, RequestStatus
+from engine.scheduler_output import ScheduledRequest, SchedulerOutput
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """A snapshot for logs and metrics: KV blocks, and prefix-cache counts in tokens."""
+
+    num_running: int
+    num_waiting: int
+    num_used_blocks: int
+    num_free_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.num_used_blocks / (self.num_used_blocks + self.num_free_blocks)
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return (
+            self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+        )
+
+
+class Scheduler:
+    """Owns the waiting and running queues and the KV-cache manager.
+
+    Both queues stay sorted by ``(priority, arrival_time, order of add_request)``, so the
+    running queue's last request is always the one to preempt, and a preempted request
+    re-enters the waiting queue ahead of every later arrival of its priority. A request's
+    ``priority`` and ``arrival_time`` must not change once it is added.
+    """
+
+    def __init__(self, config: EngineConfig, num_kv_blocks: int, max_model_len: int) -> None:
+        assert max_model_len > 0
+        self.block_size = config.block_size
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_num_seqs = config.max_num_seqs
+        self.max_model_len = max_model_len
+        self.kv_cache = KVCacheManager(
+            num_kv_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.requests: dict[RequestId, Request] = {}  # every unfinished request
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+        self._arrival_order: dict[RequestId, int] = {}
+        self._num_added = 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def add_request(self, request: Request) -> None:
+        """Queue a new request; raise ValueError if it can never run."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        if request.num_prompt_tokens == 0:
+            raise ValueError("the prompt must contain at least one token")
+        if request.num_prompt_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt has {request.num_prompt_tokens} tokens, more than the model's "
+                f"max_model_len={self.max_model_len}"
+            )
+        max_len = min(
+            request.num_prompt_tokens + request.sampling_params.max_tokens, self.max_model_len
+        )
+        if cdiv(max_len, self.block_size) > self.kv_cache.pool.num_blocks:
+            raise ValueError(
+                f"prompt plus max_tokens needs {cdiv(max_len, self.block_size)} KV blocks, "
+                f"the cache has only {self.kv_cache.pool.num_blocks}"
+            )
+        assert request.status is RequestStatus.WAITING and request.num_computed_tokens == 0
+        self._arrival_order[request.request_id] = self._num_added
+        self._num_added += 1
+        self.requests[request.request_id] = request
+        bisect.insort(self.waiting, request, key=self._order_key)
+
+    def schedule(self) -> SchedulerOutput:
+        """Plan one step: running requests first, then admit waiting ones (unless this step
+        had to preempt, which means the cache is already too full to admit anyone)."""
+        output = SchedulerOutput()
+        budget = self._schedule_running(output, self.max_num_batched_tokens)
+        if not output.preempted:
+            self._schedule_waiting(output, budget)
+        self._check_invariants(output)
+        return output
+
+    def update_from_output(
+        self, output: SchedulerOutput, sampled_token_ids: list[int]
+    ) -> list[Request]:
+        """Record a finished step: advance each request by its chunk, cache the blocks that
+        became full, append sampled tokens (aligned with ``output.sampled_requests``) and
+        return the requests that finished on a token (EOS, stop token, length)."""
+        assert len(sampled_token_ids) == sum(1 for s in output.scheduled if s.sample)
+        tokens = iter(sampled_token_ids)
+        finished: list[Request] = []
+        for scheduled in output.scheduled:
+            request = scheduled.request
+            token = next(tokens) if scheduled.sample else None
+            if request.status is not RequestStatus.RUNNING:  # aborted since schedule()
+                continue
+            assert request.num_computed_tokens == scheduled.start_position
+            request.num_computed_tokens += scheduled.num_new_tokens
+            self.kv_cache.cache_blocks(request)
+            if token is None:
+                continue
+            request.append_token(token)
+            status = request.check_token_stop()
+            if status is None and request.num_tokens >= self.max_model_len:
+                status = RequestStatus.FINISHED_LENGTH
+            if status is not None:
+                self._finish(request, status)
+                finished.append(request)
+        return finished
+
+    def finish_requests(
+        self, request_ids: Iterable[RequestId], status: RequestStatus
+    ) -> list[Request]:
+        """Finish waiting or running requests from outside (abort, stop string) and free
+        their blocks. Ids that are unknown or already finished are skipped: an abort may
+        race with the request finishing by itself."""
+        assert status.is_finished
+        finished = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is not None:
+                self._finish(request, status)
+                finished.append(request)
+        return finished
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            num_used_blocks=self.kv_cache.num_used_blocks,
+            num_free_blocks=self.kv_cache.num_free_blocks,
+            prefix_cache_queries=self.kv_cache.prefix_cache_queries,
+            prefix_cache_hits=self.kv_cache.prefix_cache_hits,
+            num_preemptions=self.num_preemptions,
+        )
+
+    def _order_key(self, request: Request) -> tuple[int, float, int]:
+        return (request.priority, request.arrival_time, self._arrival_order[request.request_id])
+
+    def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
+        """Give each running request its next chunk (a decode is a chunk of one token);
+        return the budget left. Preempts from the tail of the queue when blocks run out."""
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            assert num_new > 0, "a running request always has a token to compute"
+            block_ids = self._allocate_or_preempt(request, num_new, output)
+            if block_ids is None:
+                break  # the request itself was the last in the queue and got preempted
+            output.scheduled.append(self._make_scheduled(request, num_new, block_ids))
+            budget -= num_new
+            index += 1
+        return budget
+
+    def _allocate_or_preempt(
+        self, request: Request, num_new: int, output: SchedulerOutput
+    ) -> list[int] | None:
+        """Allocate slots, preempting the worst running request until they fit. The victim
+        is always the queue's tail, so it is never one already scheduled this step."""
+        while True:
+            block_ids = self.kv_cache.allocate_slots(request, num_new)
+            if block_ids is not None:
+                return block_ids
+            victim = self.running.pop()
+            self._preempt(victim)
+            output.preempted.append(victim)
+            if victim is request:
+                return None
+
+    def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
+        """Admit waiting requests in queue order while budget, sequence slots and blocks
+        last. A sibling of an ``n > 1`` request waits (without blocking the queue) until its
+        parent has computed the prompt they share."""
+        index = 0
+        while index < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[index]
+            parent = request.parent
+            if parent is None or parent.status.is_finished:
+                computed = self.kv_cache.get_computed_blocks(request)
+            elif parent.num_computed_tokens >= parent.num_prompt_tokens:
+                computed = self.kv_cache.get_forked_blocks(request)
+            else:
+                index += 1
+                continue
+            num_computed = len(computed) * self.block_size
+            num_new = min(request.num_tokens - num_computed, budget)
+            block_ids = self.kv_cache.allocate_slots(request, num_new, computed)
+            if block_ids is None:
+                break  # FCFS: nobody behind it may overtake it for blocks
+            del self.waiting[index]
+            if request.status is RequestStatus.WAITING:
+                request.num_cached_tokens = num_computed
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_computed
+            bisect.insort(self.running, request, key=self._order_key)
+            output.scheduled.append(self._make_scheduled(request, num_new, block_ids))
+            budget -= num_new
+
+    def _make_scheduled(
+        self, request: Request, num_new: int, block_ids: list[int]
+    ) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        end = start + num_new
+        return ScheduledRequest(
+            request=request,
+            token_ids=request.token_ids[start:end],
+            start_position=start,
+            block_ids=block_ids,
+            sample=end == request.num_tokens,
+        )
+
+    def _preempt(self, request: Request) -> None:
+        self.kv_cache.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        bisect.insort(self.waiting, request, key=self._order_key)
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        queue = self.running if request.status is RequestStatus.RUNNING else self.waiting
+        index = bisect.bisect_left(queue, self._order_key(request), key=self._order_key)
+        assert queue[index] is request
+        del queue[index]
+        self.kv_cache.free(request)
+        request.status = status
+        del self.requests[request.request_id]
+        del self._arrival_order[request.request_id]
+
+    def _check_invariants(self, output: SchedulerOutput) -> None:
+        """Cheap per-step checks: O(scheduled requests + block tables), no block walk."""
+        assert output.num_batched_tokens <= self.max_num_batched_tokens
+        assert len(self.running) <= self.max_num_seqs
+        assert len(self.running) + len(self.waiting) == len(self.requests)
+        assert len(self.kv_cache.block_tables) == len(self.running), "only running hold blocks"
+        assert len({id(s.request) for s in output.scheduled}) == len(output.scheduled)
+        for scheduled in output.scheduled:
+            end = scheduled.start_position + scheduled.num_new_tokens
+            assert scheduled.request.status is RequestStatus.RUNNING
+            assert end <= self.max_model_len
+            assert len(scheduled.block_ids) * self.block_size >= end
+        self.kv_cache.check_step_invariants()
