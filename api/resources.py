@@ -1,0 +1,80 @@
+"""Everything the API holds open while it runs, built in the lifespan from settings."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis
+
+from api.settings import Settings
+from jobs.dispatch import ShardDispatcher
+from jobs.ids import BatchId
+from jobs.intake import BatchIntake
+from jobs.storage import LocalStorage, S3Storage, Storage
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def open_storage(settings: Settings) -> Storage:
+    if settings.storage_backend == "s3":
+        return S3Storage(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            part_bytes=settings.s3_part_bytes,
+            create_bucket=settings.s3_create_bucket,
+        )
+    return LocalStorage(settings.storage_dir)
+
+
+@dataclass(slots=True)
+class Resources:
+    settings: Settings
+    pool: redis.ConnectionPool
+    store: JobStore
+    storage: Storage
+    dispatcher: ShardDispatcher
+    intake: BatchIntake
+    executor: ThreadPoolExecutor
+
+    @classmethod
+    def open(cls, settings: Settings) -> Resources:
+        pool = redis.ConnectionPool.from_url(settings.redis_url, decode_responses=True)
+        store = JobStore(redis.Redis(connection_pool=pool), settings.key_prefix)
+        storage = open_storage(settings)
+        dispatcher = ShardDispatcher(
+            settings.broker_url or settings.redis_url,
+            settings.shard_queue,
+            settings.broker_transport_options(),
+        )
+        intake = BatchIntake(store, storage, dispatcher, settings.limits())
+        executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
+        return cls(settings, pool, store, storage, dispatcher, intake, executor)
+
+    def submit_intake(self, batch_id: BatchId) -> None:
+        """Validate a batch on the intake threads, never on the event loop."""
+        future = self.executor.submit(self.intake.run, batch_id)
+        future.add_done_callback(_log_failure)
+
+    def resume_intake(self) -> None:
+        """Pick up batches a previous process accepted but did not finish validating."""
+        for batch_id in self.store.validating_ids():
+            self.submit_intake(batch_id)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        self.dispatcher.close()
+        self.storage.close()
+        self.pool.disconnect()
+
+
+def _log_failure(future: Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("batch intake crashed", exc_info=exc)

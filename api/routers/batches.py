@@ -1,0 +1,84 @@
+"""``/v1/batches``: create, retrieve, list and cancel batches."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import ResourcesDep, SettingsDep, StoreDep, TenantDep
+from jobs.batches import cancel_batch, create_batch
+from jobs.errors import JobsError, NotFound
+from jobs.objects import BatchObject, ListPage
+from jobs.store import InvalidCursor
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+class BatchCreate(BaseModel):
+    """The ``batches.create`` body; unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=256)
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
+
+
+@router.post("", response_model=BatchObject)
+def create(
+    body: BatchCreate,
+    tenant: TenantDep,
+    resources: ResourcesDep,
+    settings: SettingsDep,
+) -> BatchObject:
+    """Accept the batch as ``validating``; its file is checked on the intake threads."""
+    record = create_batch(
+        resources.store,
+        tenant,
+        input_file_id=body.input_file_id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        metadata=body.metadata,
+        limits=settings.limits(),
+        now=int(time.time()),
+    )
+    resources.submit_intake(record.id)
+    return record.to_public()
+
+
+@router.get("", response_model=ListPage[BatchObject])
+def list_batches(
+    tenant: TenantDep,
+    store: StoreDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ListPage[BatchObject]:
+    try:
+        page = store.list_batches(tenant, after=after, limit=limit)
+    except InvalidCursor as exc:
+        raise JobsError(f"'after' names no batch: {exc}", param="after") from exc
+    data = [r.to_public() for r in page.items]
+    return ListPage[BatchObject](
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=page.has_more,
+    )
+
+
+@router.get("/{batch_id}", response_model=BatchObject)
+def retrieve(batch_id: str, tenant: TenantDep, store: StoreDep) -> BatchObject:
+    record = store.get_batch(tenant, batch_id)
+    if record is None:
+        raise NotFound(f"No such batch: {batch_id}", param="batch_id", code="batch_not_found")
+    return record.to_public()
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchObject)
+def cancel(batch_id: str, tenant: TenantDep, store: StoreDep) -> BatchObject:
+    return cancel_batch(store, tenant, batch_id, int(time.time())).to_public()

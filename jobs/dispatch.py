@@ -1,0 +1,43 @@
+"""Hands shards to the worker: Celery messages by task name on the Redis broker.
+
+The API never imports the worker: it only knows the task's name and its one small,
+JSON-serializable argument ``{"batch_id", "shard_index"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+RUN_SHARD_TASK = "kvbatch.run_shard"
+
+
+class ShardDispatcher:
+    def __init__(
+        self,
+        broker_url: str,
+        queue: str,
+        transport_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.queue = queue
+        self._app = Celery("kvbatch-producer", broker=broker_url, set_as_current=False)
+        self._app.conf.update(
+            broker_transport_options=transport_options or {},
+            task_serializer="json",
+            accept_content=["json"],
+            broker_connection_retry_on_startup=True,
+        )
+
+    def dispatch(self, batch_id: str, shard_index: int, priority: int | None = None) -> str:
+        """Send one shard's task; returns the Celery task id."""
+        result = self._app.send_task(
+            RUN_SHARD_TASK,
+            args=[{"batch_id": batch_id, "shard_index": shard_index}],
+            queue=self.queue,
+            priority=priority,
+        )
+        return str(result.id)
+
+    def close(self) -> None:
+        self._app.close()

@@ -1,0 +1,173 @@
+"""Batch intake: validate the input file as it streams, shard it, dispatch the shards.
+
+Runs off the request path (a thread in the API process). Every step is idempotent and the
+batch id stays in the store's ``validating`` set until intake finishes, so a restarted API
+picks up whatever was in flight.
+
+    validating ──(file invalid)────────────► failed       errors.data = line issues
+        │
+        └──(valid)─ shards written ─► in_progress ─► dispatch kvbatch.run_shard × shards
+                         (cancelled meanwhile: shards deleted, nothing dispatched)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from jobs.admission import priority_of
+from jobs.dispatch import ShardDispatcher
+from jobs.ids import BatchId
+from jobs.limits import Limits
+from jobs.line_check import LineChecker, LineIssue
+from jobs.parquet import ParquetInputError, is_parquet, iter_parquet_lines
+from jobs.records import BatchRecord
+from jobs.shards import ShardWriter
+from jobs.status import BatchStatus
+from jobs.storage import ObjectNotFound, Storage, read_lines
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+INTAKE_LOCK_S = 3600
+
+
+@dataclass(slots=True)
+class IntakeResult:
+    issues: list[LineIssue] = field(default_factory=list)
+    num_issues: int = 0
+    num_requests: int = 0
+    num_shards: int = 0
+    model: str | None = None
+
+
+class BatchIntake:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: Storage,
+        dispatcher: ShardDispatcher,
+        limits: Limits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self._clock = clock
+
+    def run(self, batch_id: BatchId) -> None:
+        """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
+        if not self.store.acquire_intake(batch_id, INTAKE_LOCK_S):
+            return
+        try:
+            batch = self.store.load_batch(batch_id)
+            if batch is not None and batch.status is BatchStatus.VALIDATING:
+                self._intake(batch)
+        finally:
+            self.store.done_validating(batch_id)
+            self.store.release_intake(batch_id)
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    def _intake(self, batch: BatchRecord) -> None:
+        shards = ShardWriter(self.storage, batch.id, self.limits.shard_size)
+        try:
+            result = self.validate_into(batch, shards)
+        except Exception:
+            shards.discard()
+            log.exception("intake of %s failed", batch.id)
+            self._fail(batch.id, [LineIssue("internal_error", "input could not be processed")])
+            return
+        if result.issues:
+            shards.discard()
+            self._fail(batch.id, result.issues)
+            return
+        started = self.store.transition(
+            batch.id,
+            BatchStatus.IN_PROGRESS,
+            self._now(),
+            {
+                "model": result.model or "",
+                "num_shards": str(result.num_shards),
+                "shard_size": str(self.limits.shard_size),
+                "total": str(result.num_requests),
+            },
+        )
+        if started is None:
+            shards.discard()
+            return
+        self._dispatch(batch, result.num_shards)
+
+    def _dispatch(self, batch: BatchRecord, num_shards: int) -> None:
+        priority = priority_of(batch.metadata)
+        try:
+            for index in range(num_shards):
+                self.dispatcher.dispatch(batch.id, index, priority)
+        except Exception:
+            log.exception("dispatch of %s failed", batch.id)
+            issue = LineIssue("dispatch_failed", "the batch could not be queued for inference")
+            self._fail(batch.id, [issue])
+
+    def _fail(self, batch_id: BatchId, issues: list[LineIssue]) -> None:
+        errors = json.dumps([i.to_dict() for i in issues])
+        self.store.transition(batch_id, BatchStatus.FAILED, self._now(), {"errors": errors})
+
+    def validate_into(self, batch: BatchRecord, shards: ShardWriter) -> IntakeResult:
+        """Check every line; valid lines go to ``shards`` until the first issue appears."""
+        result = IntakeResult()
+        checker = LineChecker(batch.endpoint, self.limits)
+        file = self.store.get_file(batch.tenant, batch.input_file_id)
+        if file is None:
+            result.issues.append(LineIssue("file_not_found", "the input file was deleted"))
+            return result
+        with self._input_lines(file.storage_key, result) as lines:
+            for line_no, raw in enumerate(lines, start=1):
+                if raw == b"":
+                    continue
+                if result.num_requests == self.limits.max_requests_per_file:
+                    self._add_issue(result, self._too_many(line_no))
+                    break
+                result.num_requests += 1
+                issue = checker.check(line_no, raw)
+                if issue is not None:
+                    self._add_issue(result, issue)
+                elif not result.issues:
+                    assert raw is not None
+                    shards.add(raw)
+        if result.num_requests == 0 and not result.issues:
+            result.issues.append(LineIssue("empty_file", "the input file has no requests"))
+        result.num_shards = shards.finish() if not result.issues else 0
+        result.model = checker.model
+        return result
+
+    def _too_many(self, line_no: int) -> LineIssue:
+        limit = self.limits.max_requests_per_file
+        return LineIssue("too_many_requests", f"a batch holds at most {limit} requests", line_no)
+
+    def _add_issue(self, result: IntakeResult, issue: LineIssue) -> None:
+        result.num_issues += 1
+        if len(result.issues) < self.limits.max_errors_reported:
+            result.issues.append(issue)
+
+    @contextmanager
+    def _input_lines(self, key: str, result: IntakeResult) -> Iterator[Iterator[bytes | None]]:
+        try:
+            head = self.storage.read_head(key, 4)
+        except ObjectNotFound:
+            result.issues.append(LineIssue("file_not_found", "the input file is missing"))
+            yield iter(())
+            return
+        if not is_parquet(head):
+            yield read_lines(self.storage, key, self.limits.max_line_bytes)
+            return
+        with self.storage.local_copy(key) as path:
+            try:
+                yield iter_parquet_lines(path)
+            except ParquetInputError as exc:
+                result.issues.append(LineIssue("invalid_parquet", str(exc)))

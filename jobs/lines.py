@@ -1,0 +1,64 @@
+"""Input and output lines of a batch file, as the Batch API defines them.
+
+An input line is ``{"custom_id", "method", "url", "body"}``; its ``url`` picks the body model.
+Output and error lines share one shape: a ``response`` envelope or an ``error``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from jobs.request_bodies import ChatCompletionBody, CompletionBody
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+EMBEDDINGS_URL = "/v1/embeddings"
+SUPPORTED_ENDPOINTS = (CHAT_URL, COMPLETIONS_URL)
+
+
+class _LineBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    method: Literal["POST"]
+
+
+class ChatLine(_LineBase):
+    url: Literal["/v1/chat/completions"]
+    body: ChatCompletionBody
+
+
+class CompletionLine(_LineBase):
+    url: Literal["/v1/completions"]
+    body: CompletionBody
+
+
+InputLine = Annotated[ChatLine | CompletionLine, Field(discriminator="url")]
+INPUT_LINE = TypeAdapter[ChatLine | CompletionLine](InputLine)
+
+
+def parse_input_line(raw: bytes | str) -> ChatLine | CompletionLine:
+    """Parse one line of a shard; shards hold only lines that already passed validation."""
+    return INPUT_LINE.validate_json(raw)
+
+
+class ResponseEnvelope(BaseModel):
+    status_code: int
+    request_id: str
+    body: dict[str, Any]
+
+
+class LineError(BaseModel):
+    code: str
+    message: str
+
+
+class OutputLine(BaseModel):
+    """One line of the output file (``response`` set) or the error file (either set)."""
+
+    id: str
+    custom_id: str
+    response: ResponseEnvelope | None = None
+    error: LineError | None = None

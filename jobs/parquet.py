@@ -1,0 +1,109 @@
+"""Parquet in and out: input files as row batches, output JSONL turned into a table.
+
+An input table has the columns ``custom_id``, ``method``, ``url`` and ``body`` (JSON text).
+Each row becomes the JSON line it stands for, so one checker validates both formats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.storage import Storage, WriterScope, read_lines
+from jobs.storage.base import CHUNK_BYTES
+
+MAGIC = b"PAR1"
+INPUT_COLUMNS = ("custom_id", "method", "url", "body")
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("custom_id", pa.string()),
+        ("status_code", pa.int32()),
+        ("request_id", pa.string()),
+        ("response_body", pa.string()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+
+class ParquetInputError(ValueError):
+    """The Parquet file cannot be read as a batch input (bad footer, missing columns)."""
+
+
+def is_parquet(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
+def _row_line(row: dict[str, object]) -> bytes:
+    body = row.get("body")
+    if isinstance(body, str | bytes):
+        # Text that is not JSON stays a string, which the checker refuses as a non-object body.
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            row = {**row, "body": json.loads(body)}
+    return json.dumps({k: v for k, v in row.items() if v is not None}).encode()
+
+
+def iter_parquet_lines(path: Path, batch_rows: int = 1024) -> Iterator[bytes]:
+    """Yield one JSON line per row, reading ``batch_rows`` rows at a time."""
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ParquetInputError(f"not a readable Parquet file: {exc}") from exc
+    names = table.schema_arrow.names
+    missing = [c for c in INPUT_COLUMNS if c not in names]
+    if missing:
+        raise ParquetInputError(f"Parquet input lacks columns: {', '.join(missing)}")
+    for batch in table.iter_batches(batch_size=batch_rows, columns=list(INPUT_COLUMNS)):
+        for row in batch.to_pylist():
+            yield _row_line(row)
+
+
+def _output_row(line: bytes) -> dict[str, object]:
+    record = json.loads(line)
+    response = record.get("response") or {}
+    error = record.get("error") or {}
+    return {
+        "id": record.get("id"),
+        "custom_id": record.get("custom_id"),
+        "status_code": response.get("status_code"),
+        "request_id": response.get("request_id"),
+        "response_body": json.dumps(response["body"]) if "body" in response else None,
+        "error_code": error.get("code"),
+        "error_message": error.get("message"),
+    }
+
+
+def jsonl_to_parquet(
+    storage: Storage, source_key: str, target_key: str, rows_per_group: int = 4096
+) -> int:
+    """Convert an output (or error) JSONL object into a Parquet object; returns row count.
+
+    Rows are written in groups of ``rows_per_group`` to a local temporary file (Parquet
+    needs a seekable sink for its footer), then streamed to storage.
+    """
+    num_rows = 0
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
+        with pq.ParquetWriter(tmp.name, OUTPUT_SCHEMA) as writer:
+            rows: list[dict[str, object]] = []
+            for line in read_lines(storage, source_key, max_line_bytes=1 << 40):
+                if line:
+                    rows.append(_output_row(line))
+                if len(rows) == rows_per_group:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+                    num_rows += len(rows)
+                    rows.clear()
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+                num_rows += len(rows)
+        scope = WriterScope(storage.writer(target_key))
+        with scope as out, open(tmp.name, "rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                out.write(chunk)
+    return num_rows

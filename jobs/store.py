@@ -1,0 +1,223 @@
+"""Files and batches in Redis: records, per-tenant indexes, counters and status moves.
+
+Layout under a configurable prefix ``P`` (tests use a unique one)::
+
+    P:seq                       INCR counter: creation order, unique per record
+    P:file:{id}                 hash  FileRecord
+    P:batch:{id}                hash  BatchRecord (+ integer counter fields)
+    P:files:{tenant}            zset  file ids scored by seq
+    P:batches:{tenant}          zset  batch ids scored by seq
+    P:validating                set   batch ids whose input still needs validating
+
+Nothing lives only in a process: an API restart resumes every batch in ``P:validating``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import redis
+
+from jobs.ids import BatchId, TenantId
+from jobs.records import COUNTER_FIELDS, BatchRecord, FileRecord
+from jobs.status import BatchStatus, sources_of
+
+R = TypeVar("R", FileRecord, BatchRecord)
+
+# Move a batch to ARGV[1] if its status is one of ARGV[3 .. 2+ARGV[2]]; then set the
+# remaining ARGV as field/value pairs. Returns the previous status, or "!" .. current status.
+_TRANSITION_LUA = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return '!' end
+local n = tonumber(ARGV[2])
+for i = 3, 2 + n do
+  if ARGV[i] == current then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1])
+    for j = 3 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
+    return current
+  end
+end
+return '!' .. current
+"""
+
+
+class InvalidCursor(ValueError):
+    """``after`` names no record in this tenant's list."""
+
+
+@dataclass(slots=True)
+class Page(Generic[R]):
+    items: list[R]
+    has_more: bool
+
+
+class JobStore:
+    """The repository the API and the worker share; ``client`` must decode responses."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        # redis-py types replies as ``bytes | str`` whatever ``decode_responses`` says.
+        self._redis: Any = client
+        self._prefix = prefix.rstrip(":")
+        self._transition = client.register_script(_TRANSITION_LUA)
+
+    def ping(self) -> None:
+        self._redis.ping()
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    # -- files ---------------------------------------------------------------------------
+    def put_file(self, record: FileRecord) -> None:
+        seq = self._redis.incr(self.key("seq"))
+        with self._redis.pipeline() as pipe:
+            pipe.hset(self.key("file", record.id), mapping=record.to_hash())
+            pipe.zadd(self.key("files", record.tenant), {record.id: seq})
+            pipe.execute()
+
+    def get_file(self, tenant: TenantId, file_id: str) -> FileRecord | None:
+        raw = self._redis.hgetall(self.key("file", file_id))
+        if not raw or raw["tenant"] != tenant:
+            return None
+        return FileRecord.from_hash(raw)
+
+    def delete_file(self, record: FileRecord) -> None:
+        with self._redis.pipeline() as pipe:
+            pipe.delete(self.key("file", record.id))
+            pipe.zrem(self.key("files", record.tenant), record.id)
+            pipe.execute()
+
+    def list_files(
+        self,
+        tenant: TenantId,
+        *,
+        after: str | None,
+        limit: int,
+        newest_first: bool,
+        purpose: str | None = None,
+    ) -> Page[FileRecord]:
+        def load(file_id: str) -> FileRecord | None:
+            record = self.get_file(tenant, file_id)
+            return record if record and purpose in (None, record.purpose) else None
+
+        return self._page(self.key("files", tenant), after, limit, newest_first, load)
+
+    # -- batches -------------------------------------------------------------------------
+    def put_batch(self, record: BatchRecord) -> None:
+        seq = self._redis.incr(self.key("seq"))
+        with self._redis.pipeline() as pipe:
+            pipe.hset(self.key("batch", record.id), mapping=record.to_hash())
+            pipe.zadd(self.key("batches", record.tenant), {record.id: seq})
+            pipe.execute()
+
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        """A batch by id, whoever owns it (for the intake and the worker)."""
+        raw = self._redis.hgetall(self.key("batch", batch_id))
+        return BatchRecord.from_hash(raw) if raw else None
+
+    def get_batch(self, tenant: TenantId, batch_id: str) -> BatchRecord | None:
+        record = self.load_batch(batch_id)
+        return record if record and record.tenant == tenant else None
+
+    def list_batches(self, tenant: TenantId, *, after: str | None, limit: int) -> Page[BatchRecord]:
+        return self._page(
+            self.key("batches", tenant),
+            after,
+            limit,
+            True,
+            lambda batch_id: self.get_batch(tenant, batch_id),
+        )
+
+    def set_batch_fields(self, batch_id: BatchId, values: dict[str, str]) -> None:
+        self._redis.hset(self.key("batch", batch_id), mapping=values)
+
+    def add_counts(self, batch_id: BatchId, **deltas: int) -> None:
+        """Bump request counters and token usage atomically (``HINCRBY`` per field)."""
+        unknown = set(deltas) - set(COUNTER_FIELDS)
+        assert not unknown, f"not a batch counter: {unknown}"
+        with self._redis.pipeline() as pipe:
+            for name, delta in deltas.items():
+                pipe.hincrby(self.key("batch", batch_id), name, delta)
+            pipe.execute()
+
+    def transition(
+        self,
+        batch_id: BatchId,
+        target: BatchStatus,
+        now: int,
+        extra: dict[str, str] | None = None,
+    ) -> BatchStatus | None:
+        """Move a batch to ``target`` if the lifecycle allows it from its current status.
+
+        Returns the status it left, or ``None`` when the move was not allowed (a concurrent
+        cancel, say). The ``*_at`` stamp and ``extra`` fields are set in the same step.
+        """
+        sources = [s.value for s in sources_of(target)]
+        values = dict(extra or {})
+        if target.timestamp_field:
+            values[target.timestamp_field] = str(now)
+        argv: list[str] = [target.value, str(len(sources)), *sources]
+        for name, value in values.items():
+            argv += [name, value]
+        previous = self._transition(keys=[self.key("batch", batch_id)], args=argv)
+        return None if previous.startswith("!") else BatchStatus(previous)
+
+    # -- validation queue ----------------------------------------------------------------
+    def mark_validating(self, batch_id: BatchId) -> None:
+        self._redis.sadd(self.key("validating"), batch_id)
+
+    def done_validating(self, batch_id: BatchId) -> None:
+        self._redis.srem(self.key("validating"), batch_id)
+
+    def validating_ids(self) -> list[BatchId]:
+        return [BatchId(i) for i in self._redis.smembers(self.key("validating"))]
+
+    def acquire_intake(self, batch_id: BatchId, ttl_s: int) -> bool:
+        """One validator per batch even with several API processes."""
+        return bool(self._redis.set(self.key("intake", batch_id), "1", nx=True, ex=ttl_s))
+
+    def release_intake(self, batch_id: BatchId) -> None:
+        self._redis.delete(self.key("intake", batch_id))
+
+    # -- pagination ----------------------------------------------------------------------
+    def _page(
+        self,
+        index: str,
+        after: str | None,
+        limit: int,
+        newest_first: bool,
+        load: Callable[[str], R | None],
+    ) -> Page[R]:
+        items: list[R] = []
+        for record in self._walk(index, after, newest_first):
+            loaded = load(record)
+            if loaded is None:
+                continue
+            if len(items) == limit:
+                return Page(items, has_more=True)
+            items.append(loaded)
+        return Page(items, has_more=False)
+
+    def _walk(self, index: str, after: str | None, newest_first: bool) -> Iterator[str]:
+        """Ids in ``index`` strictly past ``after``, fetched in slices as they are consumed."""
+        if after is None:
+            bound = "+inf" if newest_first else "-inf"
+        else:
+            score = self._redis.zscore(index, after)
+            if score is None:
+                raise InvalidCursor(after)
+            bound = f"({int(score)}"
+        while True:
+            if newest_first:
+                rows = self._redis.zrevrangebyscore(
+                    index, bound, "-inf", start=0, num=100, withscores=True
+                )
+            else:
+                rows = self._redis.zrangebyscore(
+                    index, bound, "+inf", start=0, num=100, withscores=True
+                )
+            if not rows:
+                return
+            yield from (member for member, _ in rows)
+            bound = f"({int(rows[-1][1])}"
