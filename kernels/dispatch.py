@@ -2,7 +2,7 @@
 
 ``auto`` (the default, or ``KVBATCH_KERNELS=auto``) runs Triton on CUDA tensors and the
 reference elsewhere; ``triton`` forces the kernels (on the CPU they then need
-``TRITON_INTERPRET=1``); ``torch`` forces the references.
+``TRITON_INTERPRET=1`` set before ``kernels`` is imported); ``torch`` forces the references.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import enum
 import os
 
 import torch
+import triton
 
-from kernels.activation import silu_and_mul_reference
+from kernels.activation import silu_and_mul_reference, silu_and_mul_triton
 from kernels.attention import paged_attention_reference
-from kernels.kv_cache import store_kv_cache_reference
-from kernels.norm import rms_norm_reference
-from kernels.rotary import rotary_embedding_reference
+from kernels.attention_triton import paged_attention_triton
+from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
+from kernels.norm import rms_norm_reference, rms_norm_triton
+from kernels.rotary import rotary_embedding_reference, rotary_embedding_triton
 
 
 class Backend(enum.StrEnum):
@@ -38,9 +40,20 @@ def get_backend() -> Backend:
 
 
 def use_triton(t: torch.Tensor) -> bool:
+    """Whether ``t``'s operation runs the Triton kernel under the current backend.
+
+    Forcing Triton on CPU tensors without the interpreter would hand host pointers to a GPU
+    launch; that raises here with the fix rather than failing inside Triton.
+    """
     if _backend is Backend.AUTO:
         return t.is_cuda
-    return _backend is Backend.TRITON
+    if _backend is Backend.TORCH:
+        return False
+    if not t.is_cuda and not triton.knobs.runtime.interpret:
+        raise RuntimeError(
+            "backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing kernels"
+        )
+    return True
 
 
 def paged_attention(
@@ -55,6 +68,8 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     args = (query, k_cache, v_cache, block_table, query_start_loc, seq_lens)
+    if use_triton(query):
+        return paged_attention_triton(*args, max_query_len, max_seq_len, scale)
     return paged_attention_reference(*args, max_query_len, max_seq_len, scale)
 
 
@@ -65,20 +80,29 @@ def store_kv_cache(
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    store_kv_cache_reference(key, value, k_cache, v_cache, slot_mapping)
+    if use_triton(key):
+        store_kv_cache_triton(key, value, k_cache, v_cache, slot_mapping)
+    else:
+        store_kv_cache_reference(key, value, k_cache, v_cache, slot_mapping)
 
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if use_triton(x):
+        return rms_norm_triton(x, weight, eps, residual)
     return rms_norm_reference(x, weight, eps, residual)
 
 
 def rotary_embedding(
     positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if use_triton(query):
+        return rotary_embedding_triton(positions, query, key, cos_sin_cache)
     return rotary_embedding_reference(positions, query, key, cos_sin_cache)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    if use_triton(x):
+        return silu_and_mul_triton(x)
     return silu_and_mul_reference(x)
