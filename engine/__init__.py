@@ -1,0 +1,46 @@
+"""kvbatch's paged-KV continuous-batching engine.
+
+``from engine import LLM, SamplingParams`` is the public surface. The names load lazily so that
+importing a light module (``engine.request``, ``engine.sampling_params``) does not pull in the
+model runner and torch's model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+    from engine.llm import LLM
+    from engine.llm_engine import InvalidRequestError, LLMEngine
+    from engine.outputs import CompletionOutput, RequestOutput
+    from engine.sampling_params import SamplingParams, SamplingParamsError
+
+_EXPORTS = {
+    "LLM": "engine.llm",
+    "LLMEngine": "engine.llm_engine",
+    "InvalidRequestError": "engine.llm_engine",
+    "EngineConfig": "engine.config",
+    "CompletionOutput": "engine.outputs",
+    "RequestOutput": "engine.outputs",
+    "SamplingParams": "engine.sampling_params",
+    "SamplingParamsError": "engine.sampling_params",
+}
+
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "EngineConfig",
+    "InvalidRequestError",
+    "LLMEngine",
+    "RequestOutput",
+    "SamplingParams",
+    "SamplingParamsError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

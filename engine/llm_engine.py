@@ -1,0 +1,258 @@
+"""The engine loop: requests in, one schedule -> run -> sample -> postprocess step at a time.
+
+A user request with ``n > 1`` becomes ``n`` engine requests (``<id>#0 .. <id>#n-1``); the
+first is the parent whose prompt blocks the others share. The engine returns one
+``RequestOutput`` per user request once all of its samples have finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.model_runner import ModelRunner
+from engine.outputs import CompletionOutput, RequestOutput
+from engine.request import Request, RequestId, RequestStatus
+from engine.sampler import Sampler, SamplerOutput, TokenLogprobs
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.scheduler_output import SchedulerOutput
+from engine.stats import EngineStats, StepStats
+from engine.tokenizer import Tokenizer, has_tokenizer
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine cannot run as given (empty or over-long prompt, bad token ids...)."""
+
+
+@dataclass(slots=True)
+class _Sample:
+    """Engine-side bookkeeping of one of a user request's ``n`` samples."""
+
+    request: Request
+    detokenizer: IncrementalDetokenizer | None
+    logprobs: list[TokenLogprobs] | None
+    stop_reason: str | int | None = None
+
+
+@dataclass(slots=True)
+class _RequestGroup:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    samples: list[_Sample] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.request.status.is_finished for s in self.samples)
+
+    def to_output(self) -> RequestOutput:
+        outputs = [
+            CompletionOutput(
+                index=i,
+                text=s.detokenizer.text if s.detokenizer else "",
+                token_ids=list(s.request.output_token_ids),
+                finish_reason=s.request.status.finish_reason,
+                stop_reason=s.stop_reason,
+                logprobs=s.logprobs,
+            )
+            for i, s in enumerate(self.samples)
+        ]
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=self.prompt_token_ids,
+            outputs=outputs,
+            finished=self.finished,
+            num_cached_tokens=self.samples[0].request.num_cached_tokens,
+        )
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.model_config = self.runner.model_config
+        self.max_model_len = self.runner.max_model_len
+        self.tokenizer = (
+            Tokenizer.from_pretrained(config.model) if has_tokenizer(config.model) else None
+        )
+        self.scheduler = Scheduler(config, self.runner.num_kv_blocks, self.max_model_len)
+        self.sampler = Sampler(self.model_config.vocab_size, seed=config.seed)
+        self.stats = EngineStats(num_kv_blocks_total=self.runner.num_kv_blocks)
+        self._groups: dict[str, _RequestGroup] = {}
+        self._samples: dict[RequestId, tuple[_RequestGroup, _Sample]] = {}
+        self._arrivals = itertools.count()
+
+    @property
+    def eos_token_id(self) -> int | None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            return self.tokenizer.eos_token_id
+        return self.model_config.eos_token_ids[0] if self.model_config.eos_token_ids else None
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        priority: int = 0,
+    ) -> None:
+        """Queue a request; raises ``InvalidRequestError`` for one that could never run."""
+        if request_id in self._groups:
+            raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
+        text, token_ids = self._tokenize(prompt)
+        self._validate(token_ids, params)
+        group = _RequestGroup(request_id, text, token_ids)
+        parent: Request | None = None
+        arrival = float(next(self._arrivals))
+        for i in range(params.n):
+            child_params = self._child_params(params, i)
+            request = Request(
+                request_id=RequestId(f"{request_id}#{i}"),
+                prompt_token_ids=list(token_ids),
+                sampling_params=child_params,
+                eos_token_id=self.eos_token_id,
+                arrival_time=arrival,
+                priority=priority,
+                parent=parent,
+            )
+            parent = parent or request
+            detok = None
+            if self.tokenizer is not None:
+                detok = IncrementalDetokenizer(self.tokenizer, token_ids, child_params)
+            sample = _Sample(request, detok, [] if params.logprobs is not None else None)
+            group.samples.append(sample)
+            self._samples[request.request_id] = (group, sample)
+        self._groups[request_id] = group
+        for sample in group.samples:
+            self.scheduler.add_request(sample.request)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now, wherever it is; returns what it had produced so far."""
+        group = self._groups.pop(request_id, None)
+        if group is None:
+            return None
+        ids = [s.request.request_id for s in group.samples if not s.request.status.is_finished]
+        self.scheduler.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
+        self._forget(group)
+        return group.to_output()
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._groups)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; return the user requests that finished in it."""
+        start = time.perf_counter()
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return self._pop_finished()
+        logits = self.runner.execute(plan)
+        sampled_requests = plan.sampled_requests
+        sampled = (
+            self.sampler.sample(logits, sampled_requests)
+            if sampled_requests
+            else SamplerOutput(token_ids=[], logprobs=[])
+        )
+        self.scheduler.update_from_output(plan, sampled.token_ids)
+        for request, token_id, logprobs in zip(
+            sampled_requests, sampled.token_ids, sampled.logprobs, strict=True
+        ):
+            self._postprocess(request, token_id, logprobs)
+        self._record_step(plan, len(sampled_requests), time.perf_counter() - start)
+        return self._pop_finished()
+
+    def _postprocess(self, request: Request, token_id: int, logprobs: TokenLogprobs | None) -> None:
+        _, sample = self._samples[request.request_id]
+        if sample.logprobs is not None and logprobs is not None:
+            sample.logprobs.append(logprobs)
+        stop_string = sample.detokenizer.update([token_id]) if sample.detokenizer else None
+        if stop_string is None and request.status.is_finished and sample.detokenizer:
+            stop_string = sample.detokenizer.flush()
+        if stop_string is not None:
+            sample.stop_reason = stop_string
+            if request.status.is_finished:
+                request.status = RequestStatus.FINISHED_STOPPED
+            else:
+                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+        elif (
+            request.status is RequestStatus.FINISHED_STOPPED
+            and token_id in request.sampling_params.stop_token_ids
+        ):
+            sample.stop_reason = token_id
+
+    def _pop_finished(self) -> list[RequestOutput]:
+        done = [g for g in self._groups.values() if g.finished]
+        for group in done:
+            del self._groups[group.request_id]
+            self._forget(group)
+            self.stats.num_finished_requests += 1
+        return [g.to_output() for g in done]
+
+    def _forget(self, group: _RequestGroup) -> None:
+        for sample in group.samples:
+            self._samples.pop(sample.request.request_id, None)
+            self.sampler.release(sample.request.request_id)
+
+    def _record_step(self, plan: SchedulerOutput, num_sampled: int, seconds: float) -> None:
+        stats = self.stats
+        for scheduled in plan.scheduled:
+            request = scheduled.request
+            # Tokens before num_prompt_tokens (or recomputed outputs after a preemption) are
+            # prefill work; the one sampled token of a decode is generation.
+            if scheduled.start_position + scheduled.num_new_tokens > request.num_prompt_tokens:
+                stats.num_generated_tokens += int(scheduled.sample)
+            stats.num_prompt_tokens += scheduled.num_new_tokens - int(
+                scheduled.sample and scheduled.num_new_tokens == 1
+            )
+        cache = self.scheduler.stats()
+        stats.num_kv_blocks_used = cache.num_used_blocks
+        stats.prefix_cache_queries = cache.prefix_cache_queries
+        stats.prefix_cache_hits = cache.prefix_cache_hits
+        stats.num_preemptions = cache.num_preemptions
+        stats.num_running = self.scheduler.num_running
+        stats.num_waiting = self.scheduler.num_waiting
+        stats.record_step(
+            StepStats(plan.num_batched_tokens, len(plan.scheduled), num_sampled, seconds)
+        )
+
+    def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidRequestError("this model has no tokenizer: pass token ids, not text")
+            return prompt, self.tokenizer.encode(prompt)
+        return None, list(prompt)
+
+    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        if not token_ids:
+            raise InvalidRequestError("the prompt is empty")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        total = len(token_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt ({len(token_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
+                f"{total}, over the model's context length of {self.max_model_len} tokens"
+            )
+        blocks_needed = -(-total // self.config.block_size)
+        if blocks_needed > self.runner.num_kv_blocks:
+            raise InvalidRequestError(
+                f"a request of {total} tokens needs {blocks_needed} KV blocks but the cache "
+                f"has only {self.runner.num_kv_blocks}"
+            )
+        if params.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a tokenizer; this model has none")
+        if any(not 0 <= t < vocab for t in [*params.stop_token_ids, *params.logit_bias]):
+            raise InvalidRequestError(f"stop_token_ids and logit_bias keys must be in [0, {vocab})")
+
+    def _child_params(self, params: SamplingParams, index: int) -> SamplingParams:
+        """Sample ``index`` of ``n``: its own seed (seed + index) and every model EOS as a stop."""
+        extra_eos = [t for t in self.model_config.eos_token_ids if t != self.eos_token_id]
+        stop_ids = params.stop_token_ids
+        if extra_eos and not params.ignore_eos:
+            stop_ids = [*stop_ids, *(t for t in extra_eos if t not in stop_ids)]
+        seed = None if params.seed is None else params.seed + index
+        return replace(params, n=1, seed=seed, stop_token_ids=stop_ids)

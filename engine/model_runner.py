@@ -1,0 +1,132 @@
+"""The model runner: owns the weights and the paged KV cache, runs one scheduler step at a time."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.config import EngineConfig, EngineConfigError
+from engine.models.attention import KVCache
+from engine.models.inputs import build_model_inputs
+from engine.models.loader import load_model
+from engine.models.model_config import ModelConfig
+from engine.request import Request, RequestId
+from engine.sampling_params import SamplingParams
+from engine.scheduler_output import ScheduledRequest, SchedulerOutput
+
+
+class ModelRunner:
+    """Loads ``config.model`` on ``config.torch_device`` in ``config.torch_dtype`` and sizes the
+    KV cache: ``config.num_kv_blocks`` when given, else from ``kv_cache_memory_gb`` on the CPU,
+    else from free GPU memory after a warm-up forward pass.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = config.torch_device
+        self.dtype = config.torch_dtype
+        self.block_size = config.block_size
+        self.model_config = ModelConfig.from_pretrained(config.model)
+        self.max_model_len = resolve_max_model_len(config, self.model_config)
+        self.model = load_model(
+            config.model, self.model_config, self.device, self.dtype, self.max_model_len
+        )
+        self.num_kv_blocks = self._count_kv_blocks()
+        self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
+
+    @property
+    def kv_block_bytes(self) -> int:
+        """Bytes of one block across all layers, keys and values."""
+        mc = self.model_config
+        per_layer = self.block_size * mc.num_kv_heads * mc.head_dim * self.dtype.itemsize
+        return 2 * mc.num_layers * per_layer
+
+    @torch.inference_mode()
+    def execute(self, output: SchedulerOutput) -> torch.Tensor:
+        """Run one step; fp32 logits ``[num_sampled, vocab_size]``, one row per scheduled request
+        with ``sample=True``, in ``output.scheduled`` order."""
+        if output.is_empty:
+            return torch.empty(0, self.model_config.vocab_size, device=self.device)
+        return self._forward(output.scheduled, self.kv_caches)
+
+    def _forward(self, scheduled: list[ScheduledRequest], kv_caches: list[KVCache]) -> torch.Tensor:
+        inputs = build_model_inputs(scheduled, self.block_size, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, kv_caches)
+        return self.model.compute_logits(hidden[inputs.logits_indices])
+
+    def _allocate_kv_caches(self, num_blocks: int) -> list[KVCache]:
+        """Zero-filled, because attention may read (masked) slots never written: garbage there
+        could hold NaN, and ``0 * NaN`` would leak into the output."""
+        mc = self.model_config
+        shape = (2, mc.num_layers, num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return [KVCache(kv[0, layer], kv[1, layer]) for layer in range(mc.num_layers)]
+
+    def _count_kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        if self.device.type == "cuda":
+            budget = self._profile_cuda_budget()
+            source = f"gpu_memory_utilization={self.config.gpu_memory_utilization}"
+        else:
+            budget = int(self.config.kv_cache_memory_gb * 2**30)
+            source = f"kv_cache_memory_gb={self.config.kv_cache_memory_gb}"
+        num_blocks = budget // self.kv_block_bytes
+        if num_blocks < 2:
+            raise EngineConfigError(
+                f"{source} leaves room for {max(num_blocks, 0)} KV blocks of "
+                f"{self.kv_block_bytes} bytes; at least 2 are needed"
+            )
+        return num_blocks
+
+    @torch.inference_mode()
+    def _profile_cuda_budget(self) -> int:
+        """Bytes for the KV cache: ``free * gpu_memory_utilization`` minus a step's activations.
+
+        A warm-up step of the largest shape the scheduler may send (one long prefill beside
+        ``max_num_seqs - 1`` decodes, all sampled) measures the activation peak; memory our
+        allocator caches but does not use counts as free.
+        """
+        torch.cuda.synchronize(self.device)
+        weights = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        scheduled = self._warmup_batch()
+        num_blocks = sum(len(s.block_ids) for s in scheduled)
+        caches = self._allocate_kv_caches(num_blocks)
+        self._forward(scheduled, caches)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        activations = peak - weights - num_blocks * self.kv_block_bytes
+        del caches
+        free, _ = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int((free + cached) * self.config.gpu_memory_utilization) - activations
+
+    def _warmup_batch(self) -> list[ScheduledRequest]:
+        num_seqs = min(self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        long_len = min(self.config.max_num_batched_tokens - num_seqs + 1, self.max_model_len)
+        lengths = [long_len] + [1] * (num_seqs - 1)
+        scheduled, next_block = [], 0
+        for i, length in enumerate(lengths):
+            num_blocks = math.ceil(length / self.block_size)
+            tokens = [0] * length
+            request = Request(RequestId(f"warmup-{i}"), tokens, SamplingParams())
+            blocks = list(range(next_block, next_block + num_blocks))
+            scheduled.append(ScheduledRequest(request, tokens, 0, blocks, sample=True))
+            next_block += num_blocks
+        return scheduled
+
+
+def resolve_max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
+    """``config.max_model_len`` if set (it may only shrink the model's context), else the
+    model's own."""
+    limit = model_config.max_position_embeddings
+    if config.max_model_len is None:
+        return limit
+    if not 0 < config.max_model_len <= limit:
+        raise EngineConfigError(
+            f"max_model_len={config.max_model_len} must be in [1, {limit}] for this model "
+            f"(its max_position_embeddings)"
+        )
+    return config.max_model_len

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Triton decides at decoration time whether to interpret kernels: without a GPU, tests run
+# every Triton kernel through its CPU interpreter, so this must be set before kernels import.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from tests.tiny_models import build_tiny_model
+
+TINY_KINDS = ("llama", "qwen2", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {kind: build_tiny_model(kind, root / kind) for kind in TINY_KINDS}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face directory, fetched once into ``models/``."""
+    from engine.model_fetch import fetch_model
+
+    return fetch_model("smollm2-135m-instruct", Path(__file__).resolve().parents[1] / "models")
