@@ -9,8 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.model_fetch import ModelFetchError
-from infra.model_command import resolve_model
+from infra.engine_args import add_engine_arguments, engine_args, model_dir_or_report
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,11 +23,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--n", type=int, default=1)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    add_engine_arguments(parser)
     parser.set_defaults(handler=_run_generate)
 
 
@@ -41,8 +36,10 @@ def _run_generate(args: argparse.Namespace) -> int:
     if not prompts:
         print("kvbatch generate: give --prompt or --prompts-file", file=sys.stderr)
         return 2
+    model_dir = model_dir_or_report(args.model, "generate")
+    if model_dir is None:
+        return 1
     try:
-        model_dir = resolve_model(args.model)
         params = SamplingParams(
             n=args.n,
             temperature=args.temperature,
@@ -50,15 +47,8 @@ def _run_generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_tokens=args.max_tokens,
         )
-        llm = LLM(
-            str(model_dir),
-            dtype=args.dtype,
-            device=args.device,
-            block_size=args.block_size,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_num_seqs=args.max_num_seqs,
-        )
-    except (ModelFetchError, ValueError) as exc:
+        llm = LLM(str(model_dir), **engine_args(args))
+    except ValueError as exc:
         print(f"kvbatch generate: {exc}", file=sys.stderr)
         return 1
     if args.chat:

@@ -34,7 +34,7 @@ def paged_attention_reference(
     Decode-only rows (query length 1) are batched into one padded SDPA call, since a step of
     continuous batching is mostly decodes; prefill chunks run one request at a time.
     """
-    num_tokens, num_heads, head_size = query.shape
+    _, num_heads, head_size = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)

@@ -34,10 +34,10 @@ COMMON: dict[str, Any] = dict(
 
 
 def tiny_config(kind: str) -> PretrainedConfig:
+    # The rope keys go in as plain keywords: every transformers release accepts the classic
+    # `rope_theta` / `rope_scaling` form (5.x converts it to `rope_parameters` when saving).
     if kind == "llama":
-        return LlamaConfig(
-            **COMMON,
-            tie_word_embeddings=False,
+        llama3_rope: dict[str, Any] = dict(
             rope_theta=500000.0,
             rope_scaling={
                 "rope_type": "llama3",
@@ -47,10 +47,12 @@ def tiny_config(kind: str) -> PretrainedConfig:
                 "original_max_position_embeddings": 256,
             },
         )
+        return LlamaConfig(**COMMON, **llama3_rope, tie_word_embeddings=False)
+    qwen_rope: dict[str, Any] = dict(rope_theta=1000000.0)
     if kind == "qwen2":
-        return Qwen2Config(**COMMON, tie_word_embeddings=True, rope_theta=1000000.0)
+        return Qwen2Config(**COMMON, **qwen_rope, tie_word_embeddings=True)
     if kind == "qwen3":
-        return Qwen3Config(**COMMON, head_dim=32, tie_word_embeddings=True, rope_theta=1000000.0)
+        return Qwen3Config(**COMMON, **qwen_rope, head_dim=32, tie_word_embeddings=True)
     raise ValueError(kind)
 
 

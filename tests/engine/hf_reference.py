@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM
+
+# transformers' annotations do not type-check `generate` and `__call__`; the reference model
+# is passed around as an opaque object.
+PreTrainedModel = Any
 
 
 def load_hf_model(model_dir: Path) -> PreTrainedModel:

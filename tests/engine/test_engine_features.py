@@ -158,7 +158,7 @@ def test_bad_requests_raise_clear_errors(tiny_model_dirs: dict[str, Path]) -> No
     ]
     for prompt, params, message in cases:
         with pytest.raises(InvalidRequestError, match=message):
-            llm.generate([prompt], params, use_tqdm=False)  # type: ignore[list-item]
+            llm.generate([prompt], params, use_tqdm=False)  # type: ignore[list-item, arg-type]
         assert not llm.engine.has_unfinished_requests()
     # The engine is still usable after refusing requests.
     assert len(llm.generate([[5, 6, 7]], greedy, use_tqdm=False)[0].outputs[0].token_ids) >= 1

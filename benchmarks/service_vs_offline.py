@@ -1,0 +1,143 @@
+"""The whole service against the engine alone, on the same requests.
+
+1. Throughput: N chat requests through ``LLM.chat`` in one process, then as one batch
+   through the API (uvicorn), Redis, S3 (moto) and one Celery worker process.
+   ratio = offline time / service time (target >= 0.95).
+2. Sharing: B concurrent batches of M requests against one batch of B*M
+   (target: at most 1.1x the time).
+
+Usage: python -m benchmarks.service_vs_offline [--requests 64] [--batches 8] [--per-batch 64]
+Writes benchmarks/results/service_vs_offline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from moto.server import ThreadedMotoServer
+
+from benchmarks.common import write_result
+from engine import LLM, SamplingParams
+from tests.api.conftest import REDIS_URL, free_port, make_settings, run_server
+from tests.api.helpers import chat_line, jsonl
+from tests.worker.service import (
+    SMOLLM2,
+    WorkerProcess,
+    service_env,
+    wait_batch,
+    wait_worker_ready,
+)
+
+
+def prompts(count: int, tag: str) -> list[str]:
+    return [f"In one sentence, what is {tag} item {i}?" for i in range(count)]
+
+
+def lines(texts: list[str], tag: str, max_tokens: int) -> list[dict[str, Any]]:
+    return [
+        chat_line(f"{tag}-{i}", text, temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        for i, text in enumerate(texts)
+    ]
+
+
+def run_service(client: Any, batches: list[list[dict[str, Any]]]) -> float:
+    """Seconds from the first upload to the last batch completed."""
+    start = time.perf_counter()
+    ids = []
+    for batch_lines in batches:
+        file = client.files.create(file=("in.jsonl", jsonl(batch_lines)), purpose="batch")
+        created = client.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        ids.append(created.id)
+    for batch_id in ids:
+        batch = wait_batch(client, batch_id, {"completed", "failed"}, timeout_s=3600)
+        assert batch.status == "completed", batch
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--per-batch", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    args = parser.parse_args()
+
+    texts = prompts(args.requests, "offline")
+    llm = LLM(model=str(SMOLLM2))
+    llm.chat(
+        [[{"role": "user", "content": "warm up"}]], SamplingParams(max_tokens=2), use_tqdm=False
+    )
+    start = time.perf_counter()
+    llm.chat(
+        [[{"role": "user", "content": t}] for t in texts],
+        SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True),
+        use_tqdm=False,
+    )
+    offline_s = time.perf_counter() - start
+    del llm
+
+    tmp = Path(tempfile.mkdtemp(prefix="kvbatch-bench-"))
+    prefix = f"kvbatch-bench-{secrets.token_hex(4)}"
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    client_redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    settings = make_settings(
+        "s3", prefix, tmp, f"http://127.0.0.1:{port}", shard_size=max(args.requests, 256)
+    )
+    worker = None
+    try:
+        with run_server(settings) as server:
+            env = service_env(settings, beat_schedule_path=tmp / "beat", stats_interval_s=1)
+            worker = WorkerProcess(env, f"bench-{prefix}@host", tmp / "worker.log", args.batches)
+            wait_worker_ready(worker, client_redis, settings.key_prefix)
+            client = server.client()
+            run_service(client, [lines(prompts(4, "warm"), "warm", 2)])
+            service_s = run_service(client, [lines(texts, "svc", args.max_tokens)])
+            total = args.batches * args.per_batch
+            one_s = run_service(client, [lines(prompts(total, "one"), "one", args.max_tokens)])
+            many = [
+                lines(prompts(args.per_batch, f"b{b}"), f"b{b}", args.max_tokens)
+                for b in range(args.batches)
+            ]
+            many_s = run_service(client, many)
+    finally:
+        if worker is not None:
+            worker.stop()
+        for key in client_redis.scan_iter(match=f"{prefix}*", count=1000):
+            client_redis.delete(key)
+        moto.stop()
+
+    result = {
+        "model": SMOLLM2.name,
+        "max_tokens": args.max_tokens,
+        "throughput": {
+            "requests": args.requests,
+            "offline_s": round(offline_s, 2),
+            "service_s": round(service_s, 2),
+            "ratio": round(offline_s / service_s, 3),
+            "target": ">= 0.95",
+        },
+        "sharing": {
+            "batches": args.batches,
+            "per_batch": args.per_batch,
+            "one_batch_s": round(one_s, 2),
+            "many_batches_s": round(many_s, 2),
+            "ratio": round(many_s / one_s, 3),
+            "target": "<= 1.1",
+        },
+    }
+    print(write_result("service_vs_offline", result))
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

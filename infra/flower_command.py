@@ -1,0 +1,60 @@
+"""``kvbatch flower``: Flower on the workers' broker, on loopback, never without a password.
+
+Flower can revoke tasks and shut workers down, so it refuses to start without
+``KVBATCH_FLOWER_BASIC_AUTH=user:password`` and binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra.arg_types import port_number
+
+
+class FlowerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KVBATCH_FLOWER_", extra="ignore")
+
+    basic_auth: str | None = None
+    address: str = "127.0.0.1"
+    port: int = 5555
+
+
+def flower_argv(settings: FlowerSettings) -> list[str]:
+    """The Celery command line that runs Flower against the worker's app (and broker)."""
+    if not settings.basic_auth or ":" not in settings.basic_auth:
+        raise ValueError(
+            "Flower needs KVBATCH_FLOWER_BASIC_AUTH=user:password (it can revoke tasks "
+            "and shut down workers, so it never runs without auth)"
+        )
+    return [
+        "flower",
+        f"--address={settings.address}",
+        f"--port={settings.port}",
+        f"--basic-auth={settings.basic_auth}",
+    ]
+
+
+def add_flower_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "flower", help="Flower (task monitor) behind basic auth, on the workers' broker"
+    )
+    parser.add_argument("--address", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=port_number, help="port (default 5555)")
+    parser.set_defaults(handler=_run_flower)
+
+
+def _run_flower(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("address", args.address), ("port", args.port)) if v}
+    settings = FlowerSettings(**overrides)
+    try:
+        argv = flower_argv(settings)
+    except ValueError as exc:
+        print(f"kvbatch flower: {exc}", file=sys.stderr)
+        return 2
+    from worker.app import celery_app
+
+    celery_app.start(argv=argv)
+    return 0

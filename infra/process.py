@@ -1,0 +1,85 @@
+"""A child process of the local stack: its own session, its own log file, a clean stop.
+
+Each child runs in a new session (so a Ctrl-C typed at the terminal reaches only the stack
+launcher, which then stops the children in order) and, on Linux, asks the kernel to send it
+SIGTERM if the launcher dies, so a killed launcher does not leave orphans behind. Stopping
+signals the child's whole process group, which also reaches what the child started itself
+(Celery's embedded beat process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec (Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """One started child; :meth:`stop` ends it and every process in its group."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def exit_code(self) -> int | None:
+        """None while running, else the exit status (negative: killed by that signal)."""
+        return self._popen.poll()
+
+    def log_tail(self, num_lines: int = 20) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-num_lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM the group, wait, then SIGKILL what is left; returns the exit status."""
+        self._signal_group(signal.SIGTERM)
+        try:
+            code = self._popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            code = self._popen.wait()
+        # The leader may exit before its group (beat outlives the worker by a moment).
+        self._signal_group(signal.SIGKILL)
+        return code
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, sig)

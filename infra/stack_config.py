@@ -1,0 +1,20 @@
+"""What the local stack is asked to run (kept apart from :mod:`infra.stack` so the command
+parsers can name the defaults without importing the service code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(slots=True)
+class StackConfig:
+    var_dir: Path = Path("var")
+    api_port: int = 8000
+    flower_port: int | None = 5555  # None: no Flower
+    model: str = DEFAULT_MODEL
+    concurrency: int = 1
+    ready_timeout_s: float = 300.0
+    env: dict[str, str] = field(default_factory=dict)  # KVBATCH_* on top of os.environ

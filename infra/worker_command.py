@@ -1,0 +1,44 @@
+"""``kvbatch worker``: one Celery worker process holding one engine (and, with ``--beat``,
+the scheduler that runs the batch-expiry task)."""
+
+from __future__ import annotations
+
+import argparse
+
+from infra.arg_types import positive_int
+from infra.engine_args import model_dir_or_report
+
+
+def add_worker_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("worker", help="run a Celery worker that holds one engine")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="model directory or known model name (default smollm2-135m-instruct)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        help="shards run at once, all sharing the one engine (default 1)",
+    )
+    parser.add_argument("--hostname", help="Celery node name (default kvbatch@HOST)")
+    parser.add_argument(
+        "--beat", action="store_true", help="also run Celery beat (the batch-expiry schedule)"
+    )
+    parser.set_defaults(handler=_run_worker)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    model_dir = model_dir_or_report(args.model, "worker")
+    if model_dir is None:
+        return 1
+    from worker.main import run_worker
+
+    run_worker(
+        model_dir=model_dir,
+        concurrency=args.concurrency,
+        beat=args.beat,
+        hostname=args.hostname,
+    )
+    return 0

@@ -1,0 +1,182 @@
+"""Shard results: written once per shard, counted once per request, whatever redelivers.
+
+A shard task may run more than once (a worker killed mid-shard, a visibility timeout), so
+nothing it does may add up twice:
+
+    storage  results/{batch}/{shard:05d}.jsonl          successes, in input order
+             results/{batch}/{shard:05d}.errors.jsonl   failures, in input order
+    redis    P:shards_done:{batch}        set   shard indexes whose two objects are final
+             P:shard_deliveries:{batch}   hash  shard index -> times a task started it
+             P:shard_counts:{batch}       hash  "{shard}:{counter}" -> what that run added
+             P:shard_lease:{batch}:{shard}      "a worker runs it now", expires unless renewed
+             P:stop:{batch}               str   why the batch stops early ("expired")
+             P:finalize:{batch}           lock  one finalizer at a time
+
+A rerun of a half-done shard first takes back what its previous run added to the batch's
+live counters, then recomputes and overwrites both objects; a shard already in the done set
+is not run again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from jobs.lines import OutputLine
+from jobs.records import COUNTER_FIELDS
+from jobs.storage import Storage, WriterScope
+from jobs.store import JobStore
+
+BOOKKEEPING_TTL_S = 7 * 24 * 3600
+
+
+class StopReason(StrEnum):
+    """Why a batch ends before all its requests ran, and the error code its lines get."""
+
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def code(self) -> str:
+        return f"batch_{self.value}"
+
+    @property
+    def message(self) -> str:
+        if self is StopReason.CANCELLED:
+            return "The batch was cancelled before this request finished."
+        return "The batch expired before this request finished."
+
+
+def results_prefix(batch_id: str) -> str:
+    return f"results/{batch_id}/"
+
+
+def result_key(batch_id: str, index: int, errors: bool) -> str:
+    suffix = ".errors.jsonl" if errors else ".jsonl"
+    return f"{results_prefix(batch_id)}{index:05d}{suffix}"
+
+
+@dataclass(slots=True)
+class ShardOutcome:
+    """One shard's lines, in input order, split by where they go."""
+
+    outputs: list[OutputLine] = field(default_factory=list)
+    errors: list[OutputLine] = field(default_factory=list)
+
+
+def write_shard_results(storage: Storage, batch_id: str, index: int, outcome: ShardOutcome) -> None:
+    """Write (or overwrite) the shard's two result objects; each appears whole or not at all."""
+    for errors, lines in ((False, outcome.outputs), (True, outcome.errors)):
+        with WriterScope(storage.writer(result_key(batch_id, index, errors))) as out:
+            for line in lines:
+                out.write(line.model_dump_json().encode() + b"\n")
+
+
+class ShardLedger:
+    """The Redis half of the layout above; every call is one round trip or one pipeline."""
+
+    def __init__(self, client: redis.Redis, store: JobStore) -> None:
+        self._store = store
+        # redis-py types replies as ``bytes | str`` whatever ``decode_responses`` says.
+        self._redis: Any = client
+
+    def _key(self, name: str, batch_id: str, *rest: str) -> str:
+        return self._store.key(name, batch_id, *rest)
+
+    # -- deliveries and completion ------------------------------------------------------
+    def record_delivery(self, batch_id: str, index: int) -> int:
+        """Count one more start of this shard; returns how many starts there have been."""
+        key = self._key("shard_deliveries", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hincrby(key, str(index), 1)
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def is_done(self, batch_id: str, index: int) -> bool:
+        return bool(self._redis.sismember(self._key("shards_done", batch_id), str(index)))
+
+    def mark_done(self, batch_id: str, index: int) -> int:
+        """Record the shard's objects as final; returns how many shards are done."""
+        key = self._key("shards_done", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.sadd(key, str(index))
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.scard(key)
+            _, _, count = pipe.execute()
+        return int(count)
+
+    def done_shards(self, batch_id: str) -> set[int]:
+        return {int(i) for i in self._redis.smembers(self._key("shards_done", batch_id))}
+
+    # -- live counters ---------------------------------------------------------------------
+    def add_counts(self, batch_id: str, index: int, **deltas: int) -> None:
+        """Bump the batch's counters and remember what this shard's run added."""
+        unknown = set(deltas) - set(COUNTER_FIELDS)
+        assert not unknown, f"not a batch counter: {unknown}"
+        batch_key = self._store.key("batch", batch_id)
+        shard_key = self._key("shard_counts", batch_id)
+        with self._redis.pipeline() as pipe:
+            for name, delta in deltas.items():
+                pipe.hincrby(batch_key, name, delta)
+                pipe.hincrby(shard_key, f"{index}:{name}", delta)
+            pipe.expire(shard_key, BOOKKEEPING_TTL_S)
+            pipe.execute()
+
+    def take_back_counts(self, batch_id: str, index: int) -> None:
+        """Undo what an earlier, unfinished run of this shard added to the batch's counters."""
+        shard_key = self._key("shard_counts", batch_id)
+        names = [f"{index}:{name}" for name in COUNTER_FIELDS]
+        previous = self._redis.hmget(shard_key, names)
+        batch_key = self._store.key("batch", batch_id)
+        with self._redis.pipeline() as pipe:
+            for name, value in zip(COUNTER_FIELDS, previous, strict=True):
+                if value and int(value):
+                    pipe.hincrby(batch_key, name, -int(value))
+            pipe.hdel(shard_key, *names)
+            pipe.execute()
+
+    # -- leases: which shards a live worker is running ---------------------------------------
+    def hold_lease(self, batch_id: str, index: int, ttl_s: int) -> None:
+        self._redis.set(self._key("shard_lease", batch_id, str(index)), "1", ex=ttl_s)
+
+    def drop_lease(self, batch_id: str, index: int) -> None:
+        self._redis.delete(self._key("shard_lease", batch_id, str(index)))
+
+    def any_lease(self, batch_id: str, num_shards: int) -> bool:
+        keys = [self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)]
+        return bool(keys) and int(self._redis.exists(*keys)) > 0
+
+    # -- stopping and finalizing -----------------------------------------------------------
+    def request_stop(self, batch_id: str, reason: StopReason) -> None:
+        self._redis.set(self._key("stop", batch_id), reason.value, ex=BOOKKEEPING_TTL_S, nx=True)
+
+    def stop_flag(self, batch_id: str) -> StopReason | None:
+        raw = self._redis.get(self._key("stop", batch_id))
+        return StopReason(raw) if raw else None
+
+    def acquire_finalizer(self, batch_id: str, ttl_s: int) -> bool:
+        return bool(self._redis.set(self._key("finalize", batch_id), "1", nx=True, ex=ttl_s))
+
+    def finalizer_held(self, batch_id: str) -> bool:
+        return bool(self._redis.exists(self._key("finalize", batch_id)))
+
+    def release_finalizer(self, batch_id: str) -> None:
+        self._redis.delete(self._key("finalize", batch_id))
+
+    def forget(self, batch_id: str, num_shards: int) -> None:
+        """Drop the bookkeeping of a finished batch (the done set stays to stop late reruns)."""
+        keys = [
+            self._key("shard_deliveries", batch_id),
+            self._key("shard_counts", batch_id),
+            *(self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)),
+        ]
+        self._redis.delete(*keys)
+
+    def batch_ids(self) -> list[str]:
+        """Every batch id in the store (a SCAN over batch records, for the periodic sweep)."""
+        prefix = self._store.key("batch", "")
+        return [key[len(prefix) :] for key in self._redis.scan_iter(match=f"{prefix}*", count=500)]

@@ -1,0 +1,165 @@
+"""The Docker and Kubernetes files, checked by parsing (no Docker engine or cluster here).
+
+Every ``KVBATCH_*`` variable they set must be a setting the code reads, every command must
+be one ``kvbatch`` parses, and the durability and safety settings the docs promise (Redis
+AOF, GPU requests, Flower behind auth on loopback) must really be there.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from api.routers.health import router as health_router
+from api.settings import Settings
+from infra.cli import build_parser
+from infra.flower_command import FlowerSettings
+from worker.settings import WorkerSettings
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+ROOT = INFRA.parent
+
+
+def known_env_names() -> set[str]:
+    names = {f"KVBATCH_{name.upper()}" for name in Settings.model_fields}
+    names |= {f"KVBATCH_FLOWER_{name.upper()}" for name in FlowerSettings.model_fields}
+    names |= {f"KVBATCH_{name.upper()}" for name in WorkerSettings.model_fields}
+    return names
+
+
+def assert_kvbatch_command(argv: list[str]) -> None:
+    """``argv`` (what follows the image's ``kvbatch`` entry point) parses as a subcommand."""
+    build_parser().parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def k8s() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted((INFRA / "k8s").glob("*.yaml")):
+        docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def test_compose_redis_keeps_an_append_only_file(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--appendfsync everysec" in command
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_compose_kvbatch_services(compose: dict[str, Any]) -> None:
+    known = known_env_names()
+    services = compose["services"]
+    kvbatch = {name: s for name, s in services.items() if s.get("image", "").startswith("kvbatch")}
+    assert {"api", "worker", "beat", "flower"} <= set(kvbatch)
+    for name, service in kvbatch.items():
+        assert_kvbatch_command(service["command"])
+        unknown = {k for k in service["environment"] if k.startswith("KVBATCH_")} - known
+        assert not unknown, f"{name} sets variables no code reads: {unknown}"
+        assert (ROOT / service["build"]["context"].removeprefix("../")).exists()
+        assert (ROOT / service["build"]["dockerfile"]).is_file()
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_worker_reserves_a_gpu_and_flower_needs_auth(compose: dict[str, Any]) -> None:
+    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    flower_env = compose["services"]["flower"]["environment"]
+    assert flower_env["KVBATCH_FLOWER_BASIC_AUTH"].startswith("${KVBATCH_FLOWER_BASIC_AUTH:?")
+
+
+def test_compose_creates_the_bucket_the_services_use(compose: dict[str, Any]) -> None:
+    init = compose["services"]["minio-init"]
+    assert "mc mb" in " ".join(init["entrypoint"])
+    bucket = compose["services"]["api"]["environment"]["KVBATCH_S3_BUCKET"]
+    assert init["environment"]["BUCKET"] == bucket
+    assert compose["services"]["api"]["environment"]["KVBATCH_STORAGE_BACKEND"] == "s3"
+
+
+def test_dockerfile_installs_the_pinned_torch_and_runs_kvbatch() -> None:
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    pin = re.search(r'"(torch==[\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pin is not None and pin.group(1) in dockerfile
+    assert 'ENTRYPOINT ["kvbatch"]' in dockerfile
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.MULTILINE):
+        assert (ROOT / source).exists(), source
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, flags=re.MULTILINE)
+    assert cmd is not None
+    assert_kvbatch_command(yaml.safe_load(cmd.group(1)))
+
+
+def test_k8s_settings_are_settings_the_code_reads(k8s: list[dict[str, Any]]) -> None:
+    known = known_env_names()
+    config = by_kind(k8s, "ConfigMap")["kvbatch-config"]["data"]
+    secret = by_kind(k8s, "Secret")["kvbatch-secrets"]["stringData"]
+    assert not (set(config) | set(secret)) - known
+    assert (
+        Settings.model_validate(
+            {k.removeprefix("KVBATCH_").lower(): v for k, v in {**config, **secret}.items()}
+        ).storage_backend
+        == "s3"
+    )
+    redis_host = re.match(r"redis://([^:/]+)", config["KVBATCH_REDIS_URL"])
+    assert redis_host is not None and redis_host.group(1).endswith(".kvbatch-redis")
+
+
+def test_k8s_redis_is_a_stateful_set_with_aof_on_a_volume(k8s: list[dict[str, Any]]) -> None:
+    redis = by_kind(k8s, "StatefulSet")["kvbatch-redis"]
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    args = " ".join(container["args"])
+    assert "--appendonly yes" in args and "--appendfsync everysec" in args
+    claim = redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert {"name": claim, "mountPath": "/data"} in container["volumeMounts"]
+    assert redis["spec"]["serviceName"] in by_kind(k8s, "Service")
+
+
+def test_k8s_deployments_run_real_commands(k8s: list[dict[str, Any]]) -> None:
+    deployments = by_kind(k8s, "Deployment")
+    assert {"kvbatch-api", "kvbatch-worker", "kvbatch-beat", "kvbatch-flower"} <= set(deployments)
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), name
+        for container in spec["template"]["spec"]["containers"]:
+            assert container["image"].startswith("kvbatch:")
+            assert_kvbatch_command(container["args"])
+            refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
+            assert refs == {"kvbatch-config", "kvbatch-secrets"}
+    assert deployments["kvbatch-beat"]["spec"]["replicas"] == 1
+
+
+def test_k8s_worker_requests_a_gpu(k8s: list[dict[str, Any]]) -> None:
+    worker = by_kind(k8s, "Deployment")["kvbatch-worker"]["spec"]["template"]["spec"]
+    resources = worker["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+    assert worker["terminationGracePeriodSeconds"] >= 60
+
+
+def test_k8s_services_select_their_pods_and_probes_exist(k8s: list[dict[str, Any]]) -> None:
+    pods = {
+        name: doc["spec"]["template"]["metadata"]["labels"]
+        for kind in ("Deployment", "StatefulSet")
+        for name, doc in by_kind(k8s, kind).items()
+    }
+    for name, service in by_kind(k8s, "Service").items():
+        selector = service["spec"]["selector"].items()
+        assert any(selector <= labels.items() for labels in pods.values()), name
+    assert by_kind(k8s, "Service")["kvbatch-flower"]["spec"]["type"] == "ClusterIP"
+    api = by_kind(k8s, "Deployment")["kvbatch-api"]["spec"]["template"]["spec"]["containers"][0]
+    routes = {getattr(route, "path", None) for route in health_router.routes}
+    assert api["readinessProbe"]["httpGet"]["path"] in routes

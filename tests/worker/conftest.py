@@ -1,0 +1,88 @@
+"""Fixtures for the worker tests: a live stack per module (API, moto S3, Redis, worker)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from openai import OpenAI
+
+from api.settings import Settings
+from tests.api import conftest as api_fixtures
+from tests.api.conftest import LiveServer, make_settings, run_server
+from tests.worker.service import WorkerProcess, service_env, wait_worker_ready
+
+# The API tests' session fixtures: one Redis client, key prefix and S3 server per session.
+redis_client = api_fixtures.redis_client
+session_prefix = api_fixtures.session_prefix
+s3_endpoint = api_fixtures.s3_endpoint
+
+
+@dataclass(slots=True)
+class Stack:
+    server: LiveServer
+    settings: Settings
+    redis: redis.Redis
+    tmp: Path
+    worker_settings: dict[str, object]
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def client(self) -> OpenAI:
+        return self.server.client()
+
+    def start_worker(self, concurrency: int = 4) -> WorkerProcess:
+        name = f"w{len(self.workers)}-{secrets.token_hex(3)}@test"
+        env = service_env(self.settings, **self.worker_settings)
+        worker = WorkerProcess(env, name, self.tmp / f"{name}.log", concurrency)
+        self.workers.append(worker)
+        wait_worker_ready(worker, self.redis, self.settings.key_prefix)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@contextmanager
+def open_stack(
+    prefix: str,
+    tmp: Path,
+    s3_url: str,
+    client: redis.Redis,
+    **worker_settings: object,
+) -> Iterator[Stack]:
+    settings = make_settings("s3", prefix, tmp, s3_url, shard_size=16)
+    defaults: dict[str, object] = {
+        "stats_interval_s": 0.3,
+        "expiry_interval_s": 2,
+        "stop_poll_s": 0.3,
+        "beat_schedule_path": tmp / "beat-schedule",
+        "shard_lease_s": 6,
+        "unacked_restore_interval_s": 1,
+    }
+    with run_server(settings) as server:
+        stack = Stack(server, settings, client, tmp, {**defaults, **worker_settings})
+        try:
+            yield stack
+        finally:
+            stack.stop_workers()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    session_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_endpoint: str,
+    redis_client: redis.Redis,
+) -> Iterator[Stack]:
+    """The API, S3 and one worker process (4 shard threads), for a whole test module."""
+    tmp = tmp_path_factory.mktemp("worker-stack")
+    prefix = f"{session_prefix}:{secrets.token_hex(2)}"
+    with open_stack(prefix, tmp, s3_endpoint, redis_client) as live:
+        live.start_worker()
+        yield live

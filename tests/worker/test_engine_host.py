@@ -1,0 +1,123 @@
+"""The engine host with a tiny random model: shared steps, backpressure, stops, refusals."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import LLM, SamplingParams
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from worker.engine_host import EngineHost, HostResult, Submission
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dirs: dict[str, Path]) -> Path:
+    return tiny_model_dirs["llama"]
+
+
+def make_host(model_dir: Path, stops: dict[str, str], max_pending: int = 64) -> EngineHost:
+    config = EngineConfig(model=str(model_dir), max_num_seqs=64)
+    return EngineHost(
+        lambda: LLMEngine(config),
+        stop_checker=lambda batches: {b: r for b, r in stops.items() if b in batches},
+        max_pending=max_pending,
+        stop_poll_s=0.05,
+    )
+
+
+@pytest.fixture
+def host(model_dir: Path) -> Iterator[EngineHost]:
+    host = make_host(model_dir, {})
+    host.start(timeout_s=60)
+    yield host
+    host.close()
+
+
+def prompt(i: int) -> list[int]:
+    return [(7 * i + j) % 500 + 3 for j in range(5 + i % 4)]
+
+
+def run_batch(host: EngineHost, batch: str, n: int, max_tokens: int) -> list[HostResult]:
+    results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    host.watch(batch)
+    for i in range(n):
+        host.submit(Submission(f"{batch}/0/{i}", batch, prompt(i), params, results.put))
+    collected = [results.get(timeout=60) for _ in range(n)]
+    host.unwatch(batch)
+    return sorted(collected, key=lambda r: int(r.request_id.rpartition("/")[2]))
+
+
+def test_batches_from_threads_share_steps_and_match_offline(
+    host: EngineHost, model_dir: Path
+) -> None:
+    outcome: dict[str, list[HostResult]] = {}
+    threads = [
+        threading.Thread(target=lambda b=b: outcome.update({b: run_batch(host, b, 6, 12)}))
+        for b in ("batch_a", "batch_b", "batch_c")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    expected = LLM(model=str(model_dir), max_num_seqs=64).generate(
+        [prompt(i) for i in range(6)],
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+        use_tqdm=False,
+    )
+    for results in outcome.values():
+        assert [r.output.outputs[0].token_ids for r in results if r.output] == [
+            e.outputs[0].token_ids for e in expected
+        ]
+    stats = host.snapshot()
+    assert stats["num_multi_batch_steps"] >= 1 and stats["max_batches_in_step"] >= 2
+    assert stats["num_batches_served"] == 3 and stats["num_pending"] == 0
+
+
+def test_refusal_is_a_result_not_a_crash(host: EngineHost) -> None:
+    results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+    too_long = list(range(3, 1100))
+    host.submit(Submission("b/0/0", "b", too_long, SamplingParams(max_tokens=4), results.put))
+    host.submit(Submission("b/0/1", "b", "text", SamplingParams(max_tokens=4), results.put))
+    refused = [results.get(timeout=30) for _ in range(2)]
+    assert all(r.refused and r.output is None for r in refused)
+    assert run_batch(host, "b", 1, 2)[0].output is not None, "the host keeps serving"
+
+
+def test_default_max_tokens_fills_the_context(host: EngineHost) -> None:
+    results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    host.submit(
+        Submission(
+            "d/0/0", "d", [3 + i % 500 for i in range(997)], params, results.put, fill_context=True
+        )
+    )
+    result = results.get(timeout=120)
+    output = result.output
+    assert output is not None, result
+    assert len(output.prompt_token_ids) + len(output.outputs[0].token_ids) == 1024
+
+
+def test_stop_aborts_a_batch_between_steps(model_dir: Path) -> None:
+    stops: dict[str, str] = {}
+    host = make_host(model_dir, stops, max_pending=4)
+    host.start(timeout_s=60)
+    try:
+        results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+        params = SamplingParams(temperature=0, max_tokens=900, ignore_eos=True)
+        host.watch("s")
+        for i in range(4):
+            host.submit(Submission(f"s/0/{i}", "s", prompt(i), params, results.put))
+        stops["s"] = "cancelled"
+        stopped = [results.get(timeout=30) for _ in range(4)]
+        assert all(r.stopped == "cancelled" for r in stopped)
+        assert host.stop_reason("s") == "cancelled"
+        host.submit(Submission("s/0/9", "s", prompt(9), params, results.put))
+        assert results.get(timeout=30).stopped == "cancelled", "a stopped batch takes no more"
+    finally:
+        host.close()

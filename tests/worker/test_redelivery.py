@@ -1,0 +1,62 @@
+"""A worker killed with SIGKILL mid-batch: its shards come back, nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.api.helpers import chat_line, jsonl
+from tests.worker.conftest import Stack, open_stack
+from tests.worker.service import assert_each_once, result_lines, wait_batch, worker_stats
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def short_timeout_stack(
+    session_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_endpoint: str,
+    redis_client: redis.Redis,
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("redelivery")
+    prefix = f"{session_prefix}:{secrets.token_hex(2)}"
+    with open_stack(prefix, tmp, s3_endpoint, redis_client, visibility_timeout_s=8) as stack:
+        yield stack
+
+
+def test_sigkill_mid_batch_then_new_worker_completes(short_timeout_stack: Stack) -> None:
+    stack = short_timeout_stack
+    first = stack.start_worker(concurrency=2)
+    lines = [
+        chat_line(f"k-{i}", f"Write about {i}.", max_tokens=12, temperature=0, ignore_eos=True)
+        for i in range(40)
+    ]
+    client = stack.client()
+    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    batch_id = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+    # Kill while the first shards' requests are inside the engine, before any finished.
+    deadline = time.monotonic() + 120
+    while (
+        worker_stats(stack.redis, stack.settings.key_prefix, first.name).get("num_submitted", 0) < 1
+    ):
+        assert time.monotonic() < deadline, first.log_tail()
+        time.sleep(0.05)
+    first.kill()
+    at_kill = client.batches.retrieve(batch_id).request_counts
+    assert at_kill is not None and at_kill.completed < 40, "killed mid-batch"
+
+    stack.start_worker(concurrency=2)
+    batch = wait_batch(client, batch_id, {"completed", "failed"}, timeout_s=240)
+    assert batch.status == "completed", batch
+    outputs, errors = result_lines(client, batch)
+    assert_each_once([line["custom_id"] for line in lines], outputs, errors)
+    assert not errors
+    counts = batch.request_counts
+    assert counts is not None and (counts.completed, counts.failed) == (40, 0)

@@ -1,0 +1,24 @@
+"""The Celery application of the kvbatch workers (``celery -A worker.app worker``).
+
+Its configuration lives in worker/celeryconfig.py; its tasks in worker/tasks.py; the engine
+each worker process holds starts in the bootstep of worker/bootstep.py.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.bootstep import EngineBootstep
+from worker.celeryconfig import celery_config
+from worker.settings import WorkerSettings, get_worker_settings
+
+celery_app = Celery("kvbatch", set_as_current=True, include=["worker.tasks"])
+celery_app.steps["worker"].add(EngineBootstep)
+
+
+def configure(settings: WorkerSettings) -> None:
+    """(Re)apply settings, e.g. after ``run_worker`` changed the environment."""
+    celery_app.conf.update(celery_config(settings))
+
+
+configure(get_worker_settings())

@@ -1,0 +1,33 @@
+"""The periodic schedule: ``kvbatch.expire_batches`` ends batches past their window.
+
+Run beat once per deployment (``kvbatch worker --beat`` embeds it, or :func:`run_beat`);
+two beats only sweep twice, which the finalizer's lock makes harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.settings import WorkerSettings
+
+EXPIRE_TASK = "kvbatch.expire_batches"
+
+
+def beat_schedule(settings: WorkerSettings) -> dict[str, Any]:
+    return {
+        "kvbatch-expire-batches": {
+            "task": EXPIRE_TASK,
+            "schedule": settings.expiry_interval_s,
+            # Priority 0 is served first on Redis: the sweep never waits behind shards.
+            "options": {"queue": settings.shard_queue, "priority": 0},
+        }
+    }
+
+
+def run_beat(loglevel: str = "INFO") -> None:
+    """Run Celery beat in this process (blocks) with the worker app's schedule."""
+    from worker.app import celery_app
+    from worker.settings import get_worker_settings
+
+    get_worker_settings().beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.start(argv=["beat", f"--loglevel={loglevel}"])

@@ -1,0 +1,50 @@
+"""Celery configuration for kvbatch workers, every reliability setting chosen on purpose.
+
+- ``task_acks_late``: a shard is acknowledged only after its results are written, so a
+  worker that dies mid-shard loses nothing; shard tasks are idempotent (jobs/results.py).
+- ``task_reject_on_worker_lost``: a task whose worker process vanished is re-queued instead
+  of acknowledged; deliveries are counted in Redis and bounded by ``max_shard_deliveries``.
+- ``worker_prefetch_multiplier=1``: a worker reserves only as many shards as it has
+  threads, leaving the rest to other workers.
+- ``visibility_timeout``: Redis redelivers an unacknowledged shard after this long, so it
+  must stay well above the longest shard (shards are minutes; the default is an hour).
+  Consumers look for such messages every ``unacked_restore_interval_s``.
+- ``priority_steps`` 0-9: the Redis transport serves priority 0 first; metadata.priority
+  0-9 maps onto it one to one (lower runs first, as in the engine's scheduler).
+- Task events on, so that Flower shows workers, tasks and their arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.beat import beat_schedule
+from worker.settings import WorkerSettings
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    transport = settings.broker_transport_options()
+    transport["visibility_timeout"] = settings.visibility_timeout_s
+    # How often a consumer looks for messages past their visibility timeout (kombu's default
+    # scans every 10th of 10-second ticks); the scan is cheap and takes a mutex.
+    transport["unacked_restore_interval"] = settings.unacked_restore_interval_s
+    transport["unacked_restore_throttle"] = 1
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_default_queue": settings.shard_queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": beat_schedule(settings),
+        "beat_schedule_filename": str(settings.beat_schedule_path),
+        "timezone": "UTC",
+    }

@@ -1,0 +1,302 @@
+"""One engine per worker process, stepped by one thread, fed by every shard task at once.
+
+    shard task A ─┐ submit()                 ┌─► sink A (queue of the task's results)
+    shard task B ─┼──► submissions ─► engine thread: admit → check stops → step ─┤
+    shard task C ─┘   (bounded: submit()   (requests of A, B, C share each step) └─► sink C
+                       waits for room)
+
+Tasks run in Celery's thread pool; only the engine thread touches the engine (and its
+tokenizer's chat template), so the engine needs no locks. Every ``stop_poll_s`` the thread
+asks ``stop_checker`` whether any batch it serves must stop (cancelled, expired) and aborts
+that batch's requests between two steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+StopChecker = Callable[[set[str]], dict[str, str]]
+
+
+@dataclass(slots=True)
+class ChatPrompt:
+    """Messages to render with the model's chat template (in the engine thread)."""
+
+    messages: list[dict[str, Any]]
+
+
+PromptInput = str | list[int] | ChatPrompt
+
+
+@dataclass(slots=True)
+class HostResult:
+    """How a submission ended: an engine output, a refusal, a stop, or an engine failure."""
+
+    request_id: str
+    output: RequestOutput | None = None
+    refused: str | None = None  # the engine can never run it (a 400 for the caller)
+    stopped: str | None = None  # the batch's stop reason
+    failed: str | None = None  # the engine broke while running it
+
+
+@dataclass(slots=True)
+class Submission:
+    request_id: str
+    batch_id: str
+    prompt: PromptInput
+    params: SamplingParams
+    sink: Callable[[HostResult], None]
+    priority: int = 0
+    fill_context: bool = False  # max_tokens becomes the rest of the model's context
+
+
+@dataclass(slots=True)
+class HostStats:
+    """What the host adds to the engine's own statistics."""
+
+    num_submitted: int = 0
+    num_resolved: int = 0
+    num_steps: int = 0
+    num_multi_batch_steps: int = 0  # steps whose requests came from two or more batches
+    max_batches_in_step: int = 0
+    num_batches_served: int = 0
+    recent_batches: deque[str] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+class EngineHost:
+    def __init__(
+        self,
+        engine_factory: Callable[[], LLMEngine],
+        *,
+        stop_checker: StopChecker,
+        max_pending: int = 512,
+        stop_poll_s: float = 0.5,
+    ) -> None:
+        assert max_pending >= 1
+        self._factory = engine_factory
+        self._stop_checker = stop_checker
+        self._max_pending = max_pending
+        self._stop_poll_s = stop_poll_s
+        self._submissions: queue.SimpleQueue[Submission] = queue.SimpleQueue()
+        self._room = threading.Condition()
+        self._num_pending = 0
+        self._lock = threading.Lock()  # guards stats, _watched and _stopped
+        self._watched: Counter[str] = Counter()
+        self._stopped: dict[str, str] = {}
+        self._stats = HostStats()
+        self._throughput: deque[tuple[float, int]] = deque(maxlen=64)
+        self._inflight: dict[str, Submission] = {}
+        self._engine: LLMEngine | None = None
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._load_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
+        self._last_stop_check = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout_s: float | None = None) -> None:
+        """Start the engine thread and wait until the engine is loaded."""
+        self._thread.start()
+        self._ready.wait(timeout_s)
+        if self._load_error is not None:
+            raise RuntimeError("the engine failed to load") from self._load_error
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def engine(self) -> LLMEngine:
+        assert self._engine is not None, "the engine host is not started"
+        return self._engine
+
+    # -- what shard tasks call ---------------------------------------------------------------
+    def submit(self, submission: Submission) -> None:
+        """Queue a request for the engine; blocks while ``max_pending`` requests are pending."""
+        with self._room:
+            self._room.wait_for(lambda: self._num_pending < self._max_pending)
+            self._num_pending += 1
+        with self._lock:
+            self._stats.num_submitted += 1
+        self._submissions.put(submission)
+
+    def watch(self, batch_id: str) -> None:
+        """Check this batch for a stop from now on, even before it has requests in flight."""
+        with self._lock:
+            self._watched[batch_id] += 1
+            if batch_id not in self._stats.recent_batches:
+                self._stats.recent_batches.append(batch_id)
+                self._stats.num_batches_served += 1
+
+    def unwatch(self, batch_id: str) -> None:
+        with self._lock:
+            self._watched[batch_id] -= 1
+            if self._watched[batch_id] <= 0:
+                del self._watched[batch_id]
+                self._stopped.pop(batch_id, None)
+
+    def stop_reason(self, batch_id: str) -> str | None:
+        """The batch's stop reason as of the last check (at most ``stop_poll_s`` old)."""
+        with self._lock:
+            return self._stopped.get(batch_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Host and engine statistics as plain values (safe from any thread)."""
+        engine_stats = self._engine.stats.as_dict() if self._engine is not None else {}
+        engine_stats.pop("last_step", None)
+        with self._lock:
+            s = self._stats
+            points = list(self._throughput)
+            data: dict[str, Any] = {
+                "num_submitted": s.num_submitted,
+                "num_resolved": s.num_resolved,
+                "num_host_steps": s.num_steps,
+                "num_multi_batch_steps": s.num_multi_batch_steps,
+                "max_batches_in_step": s.max_batches_in_step,
+                "num_batches_served": s.num_batches_served,
+                "num_pending": self._num_pending,
+            }
+        rate = 0.0
+        if len(points) >= 2 and points[-1][0] > points[0][0]:
+            rate = (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+        total_blocks = engine_stats.get("num_kv_blocks_total") or 0
+        used = engine_stats.get("num_kv_blocks_used", 0)
+        data.update(
+            engine_stats,
+            generated_tokens_per_s=rate,
+            kv_cache_usage=used / total_blocks if total_blocks else 0.0,
+        )
+        return data
+
+    # -- the engine thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._engine = self._factory()
+        except BaseException as exc:
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        engine = self._engine
+        while not self._closing.is_set():
+            self._admit(block=not engine.has_unfinished_requests())
+            self._check_stops()
+            if engine.has_unfinished_requests():
+                self._step(engine)
+        for request_id in list(self._inflight):
+            engine.abort_request(request_id)
+            self._resolve(HostResult(request_id, failed="the worker is shutting down"))
+
+    def _admit(self, block: bool) -> None:
+        try:
+            first = self._submissions.get(timeout=self._stop_poll_s) if block else None
+        except queue.Empty:
+            return
+        batch = [first] if first is not None else []
+        while True:
+            try:
+                batch.append(self._submissions.get_nowait())
+            except queue.Empty:
+                break
+        for submission in batch:
+            self._add(submission)
+
+    def _add(self, submission: Submission) -> None:
+        engine = self.engine
+        self._inflight[submission.request_id] = submission
+        with self._lock:
+            stopped = self._stopped.get(submission.batch_id)
+        if stopped is not None:
+            self._resolve(HostResult(submission.request_id, stopped=stopped))
+            return
+        try:
+            prompt = self._prompt_ids(submission.prompt)
+            params = submission.params
+            if submission.fill_context:
+                params = replace(params, max_tokens=max(1, engine.max_model_len - len(prompt)))
+            engine.add_request(submission.request_id, prompt, params, submission.priority)
+        except ValueError as exc:
+            self._resolve(HostResult(submission.request_id, refused=str(exc)))
+
+    def _prompt_ids(self, prompt: PromptInput) -> list[int]:
+        """Token ids of a prompt; raises ValueError (a refusal) when it cannot be tokenized."""
+        if isinstance(prompt, list):
+            return prompt
+        tokenizer = self.engine.tokenizer
+        if tokenizer is None:
+            raise ValueError("this model has no tokenizer: send token ids, not text")
+        if isinstance(prompt, ChatPrompt):
+            return tokenizer.apply_chat_template(prompt.messages)
+        return tokenizer.encode(prompt)
+
+    def _check_stops(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stop_check < self._stop_poll_s:
+            return
+        self._last_stop_check = now
+        with self._lock:
+            batches = set(self._watched) | {s.batch_id for s in self._inflight.values()}
+        if not batches:
+            return
+        try:
+            stops = self._stop_checker(batches)
+        except Exception:
+            log.exception("checking batches for a stop failed; retrying at the next poll")
+            return
+        with self._lock:
+            self._stopped.update(stops)
+        for request_id, submission in list(self._inflight.items()):
+            reason = stops.get(submission.batch_id)
+            if reason is not None:
+                output = self.engine.abort_request(request_id)
+                self._resolve(HostResult(request_id, output=output, stopped=reason))
+
+    def _step(self, engine: LLMEngine) -> None:
+        try:
+            outputs = engine.step()
+        except Exception as exc:
+            log.exception("engine step failed; failing the requests in flight")
+            for request_id in list(self._inflight):
+                engine.abort_request(request_id)
+                self._resolve(HostResult(request_id, failed=f"engine failure: {exc}"))
+            return
+        ran = [r.request_id.rpartition("#")[0] for r in engine.scheduler.running]
+        ran += [o.request_id for o in outputs]
+        self._record_step({self._inflight[r].batch_id for r in ran if r in self._inflight})
+        for output in outputs:
+            self._resolve(HostResult(output.request_id, output=output))
+
+    def _record_step(self, batches: set[str]) -> None:
+        generated = self.engine.stats.num_generated_tokens
+        with self._lock:
+            s = self._stats
+            s.num_steps += 1
+            s.num_multi_batch_steps += int(len(batches) >= 2)
+            s.max_batches_in_step = max(s.max_batches_in_step, len(batches))
+            self._throughput.append((time.monotonic(), generated))
+
+    def _resolve(self, result: HostResult) -> None:
+        submission = self._inflight.pop(result.request_id)
+        with self._lock:
+            self._stats.num_resolved += 1
+        with self._room:
+            self._num_pending -= 1
+            self._room.notify_all()
+        try:
+            submission.sink(result)
+        except Exception:
+            log.exception("a result sink failed for %s", result.request_id)

@@ -1,0 +1,66 @@
+"""Starting a kvbatch worker in this process: one engine, a thread pool of shard tasks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker.settings import get_worker_settings
+
+
+def worker_argv(
+    concurrency: int,
+    *,
+    queues: Sequence[str],
+    beat: bool = False,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+) -> list[str]:
+    """The ``celery worker`` command line: a thread pool, so every task shares the engine."""
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(queues)}",
+        f"--loglevel={loglevel}",
+        "--task-events",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if beat:
+        argv.append("--beat")
+    return argv
+
+
+def run_worker(
+    model_dir: str | Path,
+    concurrency: int = 1,
+    *,
+    beat: bool = False,
+    hostname: str | None = None,
+    queues: Sequence[str] | None = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker holding the engine of ``model_dir`` until it is shut down.
+
+    ``concurrency`` shard tasks run at once, all feeding the same engine; ``beat`` embeds
+    the scheduler of ``kvbatch.expire_batches`` (run it in one process per deployment).
+    Other settings come from ``KVBATCH_*`` variables (worker/settings.py).
+    """
+    os.environ["KVBATCH_WORKER_MODEL"] = str(model_dir)
+    get_worker_settings.cache_clear()
+    settings = get_worker_settings()
+    from worker.app import celery_app, configure
+
+    configure(settings)
+    if beat:
+        settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = worker_argv(
+        concurrency,
+        queues=queues or [settings.shard_queue],
+        beat=beat,
+        hostname=hostname,
+        loglevel=loglevel,
+    )
+    celery_app.worker_main(argv)

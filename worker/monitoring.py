@@ -1,0 +1,98 @@
+"""Engine statistics where operators look: a Redis hash per worker, Prometheus, Celery.
+
+P:workers:{hostname}   hash, refreshed every ``interval_s``, expires when the worker dies
+:{metrics_port}/metrics  Prometheus text, read from the host on each scrape
+celery inspect stats   the same numbers under "kvbatch" (Flower's worker page shows them)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker.engine_host import EngineHost
+
+log = logging.getLogger(__name__)
+
+_GAUGES = {
+    "num_running": "Requests running in the engine",
+    "num_waiting": "Requests waiting for the engine's scheduler",
+    "num_pending": "Requests submitted by shard tasks and not yet finished",
+    "kv_cache_usage": "Fraction of KV-cache blocks in use",
+    "generated_tokens_per_s": "Generated tokens per second over the recent steps",
+}
+_COUNTERS = {
+    "num_generated_tokens": "Tokens generated",
+    "num_prompt_tokens": "Prompt tokens computed",
+    "num_steps": "Engine steps",
+    "num_multi_batch_steps": "Engine steps holding requests of two or more batches",
+    "num_batches_served": "Batches this worker has run shards of",
+    "num_finished_requests": "Requests finished",
+    "num_preemptions": "Requests preempted for KV-cache space",
+}
+
+
+class _HostCollector(Collector):
+    def __init__(self, host: EngineHost) -> None:
+        self._host = host
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._host.snapshot()
+        for name, doc in _GAUGES.items():
+            yield GaugeMetricFamily(f"kvbatch_worker_{name}", doc, value=stats.get(name, 0))
+        for name, doc in _COUNTERS.items():
+            yield CounterMetricFamily(f"kvbatch_worker_{name}", doc, value=stats.get(name, 0))
+
+
+class StatsPublisher:
+    def __init__(
+        self,
+        host: EngineHost,
+        client: redis.Redis,
+        key: str,
+        *,
+        interval_s: float = 2.0,
+        metrics_port: int | None = None,
+    ) -> None:
+        self._host = host
+        self._redis: Any = client
+        self._key = key
+        self._interval_s = interval_s
+        self._metrics_port = metrics_port
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stats-publisher", daemon=True)
+
+    def start(self) -> None:
+        if self._metrics_port is not None:
+            registry = CollectorRegistry()
+            registry.register(_HostCollector(self._host))
+            start_http_server(self._metrics_port, addr="0.0.0.0", registry=registry)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(self._interval_s + 5)
+        self._redis.delete(self._key)
+
+    def publish(self) -> None:
+        stats = self._host.snapshot()
+        flat = {k: str(v) for k, v in stats.items() if isinstance(v, int | float)}
+        with self._redis.pipeline() as pipe:
+            pipe.hset(self._key, mapping=flat)
+            pipe.expire(self._key, int(self._interval_s * 3) + 10)
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._closing.wait(self._interval_s):
+            try:
+                self.publish()
+            except Exception:
+                log.exception("publishing worker stats failed")

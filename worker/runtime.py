@@ -1,0 +1,126 @@
+"""Everything one worker process holds: Redis, storage, the engine host, the shard runner.
+
+Built once per process, in the worker's bootstep (worker/bootstep.py) or lazily by the first
+task that needs it, never in ``worker_process_init`` (loading a model takes too long there).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import redis
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from jobs.finalize import BatchFinalizer
+from jobs.results import ShardLedger, StopReason
+from jobs.service_settings import open_storage
+from jobs.status import BatchStatus
+from jobs.store import JobStore
+from worker.engine_host import EngineHost
+from worker.monitoring import StatsPublisher
+from worker.settings import WorkerSettings, get_worker_settings
+from worker.shard_runner import ShardLimits, ShardRunner
+
+_ENDED = {BatchStatus.CANCELLED: StopReason.CANCELLED, BatchStatus.EXPIRED: StopReason.EXPIRED}
+
+
+class WorkerRuntime:
+    def __init__(self, settings: WorkerSettings, hostname: str) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.store = JobStore(self.redis, settings.key_prefix)
+        self.ledger = ShardLedger(self.redis, self.store)
+        self.storage = open_storage(settings)
+        self.finalizer = BatchFinalizer(
+            self.store,
+            self.ledger,
+            self.storage,
+            lock_ttl_s=settings.finalize_lock_s,
+            max_line_bytes=settings.max_line_bytes,
+        )
+        self.host = EngineHost(
+            self._load_engine,
+            stop_checker=self._stop_reasons,
+            max_pending=settings.max_pending_requests,
+            stop_poll_s=settings.stop_poll_s,
+        )
+        self.runner = ShardRunner(
+            self.store,
+            self.ledger,
+            self.storage,
+            self.finalizer,
+            self.host,
+            ShardLimits(
+                max_deliveries=settings.max_shard_deliveries,
+                lease_s=settings.shard_lease_s,
+                max_line_bytes=settings.max_line_bytes,
+            ),
+        )
+        self.publisher = StatsPublisher(
+            self.host,
+            self.redis,
+            self.store.key("workers", hostname),
+            interval_s=settings.stats_interval_s,
+            metrics_port=settings.metrics_port,
+        )
+
+    def _load_engine(self) -> LLMEngine:
+        config = EngineConfig(model=self.settings.worker_model, **self.settings.engine_args())
+        return LLMEngine(config)
+
+    def _stop_reasons(self, batch_ids: set[str]) -> dict[str, str]:
+        """Which of ``batch_ids`` must stop now (ended, cancelling, past their window)."""
+        reasons: dict[str, str] = {}
+        for batch_id in batch_ids:
+            batch = self.store.load_batch(batch_id)
+            if batch is None:
+                reasons[batch_id] = StopReason.CANCELLED.value
+                continue
+            reason = _ENDED.get(batch.status) or self.finalizer.stop_reason(batch)
+            if reason is StopReason.EXPIRED:
+                self.ledger.request_stop(batch.id, reason)  # the finalizer then ends it expired
+            if reason is not None:
+                reasons[batch_id] = reason.value
+        return reasons
+
+    def start(self) -> None:
+        self.host.start()
+        self.publisher.start()
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.host.close()
+        self.storage.close()
+        self.redis.close()
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(hostname: str | None = None) -> WorkerRuntime:
+    """This process's runtime, started on first use (loads the engine once)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            name = hostname or f"kvbatch-{os.getpid()}@{socket.gethostname()}"
+            runtime = WorkerRuntime(get_worker_settings(), name)
+            runtime.start()
+            _runtime = runtime
+        return _runtime
+
+
+def current_runtime() -> WorkerRuntime | None:
+    """The runtime if one is running (stats and shutdown must not start one)."""
+    return _runtime
+
+
+def shutdown_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.close()
+            _runtime = None

@@ -1,0 +1,65 @@
+"""A batch line's request body as an engine request: the prompt and its SamplingParams.
+
+Defaults follow OpenAI, not the engine: ``temperature`` 1, ``top_p`` 1, ``n`` 1, and no
+``max_tokens`` means "the rest of the context" (the engine host fills it in once the prompt
+is tokenized).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.sampling_params import SamplingParams
+from jobs.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
+from worker.engine_host import ChatPrompt, PromptInput
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    prompt: PromptInput
+    params: SamplingParams
+    fill_context: bool  # no max_tokens given: generate up to the rest of the context
+
+
+def _num_logprobs(body: RequestBody) -> int | None:
+    if isinstance(body, ChatCompletionBody):
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs
+
+
+def _prompt(body: RequestBody) -> PromptInput:
+    if isinstance(body, CompletionBody):
+        return body.prompt
+    messages = []
+    for message in body.messages:
+        content = message.content
+        text = content if isinstance(content, str) else "\n".join(p.text for p in content)
+        entry = {"role": message.role, "content": text}
+        if message.name is not None:
+            entry["name"] = message.name
+        messages.append(entry)
+    return ChatPrompt(messages)
+
+
+def engine_request(body: RequestBody) -> EngineRequest:
+    """Map every supported body field onto the engine; raises SamplingParamsError if invalid."""
+    limit = body.token_limit
+    params = SamplingParams(
+        n=body.n or 1,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
+        stop=body.stop_list,
+        stop_token_ids=list(body.stop_token_ids or []),
+        max_tokens=limit or max(1, body.min_tokens or 1),
+        min_tokens=body.min_tokens or 0,
+        ignore_eos=bool(body.ignore_eos),
+        logprobs=_num_logprobs(body),
+    )
+    return EngineRequest(_prompt(body), params, fill_context=limit is None)

@@ -1,0 +1,55 @@
+"""The worker's settings: the shared service ones plus the engine and reliability knobs."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jobs.service_settings import ServiceSettings
+
+
+class WorkerSettings(ServiceSettings):
+    """``KVBATCH_*`` variables; ``KVBATCH_WORKER_MODEL`` is the engine's model directory."""
+
+    worker_model: str = "models/smollm2-135m-instruct"
+
+    # Reliability (see worker/celeryconfig.py for how they are used).
+    visibility_timeout_s: int = 3600
+    unacked_restore_interval_s: int = 60
+    max_shard_deliveries: int = 5
+    shard_lease_s: int = 30
+    finalize_lock_s: int = 600
+
+    # Scheduling inside one worker process.
+    max_pending_requests: int = 512
+    stop_poll_s: float = 0.5
+
+    # Periodic work and monitoring.
+    expiry_interval_s: float = 15.0
+    beat_schedule_path: Path = Path("var/celerybeat-schedule")
+    stats_interval_s: float = 2.0
+    metrics_port: int | None = None
+
+    # Engine arguments (``EngineConfig`` fields).
+    engine_dtype: str = "auto"
+    engine_device: str = "auto"
+    engine_block_size: int = 16
+    engine_max_num_seqs: int = 256
+    engine_max_num_batched_tokens: int = 2048
+    engine_kv_cache_memory_gb: float = 1.0
+
+    def engine_args(self) -> dict[str, Any]:
+        return {
+            "dtype": self.engine_dtype,
+            "device": self.engine_device,
+            "block_size": self.engine_block_size,
+            "max_num_seqs": self.engine_max_num_seqs,
+            "max_num_batched_tokens": self.engine_max_num_batched_tokens,
+            "kv_cache_memory_gb": self.engine_kv_cache_memory_gb,
+        }
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()

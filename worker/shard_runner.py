@@ -1,0 +1,213 @@
+"""Running one shard: its lines into the shared engine, its results written once.
+
+load batch ─► terminal / done? ──► nothing to do (a redelivery)
+    │
+    ├─ count the delivery, take the lease, make sure no finalizer has begun
+    ├─ rerun of a half-done shard? take back what the last run counted
+    ├─ over max deliveries? every line becomes a ``shard_failed`` error
+    ├─ else submit each line (waiting for room), collect results as they come,
+    │  counting completed/failed and tokens live
+    ├─ write results/{batch}/{shard}.jsonl + .errors.jsonl, mark the shard done
+    └─ drop the lease, try to finalize the batch
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from jobs.finalize import BatchFinalizer
+from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
+from jobs.records import BatchRecord
+from jobs.results import ShardLedger, ShardOutcome, StopReason, write_shard_results
+from jobs.shards import shard_key
+from jobs.status import BatchStatus
+from jobs.storage import Storage, read_lines
+from jobs.store import JobStore
+from worker.engine_host import EngineHost, HostResult, Submission
+from worker.output_lines import (
+    completion_of,
+    error_line,
+    refused_line,
+    success_line,
+)
+from worker.sampling import engine_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ShardLimits:
+    max_deliveries: int = 5
+    lease_s: int = 30
+    max_line_bytes: int = 2_000_000
+
+
+class ShardRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        ledger: ShardLedger,
+        storage: Storage,
+        finalizer: BatchFinalizer,
+        host: EngineHost,
+        limits: ShardLimits,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.storage = storage
+        self.finalizer = finalizer
+        self.host = host
+        self.limits = limits
+
+    def run(self, batch_id: str, index: int) -> str:
+        """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log."""
+        batch = self.store.load_batch(batch_id)
+        if batch is None or batch.status.is_terminal or batch.status is BatchStatus.VALIDATING:
+            return "skipped"
+        if not 0 <= index < batch.num_shards:
+            raise ValueError(f"{batch_id} has {batch.num_shards} shards, not {index + 1}")
+        if self.ledger.is_done(batch_id, index):
+            self.finalizer.try_finalize(batch.id)
+            return "already_done"
+        deliveries = self.ledger.record_delivery(batch_id, index)
+        with self._lease(batch_id, index):
+            if self.ledger.finalizer_held(batch_id):
+                return "finalizing"
+            if deliveries > 1:
+                self.ledger.take_back_counts(batch_id, index)
+            if deliveries > self.limits.max_deliveries:
+                outcome = self._give_up(batch, index, deliveries)
+            else:
+                outcome = self._execute(batch, index)
+            write_shard_results(self.storage, batch_id, index, outcome)
+            self.ledger.mark_done(batch_id, index)
+        self.finalizer.try_finalize(batch.id)
+        return "done"
+
+    @contextmanager
+    def _lease(self, batch_id: str, index: int) -> Iterator[None]:
+        """Hold the shard's lease, renewed in the background, until the block ends."""
+        ttl = self.limits.lease_s
+        self.ledger.hold_lease(batch_id, index, ttl)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(ttl / 3):
+                try:
+                    self.ledger.hold_lease(batch_id, index, ttl)
+                except Exception:
+                    log.exception("renewing the lease of %s/%d failed", batch_id, index)
+
+        renewer = threading.Thread(target=renew, name=f"lease-{index}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            self.ledger.drop_lease(batch_id, index)
+
+    def _lines(self, batch_id: str, index: int) -> list[ChatLine | CompletionLine]:
+        key = shard_key(batch_id, index)
+        raws = read_lines(self.storage, key, self.limits.max_line_bytes)
+        return [parse_input_line(raw) for raw in raws if raw]
+
+    def _give_up(self, batch: BatchRecord, index: int, deliveries: int) -> ShardOutcome:
+        """A shard that keeps killing its worker: answer every line with an error instead."""
+        log.error("shard %s/%d delivered %d times; failing its lines", batch.id, index, deliveries)
+        message = f"the shard was started {deliveries} times without finishing"
+        lines = [
+            error_line(line.custom_id, "shard_failed", message)
+            for line in self._lines(batch.id, index)
+        ]
+        self.ledger.add_counts(batch.id, index, failed=len(lines))
+        return ShardOutcome(errors=lines)
+
+    def _execute(self, batch: BatchRecord, index: int) -> ShardOutcome:
+        lines = self._lines(batch.id, index)
+        answers: list[tuple[OutputLine, bool] | None] = [None] * len(lines)
+        results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+        priority = int((batch.metadata or {}).get("priority", 0))
+        self.host.watch(batch.id)
+        try:
+            num_pending = 0
+            for position, line in enumerate(lines):
+                stopped = self.host.stop_reason(batch.id)
+                if stopped is not None:
+                    answers[position] = (self._stopped(line, stopped), False)
+                    self.ledger.add_counts(batch.id, index, failed=1)
+                    continue
+                try:
+                    request = engine_request(line.body)
+                except ValueError as exc:
+                    answers[position] = (refused_line(line.custom_id, str(exc)), False)
+                    self.ledger.add_counts(batch.id, index, failed=1)
+                    continue
+                self.host.submit(
+                    Submission(
+                        request_id=f"{batch.id}/{index}/{position}",
+                        batch_id=batch.id,
+                        prompt=request.prompt,
+                        params=request.params,
+                        sink=results.put,
+                        priority=priority,
+                        fill_context=request.fill_context,
+                    )
+                )
+                num_pending += 1
+                while num_pending and not results.empty():
+                    self._collect(batch.id, index, lines, answers, results.get())
+                    num_pending -= 1
+            for _ in range(num_pending):
+                self._collect(batch.id, index, lines, answers, results.get())
+        finally:
+            self.host.unwatch(batch.id)
+        outcome = ShardOutcome()
+        for answer in answers:
+            assert answer is not None, "every line of the shard has an answer"
+            line_out, ok = answer
+            (outcome.outputs if ok else outcome.errors).append(line_out)
+        return outcome
+
+    def _collect(
+        self,
+        batch_id: str,
+        index: int,
+        lines: list[ChatLine | CompletionLine],
+        answers: list[tuple[OutputLine, bool] | None],
+        result: HostResult,
+    ) -> None:
+        position = int(result.request_id.rpartition("/")[2])
+        line = lines[position]
+        if result.stopped is not None:
+            answers[position] = (self._stopped(line, result.stopped), False)
+        elif result.refused is not None:
+            answers[position] = (refused_line(line.custom_id, result.refused), False)
+        elif result.failed is not None or result.output is None:
+            answers[position] = (
+                error_line(line.custom_id, "engine_error", result.failed or "no output"),
+                False,
+            )
+        else:
+            completion = completion_of(result.output, self.host.engine.tokenizer)
+            answers[position] = (success_line(line.custom_id, line.body, completion), True)
+            self.ledger.add_counts(
+                batch_id,
+                index,
+                completed=1,
+                input_tokens=completion.prompt_tokens,
+                cached_tokens=completion.cached_tokens,
+                output_tokens=completion.completion_tokens,
+            )
+            return
+        self.ledger.add_counts(batch_id, index, failed=1)
+
+    @staticmethod
+    def _stopped(line: ChatLine | CompletionLine, reason: str) -> OutputLine:
+        stop = StopReason(reason)
+        return error_line(line.custom_id, stop.code, stop.message)
