@@ -12,25 +12,11 @@ from api.settings import Settings
 from jobs.dispatch import ShardDispatcher
 from jobs.ids import BatchId
 from jobs.intake import BatchIntake
-from jobs.storage import LocalStorage, S3Storage, Storage
+from jobs.service_settings import open_storage
+from jobs.storage import Storage
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
-
-
-def open_storage(settings: Settings) -> Storage:
-    if settings.storage_backend == "s3":
-        return S3Storage(
-            settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
-            part_bytes=settings.s3_part_bytes,
-            create_bucket=settings.s3_create_bucket,
-        )
-    return LocalStorage(settings.storage_dir)
 
 
 @dataclass(slots=True)
@@ -49,7 +35,7 @@ class Resources:
         store = JobStore(redis.Redis(connection_pool=pool), settings.key_prefix)
         storage = open_storage(settings)
         dispatcher = ShardDispatcher(
-            settings.broker_url or settings.redis_url,
+            settings.resolved_broker_url,
             settings.shard_queue,
             settings.broker_transport_options(),
         )

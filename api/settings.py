@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from jobs.limits import Limits
+from jobs.service_settings import ServiceSettings
 
 
 def _pairs(value: Any, separator: str) -> dict[str, str]:
@@ -33,32 +33,16 @@ def _pairs(value: Any, separator: str) -> dict[str, str]:
     return pairs
 
 
-class Settings(BaseSettings):
+class Settings(ServiceSettings):
+    """The API's settings: the shared service settings plus keys, served models and limits."""
+
     model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
 
     api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "kvbatch"
-    broker_url: str | None = None
-    shard_queue: str = "kvbatch.shards"
-    broker_key_prefix: str = ""
-
-    storage_backend: Literal["local", "s3"] = "local"
-    storage_dir: Path = Path("var/storage")
-    s3_bucket: str = "kvbatch"
-    s3_prefix: str = ""
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = "us-east-1"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
-    s3_part_bytes: int = 8 * 1024 * 1024
-    s3_create_bucket: bool = False
-
     max_requests_per_file: int = 50_000
     max_file_bytes: int = 200_000_000
-    max_line_bytes: int = 2_000_000
     max_n: int = 8
     max_tokens: int = 4096
     max_errors_reported: int = 100
@@ -88,12 +72,6 @@ class Settings(BaseSettings):
             shard_size=self.shard_size,
             served_models=frozenset(self.models),
         )
-
-    def broker_transport_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.broker_key_prefix:
-            options["global_keyprefix"] = self.broker_key_prefix
-        return options
 
 
 @lru_cache

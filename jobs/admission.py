@@ -8,21 +8,25 @@ from jobs.errors import JobsError
 from jobs.limits import Limits
 from jobs.lines import EMBEDDINGS_URL, SUPPORTED_ENDPOINTS
 
-_WINDOW = re.compile(r"^([1-9][0-9]*)h$")
+_WINDOW = re.compile(r"^([1-9][0-9]*)([smh])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
 
 def window_seconds(completion_window: str, limits: Limits) -> int:
-    """Seconds in ``"24h"``-style windows; shorter windows like ``"1h"`` are an extension."""
+    """Seconds in a ``"24h"`` window. OpenAI accepts only ``24h``; shorter windows in seconds,
+    minutes or hours (``"90s"``, ``"30m"``, ``"2h"``) are our extension, for jobs that are
+    worthless after a deadline."""
     match = _WINDOW.match(completion_window)
-    if not match or int(match.group(1)) > limits.max_completion_window_hours:
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
+    if not 0 < seconds <= limits.max_completion_window_hours * 3600:
         raise JobsError(
-            f"completion_window must be between 1h and {limits.max_completion_window_hours}h,"
-            f" got {completion_window!r}",
+            "completion_window must be a duration like 24h, 30m or 90s, at most "
+            f"{limits.max_completion_window_hours}h; got {completion_window!r}",
             param="completion_window",
             code="invalid_completion_window",
         )
-    return int(match.group(1)) * 3600
+    return seconds
 
 
 def check_endpoint(endpoint: str) -> None:
@@ -68,6 +72,10 @@ def check_metadata(metadata: dict[str, str] | None, limits: Limits) -> None:
         )
 
 
-def priority_of(metadata: dict[str, str] | None) -> int | None:
-    value = (metadata or {}).get("priority")
-    return int(value) if value is not None else None
+# metadata.priority runs 0 (most urgent) to 9, lower first as in vLLM and on Celery's Redis
+# transport; a batch that names none sits in the middle, so others can go ahead or behind.
+DEFAULT_PRIORITY = 5
+
+
+def priority_of(metadata: dict[str, str] | None) -> int:
+    return int((metadata or {}).get("priority", DEFAULT_PRIORITY))

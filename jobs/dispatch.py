@@ -29,7 +29,7 @@ class ShardDispatcher:
             broker_connection_retry_on_startup=True,
         )
 
-    def dispatch(self, batch_id: str, shard_index: int, priority: int | None = None) -> str:
+    def dispatch(self, batch_id: str, shard_index: int, priority: int) -> str:
         """Send one shard's task; returns the Celery task id."""
         result = self._app.send_task(
             RUN_SHARD_TASK,

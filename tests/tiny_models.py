@@ -6,6 +6,8 @@ qkv bias, q/k norm, explicit head_dim, llama3 rope scaling) in a fraction of a s
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,4 +65,36 @@ def build_tiny_model(kind: str, path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(kind), dtype=torch.float32)
     model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+CHAT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def build_tiny_chat_model(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A tiny random-weight Llama that speaks a real model's tokenizer and chat template.
+
+    Chat batches run through the whole service in seconds with it; the vocabulary, special
+    tokens and template are ``tokenizer_dir``'s, so every line renders and tokenizes exactly
+    as it would for the real model.
+    """
+    if (path / "config.json").exists():
+        return path
+    source = json.loads((tokenizer_dir / "config.json").read_text())
+    config = LlamaConfig(
+        **{
+            **COMMON,
+            "vocab_size": source["vocab_size"],
+            "bos_token_id": source["bos_token_id"],
+            "eos_token_id": source["eos_token_id"],
+            "pad_token_id": source.get("pad_token_id"),
+            "max_position_embeddings": 2048,
+        },
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path, safe_serialization=True)
+    for name in CHAT_FILES:
+        shutil.copyfile(tokenizer_dir / name, path / name)
     return path

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from jobs.admission import priority_of
 from jobs.finalize import BatchFinalizer
 from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
 from jobs.records import BatchRecord
@@ -132,7 +133,7 @@ class ShardRunner:
         lines = self._lines(batch.id, index)
         answers: list[tuple[OutputLine, bool] | None] = [None] * len(lines)
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
-        priority = int((batch.metadata or {}).get("priority", 0))
+        priority = priority_of(batch.metadata)
         self.host.watch(batch.id)
         try:
             num_pending = 0
