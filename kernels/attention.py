@@ -45,34 +45,48 @@ def paged_attention_reference(
     prefill_rows = [r for r, q in enumerate(q_lens) if q > 1]
 
     if decode_rows:
+        # The G query heads that share a KV head become G "query positions" of one 4-D SDPA
+        # call, and K/V are gathered head-major, so no tensor is 5-D or broadcast: this is
+        # the shape the fused CPU kernel takes (a 5-D call falls back to ~5x slower math).
+        num_decodes = len(decode_rows)
         rows = torch.tensor(decode_rows, device=query.device)
         ctx = max(lens[r] for r in decode_rows)
         num_ctx_blocks = (ctx + block_size - 1) // block_size
         blocks = block_table[rows, :num_ctx_blocks].long()  # [D, nb]
-        k = k_cache[blocks].flatten(1, 2)[:, :ctx]  # [D, ctx, kvh, hs]
-        v = v_cache[blocks].flatten(1, 2)[:, :ctx]
+        k = gather_head_major(k_cache, blocks, ctx)  # [D, kvh, ctx, hs]
+        v = gather_head_major(v_cache, blocks, ctx)
         valid = torch.arange(ctx, device=query.device)[None, :] < seq_lens[rows, None]
         q = query[query_start_loc[rows].long()]  # [D, heads, hs]
-        q = q.view(len(decode_rows), num_kv_heads, group, 1, head_size)
-        k = k.permute(0, 2, 1, 3)[:, :, None]  # [D, kvh, 1, ctx, hs]
-        v = v.permute(0, 2, 1, 3)[:, :, None]
-        mask = valid[:, None, None, None, :]  # [D, 1, 1, 1, ctx]
+        q = q.view(num_decodes, num_kv_heads, group, head_size)
+        mask = valid[:, None, None, :]  # [D, 1, 1, ctx]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        out[query_start_loc[rows].long()] = o.reshape(len(decode_rows), num_heads, head_size)
+        out[query_start_loc[rows].long()] = o.reshape(num_decodes, num_heads, head_size)
 
     for r in prefill_rows:
         q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
         num_ctx_blocks = (ctx + block_size - 1) // block_size
-        blocks = block_table[r, :num_ctx_blocks].long()
-        k = k_cache[blocks].flatten(0, 1)[:ctx]  # [ctx, kvh, hs]
-        v = v_cache[blocks].flatten(0, 1)[:ctx]
-        q = query[q_start : q_start + q_len]  # [q_len, heads, hs]
-        q = q.view(q_len, num_kv_heads, group, head_size).permute(1, 2, 0, 3)
-        k = k.permute(1, 0, 2)[:, None]  # [kvh, 1, ctx, hs]
-        v = v.permute(1, 0, 2)[:, None]
+        blocks = block_table[r : r + 1, :num_ctx_blocks].long()  # [1, nb]
+        k = gather_head_major(k_cache, blocks, ctx)  # [1, kvh, ctx, hs]
+        v = gather_head_major(v_cache, blocks, ctx)
+        q = query[q_start : q_start + q_len].transpose(0, 1)[None]  # [1, heads, q_len, hs]
         # Causal with an offset: query i sits at position ctx - q_len + i.
         q_pos = torch.arange(ctx - q_len, ctx, device=query.device)
         mask = torch.arange(ctx, device=query.device)[None, :] <= q_pos[:, None]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        out[q_start : q_start + q_len] = o.permute(2, 0, 1, 3).reshape(q_len, num_heads, head_size)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[q_start : q_start + q_len] = o[0].transpose(0, 1)
     return out
+
+
+def gather_head_major(
+    cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
+    blocks: torch.Tensor,  # [R, nb] int64
+    ctx: int,
+) -> torch.Tensor:  # [R, num_kv_heads, ctx, head_size]
+    """Copy ``R`` requests' first ``ctx`` cached positions into one contiguous tensor."""
+    num_reqs, num_blocks = blocks.shape
+    block_size, num_kv_heads, head_size = cache.shape[1:]
+    gathered = cache.permute(0, 2, 1, 3)[blocks]  # [R, nb, kvh, block_size, hs]
+    gathered = gathered.transpose(1, 2).reshape(
+        num_reqs, num_kv_heads, num_blocks * block_size, head_size
+    )
+    return gathered[:, :, :ctx]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import kernels
 from engine import LLM, SamplingParams
 from engine.tokenizer import Tokenizer
 from tests.engine.hf_reference import hf_greedy, load_hf_model
@@ -53,7 +54,25 @@ def reference(model_dir: Path) -> tuple[list[list[int]], list[int], list[list[in
 @pytest.mark.parametrize("shape", list(ENGINE_SHAPES))
 @pytest.mark.parametrize("model", MODELS)
 def test_greedy_matches_transformers(model: str, shape: str, model_dirs: dict[str, Path]) -> None:
-    model_dir = model_dirs[model]
+    check_parity(model_dirs[model], shape)
+
+
+@pytest.mark.parametrize("shape", ["chunked", "preempt"])
+@pytest.mark.parametrize("model", ["llama", "qwen2", "qwen3"])
+def test_greedy_matches_transformers_with_triton_kernels(
+    model: str, shape: str, model_dirs: dict[str, Path]
+) -> None:
+    """The same check with every Triton kernel on (interpreted on the CPU). Tiny models only:
+    the interpreter runs each kernel program in Python."""
+    previous = kernels.get_backend()
+    kernels.set_backend("triton")
+    try:
+        check_parity(model_dirs[model], shape)
+    finally:
+        kernels.set_backend(previous)
+
+
+def check_parity(model_dir: Path, shape: str) -> None:
     prompts, max_tokens, expected = reference(model_dir)
     llm = LLM(str(model_dir), dtype="float32", device="cpu", **ENGINE_SHAPES[shape])
     params = [SamplingParams(temperature=0.0, max_tokens=m) for m in max_tokens]
