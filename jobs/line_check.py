@@ -67,6 +67,10 @@ class LineChecker:
             return LineIssue("invalid_encoding", "line is not valid UTF-8", line_no)
         except json.JSONDecodeError as exc:
             return LineIssue("invalid_json_line", f"line is not valid JSON: {exc.msg}", line_no)
+        except RecursionError:
+            # The C decoder recurses once per level: a line of a million "[" must be an
+            # answer for that line, not the end of the intake thread.
+            return LineIssue("invalid_json_line", "line is nested too deeply", line_no)
         if not isinstance(obj, dict):
             return LineIssue("invalid_json_line", "line must be a JSON object", line_no)
         return self._check_envelope(line_no, obj) or self._check_body(line_no, obj)

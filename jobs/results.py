@@ -32,6 +32,18 @@ from jobs.store import JobStore
 
 BOOKKEEPING_TTL_S = 7 * 24 * 3600
 
+# Compare-and-set on the lease key, atomic in Redis: KEYS[1] lease, ARGV token [, ttl].
+_HOLD_LEASE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class StopReason(StrEnum):
     """Why a batch ends before all its requests ran, and the error code its lines get."""
@@ -140,11 +152,18 @@ class ShardLedger:
             pipe.execute()
 
     # -- leases: which shards a live worker is running ---------------------------------------
-    def hold_lease(self, batch_id: str, index: int, ttl_s: int) -> None:
-        self._redis.set(self._key("shard_lease", batch_id, str(index)), "1", ex=ttl_s)
+    def hold_lease(self, batch_id: str, index: int, ttl_s: int, token: str = "held") -> bool:
+        """Take or renew the shard's lease for ``token``; False while another run holds it.
 
-    def drop_lease(self, batch_id: str, index: int) -> None:
-        self._redis.delete(self._key("shard_lease", batch_id, str(index)))
+        One run at a time per shard: two deliveries of one shard (a duplicate message, a
+        redelivery racing a slow run) must never run side by side and count twice.
+        """
+        key = self._key("shard_lease", batch_id, str(index))
+        return bool(self._redis.eval(_HOLD_LEASE, 1, key, token, ttl_s))
+
+    def drop_lease(self, batch_id: str, index: int, token: str = "held") -> None:
+        """Give the lease back, unless it has expired and another run holds it now."""
+        self._redis.eval(_DROP_LEASE, 1, self._key("shard_lease", batch_id, str(index)), token)
 
     def any_lease(self, batch_id: str, num_shards: int) -> bool:
         keys = [self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)]

@@ -50,6 +50,7 @@ class HostResult:
     refused: str | None = None  # the engine can never run it (a 400 for the caller)
     stopped: str | None = None  # the batch's stop reason
     failed: str | None = None  # the engine broke while running it
+    interrupted: bool = False  # the worker is shutting down: run it again elsewhere
 
 
 @dataclass(slots=True)
@@ -199,7 +200,7 @@ class EngineHost:
                 self._step(engine)
         for request_id in list(self._inflight):
             engine.abort_request(request_id)
-            self._resolve(HostResult(request_id, failed="the worker is shutting down"))
+            self._resolve(HostResult(request_id, interrupted=True))
 
     def _admit(self, block: bool) -> None:
         try:
@@ -217,6 +218,7 @@ class EngineHost:
 
     def _add(self, submission: Submission) -> None:
         engine = self.engine
+        assert submission.request_id not in self._inflight, "request ids are unique in flight"
         self._inflight[submission.request_id] = submission
         with self._lock:
             stopped = self._stopped.get(submission.batch_id)
@@ -231,6 +233,12 @@ class EngineHost:
             engine.add_request(submission.request_id, prompt, params, submission.priority)
         except ValueError as exc:
             self._resolve(HostResult(submission.request_id, refused=str(exc)))
+        except Exception as exc:
+            # Anything else is an engine bug: it fails this request alone, and the engine
+            # thread (every other shard's requests) must carry on.
+            log.exception("admitting %s failed", submission.request_id)
+            engine.abort_request(submission.request_id)
+            self._resolve(HostResult(submission.request_id, failed=f"engine failure: {exc}"))
 
     def _prompt_ids(self, prompt: PromptInput) -> list[int]:
         """Token ids of a prompt; raises ValueError (a refusal) when it cannot be tokenized."""

@@ -20,6 +20,7 @@ from jobs.service_settings import open_storage
 from jobs.status import BatchStatus
 from jobs.store import JobStore
 from worker.engine_host import EngineHost
+from worker.faults import FaultInjectingEngine
 from worker.monitoring import StatsPublisher
 from worker.settings import WorkerSettings, get_worker_settings
 from worker.shard_runner import ShardLimits, ShardRunner
@@ -69,6 +70,8 @@ class WorkerRuntime:
 
     def _load_engine(self) -> LLMEngine:
         config = EngineConfig(model=self.settings.worker_model, **self.settings.engine_args())
+        if self.settings.fault_crash_marker:
+            return FaultInjectingEngine(config, self.settings.fault_crash_marker)
         return LLMEngine(config)
 
     def _stop_reasons(self, batch_ids: set[str]) -> dict[str, str]:

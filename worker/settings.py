@@ -39,6 +39,9 @@ class WorkerSettings(ServiceSettings):
     engine_max_num_batched_tokens: int = 2048
     engine_kv_cache_memory_gb: float = 1.0
 
+    # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
+    fault_crash_marker: str | None = None
+
     def engine_args(self) -> dict[str, Any]:
         return {
             "dtype": self.engine_dtype,

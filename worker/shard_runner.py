@@ -2,7 +2,7 @@
 
 load batch ─► terminal / done? ──► nothing to do (a redelivery)
     │
-    ├─ count the delivery, take the lease, make sure no finalizer has begun
+    ├─ take the lease (busy? retry later), count the delivery, no finalizer yet?
     ├─ rerun of a half-done shard? take back what the last run counted
     ├─ over max deliveries? every line becomes a ``shard_failed`` error
     ├─ else submit each line (waiting for room), collect results as they come,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,14 @@ from worker.output_lines import (
 from worker.sampling import engine_request
 
 log = logging.getLogger(__name__)
+
+
+class ShardInterrupted(Exception):
+    """The engine host stopped before the shard finished; nothing of this run is kept."""
+
+
+class ShardBusy(Exception):
+    """Another run holds this shard's lease; the delivery must come back later."""
 
 
 @dataclass(slots=True)
@@ -75,8 +84,8 @@ class ShardRunner:
         if self.ledger.is_done(batch_id, index):
             self.finalizer.try_finalize(batch.id)
             return "already_done"
-        deliveries = self.ledger.record_delivery(batch_id, index)
         with self._lease(batch_id, index):
+            deliveries = self.ledger.record_delivery(batch_id, index)
             if self.ledger.finalizer_held(batch_id):
                 return "finalizing"
             if deliveries > 1:
@@ -92,15 +101,22 @@ class ShardRunner:
 
     @contextmanager
     def _lease(self, batch_id: str, index: int) -> Iterator[None]:
-        """Hold the shard's lease, renewed in the background, until the block ends."""
+        """Hold the shard's lease, renewed in the background, until the block ends.
+
+        Raises ``ShardBusy`` when another live run holds it: the task retries later rather
+        than acknowledging the message, because that run may yet die without finishing.
+        """
         ttl = self.limits.lease_s
-        self.ledger.hold_lease(batch_id, index, ttl)
+        token = secrets.token_hex(8)
+        if not self.ledger.hold_lease(batch_id, index, ttl, token):
+            raise ShardBusy(f"{batch_id}/{index} is running elsewhere")
         stop = threading.Event()
 
         def renew() -> None:
             while not stop.wait(ttl / 3):
                 try:
-                    self.ledger.hold_lease(batch_id, index, ttl)
+                    if not self.ledger.hold_lease(batch_id, index, ttl, token):
+                        log.error("the lease of %s/%d passed to another run", batch_id, index)
                 except Exception:
                     log.exception("renewing the lease of %s/%d failed", batch_id, index)
 
@@ -111,7 +127,7 @@ class ShardRunner:
         finally:
             stop.set()
             renewer.join()
-            self.ledger.drop_lease(batch_id, index)
+            self.ledger.drop_lease(batch_id, index, token)
 
     def _lines(self, batch_id: str, index: int) -> list[ChatLine | CompletionLine]:
         key = shard_key(batch_id, index)
@@ -183,6 +199,10 @@ class ShardRunner:
         answers: list[tuple[OutputLine, bool] | None],
         result: HostResult,
     ) -> None:
+        if result.interrupted:
+            # Not an answer: the shard must not be marked done; its task fails and the
+            # shard runs again (a retry, or the broker's redelivery).
+            raise ShardInterrupted(f"{batch_id}/{index}: the worker is shutting down")
         position = int(result.request_id.rpartition("/")[2])
         line = lines[position]
         if result.stopped is not None:

@@ -28,14 +28,18 @@ class ShardTaskArgs(BaseModel):
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(Exception,),
-    dont_autoretry_for=(ValidationError,),
     retry_backoff=5,
     retry_backoff_max=600,
     max_retries=10,
 )
 def run_shard(payload: dict[str, object]) -> str:
     """Run one shard; Redis or storage outages retry later (deliveries stay bounded)."""
-    args = ShardTaskArgs.model_validate(payload)
+    try:
+        args = ShardTaskArgs.model_validate(payload)
+    except ValidationError:
+        # Not ours to run, ever: acknowledge it (a failure would come back forever).
+        log.error("dropping a malformed shard message: %r", payload)
+        return "invalid"
     outcome = get_runtime().runner.run(args.batch_id, args.shard_index)
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome

@@ -1,0 +1,181 @@
+"""Load on the API while a batch runs: concurrent clients poll the batch and list files.
+
+    python -m benchmarks.load_bench --clients 100 --duration 20 --interval 0.5
+    python -m benchmarks.load_bench --interval 0 --name load_bench_saturation
+
+Starts its own stack on this machine (the API as a child process, one worker process, the
+local Redis under a private key prefix, local storage), submits a batch, and while the
+worker runs it, ``--clients`` asyncio clients (one httpx connection each) alternate
+``GET /v1/batches/{id}`` and ``GET /v1/files``, ``--interval`` seconds apart (0: as fast as
+the API answers, which measures its saturation rather than a poller's latency). Writes
+``benchmarks/results/load_bench.json``: error rate and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from benchmarks.common import write_result
+from tests.api.conftest import REDIS_URL, LiveServer, make_settings
+from tests.api.helpers import chat_line, jsonl
+from tests.reliability.processes import ApiProcess
+from tests.worker.service import SMOLLM2, WorkerProcess, service_env, wait_worker_ready
+
+API_KEY = "key-alpha"
+
+
+@dataclass(slots=True)
+class LoadReport:
+    clients: int
+    duration_s: float
+    num_requests: int = 0
+    num_errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms) or [0.0]
+
+        def pct(p: float) -> float:
+            return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 2)
+
+        data = asdict(self)
+        del data["latencies_ms"]
+        data.update(
+            error_rate=self.num_errors / max(1, self.num_requests),
+            requests_per_s=round(self.num_requests / self.duration_s, 1),
+            p50_ms=pct(50),
+            p90_ms=pct(90),
+            p99_ms=pct(99),
+            max_ms=round(lat[-1], 2),
+            mean_ms=round(statistics.fmean(lat), 2),
+        )
+        return data
+
+
+async def _client(
+    http: httpx.AsyncClient, batch_id: str, deadline: float, interval_s: float, report: LoadReport
+) -> None:
+    paths = (f"/v1/batches/{batch_id}", "/v1/files?limit=20")
+    turn = 0
+    while time.monotonic() < deadline:
+        path = paths[turn % 2]
+        turn += 1
+        start = time.perf_counter()
+        try:
+            response = await http.get(path)
+            ok = response.status_code == 200
+            problem = f"{path}: {response.status_code}"
+        except httpx.HTTPError as exc:
+            ok, problem = False, f"{path}: {exc!r}"
+        report.latencies_ms.append((time.perf_counter() - start) * 1000)
+        report.num_requests += 1
+        if not ok:
+            report.num_errors += 1
+            if len(report.error_samples) < 5:
+                report.error_samples.append(problem)
+        await asyncio.sleep(interval_s)
+
+
+async def run_load(
+    url: str, batch_id: str, clients: int, duration_s: float, interval_s: float
+) -> LoadReport:
+    """``clients`` concurrent pollers for ``duration_s`` seconds against a running API, each
+    waiting ``interval_s`` between its requests (0: a closed loop, the API's saturation).
+
+    Each client has its own connection; they are all opened (and share one TLS context,
+    which httpx would otherwise build per client) before the clock starts.
+    """
+    report = LoadReport(clients, duration_s)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    tls = httpx.create_ssl_context()
+    https = [
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=10, verify=tls)
+        for _ in range(clients)
+    ]
+    try:
+        await asyncio.gather(*(http.get("/health") for http in https))
+        deadline = time.monotonic() + duration_s
+        await asyncio.gather(
+            *(_client(http, batch_id, deadline, interval_s, report) for http in https)
+        )
+    finally:
+        await asyncio.gather(*(http.aclose() for http in https))
+    return report
+
+
+def run_bench(
+    model: Path, clients: int, duration_s: float, interval_s: float, num_lines: int, tmp: Path
+) -> dict[str, Any]:
+    """Start the stack, submit a batch, load the API while it runs; the summary as a dict."""
+    prefix = f"kvbatch-load-{secrets.token_hex(4)}"
+    settings = make_settings("local", prefix, tmp, None, shard_size=16)
+    api = ApiProcess(settings, tmp / "api.log")
+    env = service_env(settings, worker_model=model, stats_interval_s=0.5)
+    worker = WorkerProcess(env, f"load-{secrets.token_hex(3)}@bench", tmp / "worker.log", 2)
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        api.start()
+        wait_worker_ready(worker, client, settings.key_prefix)
+        sdk = LiveServer(api.url, settings).client(API_KEY)
+        # Enough files that listing them does real work.
+        for i in range(30):
+            sdk.files.create(file=(f"f{i}.jsonl", jsonl([chat_line("x")])), purpose="batch")
+        lines = [
+            chat_line(f"l-{i}", f"Write about {i}.", max_tokens=64, ignore_eos=True)
+            for i in range(num_lines)
+        ]
+        file = sdk.files.create(file=("load.jsonl", jsonl(lines)), purpose="batch")
+        batch = sdk.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        report = asyncio.run(run_load(api.url, batch.id, clients, duration_s, interval_s))
+        during = sdk.batches.retrieve(batch.id)
+        counts = during.request_counts
+        return {
+            **report.summary(),
+            "interval_s": interval_s,
+            "batch_status_at_end": during.status,
+            "batch_completed_at_end": counts.completed if counts else None,
+            "batch_lines": num_lines,
+            "model": str(model),
+        }
+    finally:
+        worker.stop()
+        api.kill()
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
+    parser.add_argument("--lines", type=int, default=256)
+    parser.add_argument("--name", default="load_bench", help="results/<name>.json")
+    parser.add_argument("--model", type=Path, default=SMOLLM2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_bench(
+            args.model, args.clients, args.duration, args.interval, args.lines, Path(tmp)
+        )
+    result["target_p99_ms"] = 50
+    path = write_result(args.name, result)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""A corpus of hostile input files through the live stack: each is refused with a clear 4xx or
+reported per line in the batch's errors or error file, never a 5xx, never a dead worker.
+
+tests/api/test_bad_input.py covers the field-by-field table; this adds the byte-level and
+size-level hostility (BOM, CRLF, truncation, 10 MB lines, deep nesting, giant numbers,
+prompts longer than the model's context) with a worker behind the API.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.api.helpers import chat_line, jsonl, wait_settled
+from tests.reliability.conftest import fast_stack
+from tests.worker.conftest import Stack
+from tests.worker.service import WorkerProcess, assert_each_once, result_lines, wait_batch
+
+pytestmark = pytest.mark.slow
+
+GOOD = json.dumps(chat_line("good", max_tokens=2)).encode()
+
+
+def nested(depth: int) -> bytes:
+    content = "[" * depth + "]" * depth
+    return GOOD.replace(b'"Say hi."', content.encode())
+
+
+def body(**changes: Any) -> bytes:
+    line = chat_line("b", max_tokens=2)
+    line["body"].update(changes)
+    return json.dumps(line).encode()
+
+
+# (name, file bytes, the batch's status once validated, first error code)
+CORPUS: list[tuple[str, bytes, str, str | None]] = [
+    ("empty file", b"", "failed", "empty_file"),
+    ("truncated last line", GOOD + b"\n" + GOOD[: len(GOOD) // 2], "failed", "invalid_json_line"),
+    (
+        "invalid utf-8",
+        GOOD + b"\n" + GOOD.replace(b"Say", b"S\xc3\x28y"),
+        "failed",
+        "invalid_encoding",
+    ),
+    ("utf-8 BOM", b"\xef\xbb\xbf" + GOOD + b"\n", "failed", "invalid_json_line"),
+    (
+        "CRLF line ends",
+        GOOD + b"\r\n" + GOOD.replace(b"good", b"g2") + b"\r\n",
+        "in_progress",
+        None,
+    ),
+    ("NUL bytes", GOOD + b"\n\x00\x00\x00\n", "failed", "invalid_json_line"),
+    (
+        "10 MB line",
+        GOOD + b"\n" + b'{"custom_id": "' + b"x" * 10_000_000 + b'"}\n',
+        "failed",
+        "line_too_long",
+    ),
+    ("deep nesting", nested(100_000), "failed", "invalid_json_line"),
+    ("moderate nesting", nested(500), "failed", "invalid_request"),
+    ("wrong types", body(max_tokens="many", temperature=[1]), "failed", "invalid_request"),
+    ("messages not a list", body(messages={"role": "user"}), "failed", "invalid_request"),
+    ("huge n", body(n=10**12), "failed", "invalid_request"),
+    ("huge max_tokens", body(max_tokens=10**15), "failed", "invalid_request"),
+    ("negative max_tokens", body(max_tokens=-1), "failed", "invalid_request"),
+    ("float overflow", body(temperature=1e400), "failed", "invalid_request"),
+    ("huge integer literal", body(seed=10**400), "failed", "invalid_request"),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_stack(
+    session_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_endpoint: str,
+    redis_client: redis.Redis,
+    fast_chat_model: Any,
+) -> Iterator[tuple[Stack, WorkerProcess]]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    prefix = f"{session_prefix}:{secrets.token_hex(3)}"
+    with fast_stack(prefix, tmp, s3_endpoint, redis_client, fast_chat_model) as stack:
+        yield stack, stack.start_worker(concurrency=2)
+
+
+def upload(stack: Stack, content: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{stack.server.url}/v1/files",
+        headers={"Authorization": "Bearer key-alpha"},
+        files={"file": ("in.jsonl", content)},
+        data={"purpose": "batch"},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS]
+)
+def test_hostile_file(
+    corpus_stack: tuple[Stack, WorkerProcess], content: bytes, status: str, code: str | None
+) -> None:
+    stack, worker = corpus_stack
+    uploaded = upload(stack, content)
+    assert uploaded.status_code == 200, uploaded.text
+    client = stack.client()
+    batch = client.batches.create(
+        input_file_id=uploaded.json()["id"],
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    settled = wait_settled(client, batch.id)
+    assert settled.status == status, settled
+    if code is not None:
+        assert settled.errors is not None and settled.errors.data
+        assert settled.errors.data[0].code == code, settled.errors
+    else:
+        done = wait_batch(client, batch.id, {"completed"}, timeout_s=60)
+        assert done.request_counts is not None and done.request_counts.completed == 2
+    assert worker.process.poll() is None, worker.log_tail()
+
+
+def test_prompts_over_the_context_go_to_the_error_file(
+    corpus_stack: tuple[Stack, WorkerProcess],
+) -> None:
+    stack, worker = corpus_stack
+    long_prompt = "lorem ipsum dolor " * 1500  # well over the model's 2048 positions
+    lines = [
+        chat_line("ok-0", "Short.", max_tokens=2),
+        chat_line("long", long_prompt, max_tokens=2),
+        chat_line("ok-1", "Short too.", max_tokens=2),
+        chat_line("fills", "Short.", max_tokens=4000),
+    ]
+    client = stack.client()
+    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    batch_id = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+    batch = wait_batch(client, batch_id, {"completed", "failed"}, timeout_s=60)
+    assert batch.status == "completed", batch
+    outputs, errors = result_lines(client, batch)
+    assert_each_once([line["custom_id"] for line in lines], outputs, errors)
+    refused = {e["custom_id"]: e for e in errors}
+    assert {"long", "fills"} <= set(refused)
+    for error in refused.values():
+        assert error["response"]["status_code"] == 400, error
+        assert error["response"]["body"]["error"]["code"], error
+    assert worker.process.poll() is None, worker.log_tail()

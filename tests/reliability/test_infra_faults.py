@@ -1,0 +1,148 @@
+"""The service's dependencies fail under a running batch: Redis restarts, S3 goes away, the
+API process dies. Each time the batch completes with every ``custom_id`` exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.api.conftest import LiveServer, make_settings
+from tests.reliability.conftest import FAST_WORKER, fast_stack, long_lines, submit
+from tests.reliability.processes import ApiProcess, RedisServer, TcpProxy
+from tests.reliability.test_worker_faults import assert_complete, wait_submitted
+from tests.worker.conftest import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_restart_mid_batch(stack_parts: dict[str, Any], own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    parts = {**stack_parts, "client": client, "redis_url": own_redis.url}
+    with fast_stack(**parts) as stack:
+        lines = long_lines("r", 48)
+        batch_id = submit(stack, lines)
+        worker = stack.start_worker(concurrency=2)
+        wait_submitted(stack, worker)
+
+        own_redis.stop()  # SIGTERM: Redis writes its AOF and exits, as on a restart
+        time.sleep(3)
+        own_redis.start()
+
+        assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
+        assert worker.process.poll() is None, "the worker reconnected instead of dying"
+        more = long_lines("r2", 8, max_tokens=4)
+        assert_complete(stack, submit(stack, more), [line["custom_id"] for line in more])
+    client.close()
+
+
+def test_s3_outage_during_result_writes(stack_parts: dict[str, Any]) -> None:
+    proxy = TcpProxy(int(stack_parts["s3_url"].rsplit(":", 1)[1]))
+    proxy.start()
+    with fast_stack(**{**stack_parts, "s3_url": proxy.url}) as stack:
+        lines = long_lines("s", 32)
+        batch_id = submit(stack, lines)
+        worker = stack.start_worker(concurrency=2)
+        wait_submitted(stack, worker)
+        # Longer than boto3's own retries (5 attempts, a few seconds), so the shard task
+        # itself must fail and come back later.
+        proxy.cut()
+        time.sleep(15)
+        proxy.start()
+
+        assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
+        log = worker.log_tail(200_000)
+        assert "retry: Retry in" in log, "the shard task retried after boto3 gave up"
+    proxy.cut()
+
+
+class Poller:
+    """Clients polling a batch and the file list from threads, counting what went wrong."""
+
+    def __init__(self, url: str, batch_id: str, num_threads: int = 4) -> None:
+        self.url, self.batch_id = url, batch_id
+        self.statuses: list[str] = []
+        self.failures = 0
+        self.server_errors = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._poll) for _ in range(num_threads)]
+
+    def __enter__(self) -> Poller:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _poll(self) -> None:
+        headers = {"Authorization": "Bearer key-alpha"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=5) as http:
+            while not self._stop.is_set():
+                try:
+                    batch = http.get(f"/v1/batches/{self.batch_id}")
+                    files = http.get("/v1/files")
+                except httpx.TransportError:
+                    self.failures += 1  # the API is down: connection refused
+                    time.sleep(0.1)
+                    continue
+                self.server_errors += (batch.status_code >= 500) + (files.status_code >= 500)
+                if batch.status_code == 200:
+                    self.statuses.append(batch.json()["status"])
+                time.sleep(0.05)
+
+
+def test_api_restart_while_clients_poll(stack_parts: dict[str, Any]) -> None:
+    settings = make_settings(
+        "s3", stack_parts["prefix"], stack_parts["tmp"], stack_parts["s3_url"], shard_size=8
+    )
+    api = ApiProcess(settings, stack_parts["tmp"] / "api.log")
+    api.start()
+    worker_settings = {
+        **FAST_WORKER,
+        "beat_schedule_path": stack_parts["tmp"] / "beat-schedule",
+        "worker_model": stack_parts["model"],
+    }
+    stack = Stack(
+        LiveServer(api.url, settings),
+        settings,
+        stack_parts["client"],
+        stack_parts["tmp"],
+        worker_settings,
+    )
+    try:
+        lines = long_lines("a", 40)
+        batch_id = submit(stack, lines)
+        before = stack.client().batches.retrieve(batch_id)
+        worker = stack.start_worker(concurrency=2)
+        with Poller(api.url, batch_id) as poller:
+            wait_submitted(stack, worker)
+            api.kill()
+            time.sleep(2)
+            api.start()
+            assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
+        after = stack.client().batches.retrieve(batch_id)
+        assert (after.created_at, after.input_file_id) == (before.created_at, before.input_file_id)
+        assert before.input_file_id in [f.id for f in stack.client().files.list()]
+        assert poller.server_errors == 0
+        assert poller.failures > 0, "the pollers saw the API go down"
+        assert poller.statuses[-1] == "completed", "polling resumed after the restart"
+    finally:
+        stack.stop_workers()
+        api.kill()
