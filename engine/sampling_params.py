@@ -48,6 +48,10 @@ class SamplingParams:
     def validate(self) -> None:
         checks: list[tuple[bool, str]] = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
+            (
+                self.seed is None or -(2**63) <= self.seed < 2**63,
+                f"seed must fit in a signed 64-bit integer, got {self.seed}",
+            ),
             (self.temperature >= 0.0, f"temperature must be >= 0, got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= -1, f"top_k must be -1, 0 (off) or positive, got {self.top_k}"),

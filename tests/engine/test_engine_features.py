@@ -135,6 +135,7 @@ def test_n_samples_share_prompt_and_match_single_runs(tiny_model_dirs: dict[str,
         dict(repetition_penalty=0.0),
         dict(stop=[""]),
         dict(logit_bias={5: 500.0}),
+        dict(seed=2**64),
     ],
 )
 def test_invalid_sampling_params_raise_clear_errors(kwargs: dict) -> None:
