@@ -30,6 +30,7 @@ ENGINE_SHAPES: dict[str, dict[str, Any]] = {
 }
 
 MODELS = ["smollm2", "llama", "qwen2", "qwen3"]
+TRITON_SUBSET = (0, 1, 8, 16, 24, 32, 40, 47)  # prompt 0 has 1 token, prompt 1 has 400
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +58,27 @@ def test_greedy_matches_transformers(model: str, shape: str, model_dirs: dict[st
     check_parity(model_dirs[model], shape)
 
 
-@pytest.mark.parametrize("shape", ["chunked", "preempt"])
 @pytest.mark.parametrize("model", ["llama", "qwen2", "qwen3"])
 def test_greedy_matches_transformers_with_triton_kernels(
-    model: str, shape: str, model_dirs: dict[str, Path]
+    model: str, model_dirs: dict[str, Path]
 ) -> None:
-    """The same check with every Triton kernel on (interpreted on the CPU). Tiny models only:
-    the interpreter runs each kernel program in Python."""
+    """The same check with every Triton kernel on, interpreted on the CPU, where each kernel
+    program runs in Python: tiny models, the chunked shape, and 8 of the 48 prompts (the
+    1-token and the 400-token ones among them) keep it to about a minute a model."""
     previous = kernels.get_backend()
     kernels.set_backend("triton")
     try:
-        check_parity(model_dirs[model], shape)
+        check_parity(model_dirs[model], "chunked", TRITON_SUBSET)
     finally:
         kernels.set_backend(previous)
 
 
-def check_parity(model_dir: Path, shape: str) -> None:
+def check_parity(model_dir: Path, shape: str, subset: tuple[int, ...] | None = None) -> None:
     prompts, max_tokens, expected = reference(model_dir)
+    if subset is not None:
+        prompts = [prompts[i] for i in subset]
+        max_tokens = [max_tokens[i] for i in subset]
+        expected = [expected[i] for i in subset]
     llm = LLM(str(model_dir), dtype="float32", device="cpu", **ENGINE_SHAPES[shape])
     params = [SamplingParams(temperature=0.0, max_tokens=m) for m in max_tokens]
     outputs = llm.generate(prompts, params, use_tqdm=False)
