@@ -33,7 +33,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "known bug, open: in about 1 run of 3 the shards that were mid-flight when Redis went "
+        "known bug, open: often (both fresh-clone CI runs) the shards that were mid-flight when Redis went "
         "down are never delivered again (the batch stays in_progress); the rest complete"
     ),
 )
