@@ -33,8 +33,8 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "known bug, open: often (both fresh-clone CI runs) the shards that were mid-flight when Redis went "
-        "down are never delivered again (the batch stays in_progress); the rest complete"
+        "known bug, open: often (both fresh-clone CI runs) the shards that were mid-flight "
+        "when Redis went down are never delivered again (the batch stays in_progress)"
     ),
 )
 def test_redis_restart_mid_batch(stack_parts: dict[str, Any], own_redis: RedisServer) -> None:
