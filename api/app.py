@@ -37,7 +37,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = Metrics.create()
-    app.dependency_overrides[get_settings] = lambda: resolved
     install_error_handlers(app)
     for module in (files, batches, models, health):
         app.include_router(module.router)

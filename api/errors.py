@@ -1,7 +1,8 @@
 """OpenAI-style error bodies for every failure: ``{"error": {message, type, param, code}}``.
 
 Bad input of any kind (our checks, FastAPI's validation, unknown routes and methods) is a
-4xx; only our own bugs become a 500, and those never echo internals to the caller.
+4xx; Redis being unreachable (a restart) is a 503 that clients retry; only our own bugs
+become a 500, and those never echo internals to the caller.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import JobsError
@@ -81,6 +84,17 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unreachable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "the job store is unavailable; retry shortly",
+        error_type="server_error",
+        code="service_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error", error_type="server_error")
@@ -90,4 +104,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobsError, _jobs_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _store_unavailable)
+    app.add_exception_handler(RedisTimeoutError, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

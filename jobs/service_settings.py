@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import redis
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from jobs.storage import LocalStorage, S3Storage, Storage
 
@@ -40,6 +43,9 @@ class ServiceSettings(BaseSettings):
 
     max_line_bytes: int = 2_000_000
 
+    # How long a worker's Redis commands keep retrying through a Redis restart (seconds).
+    redis_ride_out_s: float = 30.0
+
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or self.redis_url
@@ -65,3 +71,22 @@ def open_storage(settings: ServiceSettings) -> Storage:
             create_bucket=settings.s3_create_bucket,
         )
     return LocalStorage(settings.storage_dir)
+
+
+def open_redis(settings: ServiceSettings) -> redis.Redis:
+    """A Redis client that rides out a restart of Redis instead of failing at once.
+
+    Connection errors are retried with backoff (0.1 s doubling, capped at 2 s) for about
+    ``redis_ride_out_s``: a shard that is writing counts when Redis restarts waits for it
+    and carries on, rather than failing and waiting for its message's visibility timeout.
+    Worker processes use it; the API keeps a fail-fast client so that a request during an
+    outage is answered (503) rather than held.
+    """
+    backoff = ExponentialBackoff(cap=2.0, base=0.1)
+    waited, retries = 0.0, 0
+    while waited < settings.redis_ride_out_s:
+        retries += 1
+        waited += backoff.compute(retries)
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, retry=Retry(backoff, retries)
+    )

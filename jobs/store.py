@@ -97,11 +97,12 @@ class JobStore:
         newest_first: bool,
         purpose: str | None = None,
     ) -> Page[FileRecord]:
-        def load(file_id: str) -> FileRecord | None:
-            record = self.get_file(tenant, file_id)
-            return record if record and purpose in (None, record.purpose) else None
+        def accept(raw: dict[str, str]) -> FileRecord | None:
+            if raw["tenant"] != tenant or purpose not in (None, raw["purpose"]):
+                return None
+            return FileRecord.from_hash(raw)
 
-        return self._page(self.key("files", tenant), after, limit, newest_first, load)
+        return self._page(self.key("files", tenant), "file", after, limit, newest_first, accept)
 
     # -- batches -------------------------------------------------------------------------
     def put_batch(self, record: BatchRecord) -> None:
@@ -121,13 +122,11 @@ class JobStore:
         return record if record and record.tenant == tenant else None
 
     def list_batches(self, tenant: TenantId, *, after: str | None, limit: int) -> Page[BatchRecord]:
-        return self._page(
-            self.key("batches", tenant),
-            after,
-            limit,
-            True,
-            lambda batch_id: self.get_batch(tenant, batch_id),
-        )
+        def accept(raw: dict[str, str]) -> BatchRecord | None:
+            record = BatchRecord.from_hash(raw)
+            return record if record.tenant == tenant else None
+
+        return self._page(self.key("batches", tenant), "batch", after, limit, True, accept)
 
     def set_batch_fields(self, batch_id: BatchId, values: dict[str, str]) -> None:
         self._redis.hset(self.key("batch", batch_id), mapping=values)
@@ -184,23 +183,36 @@ class JobStore:
     def _page(
         self,
         index: str,
+        kind: str,
         after: str | None,
         limit: int,
         newest_first: bool,
-        load: Callable[[str], R | None],
+        accept: Callable[[dict[str, str]], R | None],
     ) -> Page[R]:
+        """Up to ``limit`` records listed in ``index`` past ``after`` that ``accept`` keeps.
+
+        The hashes of one slice of ids are read in one pipelined round trip: a page of 20
+        files costs two or three round trips to Redis, not twenty.
+        """
         items: list[R] = []
-        for record in self._walk(index, after, newest_first):
-            loaded = load(record)
-            if loaded is None:
-                continue
-            if len(items) == limit:
-                return Page(items, has_more=True)
-            items.append(loaded)
+        for ids in self._walk(index, after, newest_first, slice_size=limit + 1):
+            with self._redis.pipeline(transaction=False) as pipe:
+                for record_id in ids:
+                    pipe.hgetall(self.key(kind, record_id))
+                raws = pipe.execute()
+            for raw in raws:
+                record = accept(raw) if raw else None
+                if record is None:
+                    continue
+                if len(items) == limit:
+                    return Page(items, has_more=True)
+                items.append(record)
         return Page(items, has_more=False)
 
-    def _walk(self, index: str, after: str | None, newest_first: bool) -> Iterator[str]:
-        """Ids in ``index`` strictly past ``after``, fetched in slices as they are consumed."""
+    def _walk(
+        self, index: str, after: str | None, newest_first: bool, slice_size: int
+    ) -> Iterator[list[str]]:
+        """Slices of the ids in ``index`` strictly past ``after``, read as they are consumed."""
         if after is None:
             bound = "+inf" if newest_first else "-inf"
         else:
@@ -211,13 +223,13 @@ class JobStore:
         while True:
             if newest_first:
                 rows = self._redis.zrevrangebyscore(
-                    index, bound, "-inf", start=0, num=100, withscores=True
+                    index, bound, "-inf", start=0, num=slice_size, withscores=True
                 )
             else:
                 rows = self._redis.zrangebyscore(
-                    index, bound, "+inf", start=0, num=100, withscores=True
+                    index, bound, "+inf", start=0, num=slice_size, withscores=True
                 )
             if not rows:
                 return
-            yield from (member for member, _ in rows)
+            yield [member for member, _ in rows]
             bound = f"({int(rows[-1][1])}"

@@ -4,9 +4,10 @@
   worker that dies mid-shard loses nothing; shard tasks are idempotent (jobs/results.py).
 - ``task_reject_on_worker_lost``: a task whose worker process vanished is re-queued instead
   of acknowledged; deliveries are counted in Redis and bounded by ``max_shard_deliveries``.
-- ``task_acks_on_failure_or_timeout=False``: a shard task that fails (its retry could not
-  even be sent because the broker was down, or it ran out of retries) stays unacknowledged
-  and comes back after the visibility timeout; deliveries stay bounded as above.
+- No failure ever ends a shard task: on the Redis transport a failed late-acked task is
+  rejected without requeue, which deletes its message whatever
+  ``task_acks_on_failure_or_timeout`` says. ``kvbatch.run_shard`` therefore turns every
+  error into a retry, or, when the broker is down, a reject with requeue (worker/tasks.py).
 - ``worker_prefetch_multiplier=1``: a worker reserves only as many shards as it has
   threads, leaving the rest to other workers.
 - ``visibility_timeout``: Redis redelivers an unacknowledged shard after this long, so it
@@ -43,7 +44,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_default_queue": settings.shard_queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

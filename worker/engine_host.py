@@ -6,9 +6,11 @@
                        waits for room)
 
 Tasks run in Celery's thread pool; only the engine thread touches the engine (and its
-tokenizer's chat template), so the engine needs no locks. Every ``stop_poll_s`` the thread
-asks ``stop_checker`` whether any batch it serves must stop (cancelled, expired) and aborts
-that batch's requests between two steps.
+tokenizer's chat template), so the engine needs no locks. A second thread asks
+``stop_checker`` every ``stop_poll_s`` whether any batch being served must stop (cancelled,
+expired); the engine thread aborts that batch's requests between two steps. The check
+reads Redis, so it has a thread of its own: while Redis is slow or restarting, the engine
+keeps stepping.
 """
 
 from __future__ import annotations
@@ -104,13 +106,18 @@ class EngineHost:
         self._ready = threading.Event()
         self._closing = threading.Event()
         self._load_error: BaseException | None = None
+        self._stops_version = 0  # bumped (under _lock) whenever _stopped gains a batch
+        self._stops_seen = 0  # the version the engine thread last applied
         self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
-        self._last_stop_check = 0.0
+        self._stop_watcher = threading.Thread(
+            target=self._watch_stops, name="engine-host-stops", daemon=True
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout_s: float | None = None) -> None:
         """Start the engine thread and wait until the engine is loaded."""
         self._thread.start()
+        self._stop_watcher.start()
         self._ready.wait(timeout_s)
         if self._load_error is not None:
             raise RuntimeError("the engine failed to load") from self._load_error
@@ -119,6 +126,8 @@ class EngineHost:
         self._closing.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if self._stop_watcher.is_alive():
+            self._stop_watcher.join(timeout_s)
 
     @property
     def engine(self) -> LLMEngine:
@@ -251,22 +260,31 @@ class EngineHost:
             return tokenizer.apply_chat_template(prompt.messages)
         return tokenizer.encode(prompt)
 
+    def _watch_stops(self) -> None:
+        """The stop watcher's loop: ask ``stop_checker`` about the watched batches."""
+        while not self._closing.wait(self._stop_poll_s):
+            with self._lock:
+                batches = set(self._watched)
+            if not batches:
+                continue
+            try:
+                stops = self._stop_checker(batches)
+            except Exception:
+                log.exception("checking batches for a stop failed; retrying at the next poll")
+                continue
+            with self._lock:
+                fresh = {b: r for b, r in stops.items() if self._stopped.get(b) != r}
+                if fresh:
+                    self._stopped.update(fresh)
+                    self._stops_version += 1
+
     def _check_stops(self) -> None:
-        now = time.monotonic()
-        if now - self._last_stop_check < self._stop_poll_s:
-            return
-        self._last_stop_check = now
+        """Abort the requests of batches the watcher found stopped (engine thread only)."""
         with self._lock:
-            batches = set(self._watched) | {s.batch_id for s in self._inflight.values()}
-        if not batches:
-            return
-        try:
-            stops = self._stop_checker(batches)
-        except Exception:
-            log.exception("checking batches for a stop failed; retrying at the next poll")
-            return
-        with self._lock:
-            self._stopped.update(stops)
+            if self._stops_version == self._stops_seen:
+                return
+            self._stops_seen = self._stops_version
+            stops = dict(self._stopped)
         for request_id, submission in list(self._inflight.items()):
             reason = stops.get(submission.batch_id)
             if reason is not None:

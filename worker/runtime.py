@@ -10,13 +10,11 @@ import os
 import socket
 import threading
 
-import redis
-
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from jobs.finalize import BatchFinalizer
 from jobs.results import ShardLedger, StopReason
-from jobs.service_settings import open_storage
+from jobs.service_settings import open_redis, open_storage
 from jobs.status import BatchStatus
 from jobs.store import JobStore
 from worker.engine_host import EngineHost
@@ -31,7 +29,7 @@ _ENDED = {BatchStatus.CANCELLED: StopReason.CANCELLED, BatchStatus.EXPIRED: Stop
 class WorkerRuntime:
     def __init__(self, settings: WorkerSettings, hostname: str) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = open_redis(settings)
         self.store = JobStore(self.redis, settings.key_prefix)
         self.ledger = ShardLedger(self.redis, self.store)
         self.storage = open_storage(settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from celery import Task
+from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.dispatch import RUN_SHARD_TASK
@@ -12,6 +14,9 @@ from worker.beat import EXPIRE_TASK
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_S = 5
+RETRY_BACKOFF_MAX_S = 600
 
 
 class ShardTaskArgs(BaseModel):
@@ -25,24 +30,45 @@ class ShardTaskArgs(BaseModel):
 
 @celery_app.task(
     name=RUN_SHARD_TASK,
+    bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(Exception,),
-    retry_backoff=5,
-    retry_backoff_max=600,
-    max_retries=10,
+    max_retries=None,
 )
-def run_shard(payload: dict[str, object]) -> str:
-    """Run one shard; Redis or storage outages retry later (deliveries stay bounded)."""
+def run_shard(self: Task, payload: dict[str, object]) -> str:
+    """Run one shard; whatever fails (Redis, storage, a busy lease) runs again later."""
     try:
         args = ShardTaskArgs.model_validate(payload)
     except ValidationError:
         # Not ours to run, ever: acknowledge it (a failure would come back forever).
         log.error("dropping a malformed shard message: %r", payload)
         return "invalid"
-    outcome = get_runtime().runner.run(args.batch_id, args.shard_index)
+    try:
+        outcome = get_runtime().runner.run(args.batch_id, args.shard_index)
+    except Exception as exc:
+        raise again_later(self, exc) from exc
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome
+
+
+def again_later(task: Task, exc: Exception) -> Retry | Reject:
+    """What to raise so that a failed shard is never dropped.
+
+    First choice: Celery's retry, a copy of the message with a countdown (5 s doubling, at
+    most 10 min; no limit on their number, since a shard's real runs are bounded by its
+    delivery count). Publishing that copy needs the broker. When the broker is down, Celery
+    itself would answer with ``Reject(requeue=False)``, and on Redis a reject without
+    requeue *deletes* the message: the shard would be lost (so would any plain failure of
+    a late-acked task, whatever ``task_acks_on_failure_or_timeout`` says). So we reject
+    with requeue: the message goes back to its queue, or, if Redis cannot be reached for
+    that either, stays in kombu's unacked set and is restored after the visibility timeout.
+    """
+    countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**task.request.retries)
+    try:
+        return task.retry(exc=exc, countdown=countdown, throw=False)
+    except Reject:
+        log.warning("could not schedule a retry (broker down?); requeueing: %s", exc)
+        return Reject(exc, requeue=True)
 
 
 @celery_app.task(name=EXPIRE_TASK, acks_late=True)

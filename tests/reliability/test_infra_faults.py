@@ -30,30 +30,42 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug, open: often (both fresh-clone CI runs) the shards that were mid-flight "
-        "when Redis went down are never delivered again (the batch stays in_progress)"
-    ),
-)
-def test_redis_restart_mid_batch(stack_parts: dict[str, Any], own_redis: RedisServer) -> None:
+@pytest.mark.parametrize("ride_out_s", [30.0, 0.5], ids=["ridden-out", "shards-fail"])
+def test_redis_restart_mid_batch(
+    stack_parts: dict[str, Any], own_redis: RedisServer, ride_out_s: float
+) -> None:
+    """Redis restarts (AOF on) while two shards run.
+
+    ``ridden-out``: the shards' Redis commands wait for Redis and the shards finish.
+    ``shards-fail``: the worker gives up on Redis after 0.5 s, so both shard tasks fail
+    while the broker is down too; their messages must not be dropped (Celery's own retry
+    would reject them, which deletes them on Redis) but come back and run again.
+    """
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     parts = {**stack_parts, "client": client, "redis_url": own_redis.url}
-    with fast_stack(**parts) as stack:
+    with fast_stack(**parts, redis_ride_out_s=ride_out_s) as stack:
         lines = long_lines("r", 48)
         batch_id = submit(stack, lines)
         worker = stack.start_worker(concurrency=2)
         wait_submitted(stack, worker)
 
         own_redis.stop()  # SIGTERM: Redis writes its AOF and exits, as on a restart
-        time.sleep(3)
+        down = httpx.get(
+            f"{stack.server.url}/v1/batches/{batch_id}",
+            headers={"Authorization": "Bearer key-alpha"},
+            timeout=10,
+        )
+        time.sleep(8)  # longer than the shards' remaining work: their results meet no Redis
         own_redis.start()
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["code"] == "service_unavailable"
 
         assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
         assert worker.process.poll() is None, "the worker reconnected instead of dying"
         more = long_lines("r2", 8, max_tokens=4)
         assert_complete(stack, submit(stack, more), [line["custom_id"] for line in more])
+        requeued = "requeueing" in worker.log_tail(500_000)
+        assert requeued == (ride_out_s < 1), "shards failed and came back only when meant to"
     client.close()
 
 
