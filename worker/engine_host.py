@@ -11,6 +11,14 @@ tokenizer's chat template), so the engine needs no locks. A second thread asks
 expired); the engine thread aborts that batch's requests between two steps. The check
 reads Redis, so it has a thread of its own: while Redis is slow or restarting, the engine
 keeps stepping.
+
+A step that raises (an engine bug some request triggers) must not fail every request in
+flight. The host aborts them all and reruns them in isolation, halving the group at each
+failure: a group that fails alone splits in two, a request that fails alone is the culprit
+and gets the error, and every other request is rerun from its prompt and answered as if
+nothing happened (greedy and seeded sampling give the same tokens). New submissions wait
+until the suspects are cleared; finding one culprit among k requests takes about log2(k)
+failed steps.
 """
 
 from __future__ import annotations
@@ -76,6 +84,8 @@ class HostStats:
     num_multi_batch_steps: int = 0  # steps whose requests came from two or more batches
     max_batches_in_step: int = 0
     num_batches_served: int = 0
+    num_failed_steps: int = 0
+    num_culprits: int = 0  # requests that failed a step on their own
     recent_batches: deque[str] = field(default_factory=lambda: deque(maxlen=4096))
 
 
@@ -102,6 +112,7 @@ class EngineHost:
         self._stats = HostStats()
         self._throughput: deque[tuple[float, int]] = deque(maxlen=64)
         self._inflight: dict[str, Submission] = {}
+        self._suspects: deque[list[Submission]] = deque()  # groups rerun one at a time
         self._engine: LLMEngine | None = None
         self._ready = threading.Event()
         self._closing = threading.Event()
@@ -178,6 +189,8 @@ class EngineHost:
                 "num_multi_batch_steps": s.num_multi_batch_steps,
                 "max_batches_in_step": s.max_batches_in_step,
                 "num_batches_served": s.num_batches_served,
+                "num_failed_steps": s.num_failed_steps,
+                "num_culprits": s.num_culprits,
                 "num_pending": self._num_pending,
             }
         rate = 0.0
@@ -203,10 +216,16 @@ class EngineHost:
         self._ready.set()
         engine = self._engine
         while not self._closing.is_set():
-            self._admit(block=not engine.has_unfinished_requests())
+            if not self._suspects:
+                self._admit(block=not engine.has_unfinished_requests())
+            elif not engine.has_unfinished_requests():
+                for submission in self._suspects.popleft():
+                    self._add(submission)
             self._check_stops()
             if engine.has_unfinished_requests():
                 self._step(engine)
+        for group in self._suspects:
+            self._inflight.update((s.request_id, s) for s in group)
         for request_id in list(self._inflight):
             engine.abort_request(request_id)
             self._resolve(HostResult(request_id, interrupted=True))
@@ -295,16 +314,32 @@ class EngineHost:
         try:
             outputs = engine.step()
         except Exception as exc:
-            log.exception("engine step failed; failing the requests in flight")
-            for request_id in list(self._inflight):
-                engine.abort_request(request_id)
-                self._resolve(HostResult(request_id, failed=f"engine failure: {exc}"))
+            self._isolate(engine, exc)
             return
         ran = [r.request_id.rpartition("#")[0] for r in engine.scheduler.running]
         ran += [o.request_id for o in outputs]
         self._record_step({self._inflight[r].batch_id for r in ran if r in self._inflight})
         for output in outputs:
             self._resolve(HostResult(output.request_id, output=output))
+
+    def _isolate(self, engine: LLMEngine, exc: Exception) -> None:
+        """A step failed: abort everything in flight and rerun it in halves (see above)."""
+        suspects = list(self._inflight.values())
+        with self._lock:
+            self._stats.num_failed_steps += 1
+        for submission in suspects:
+            engine.abort_request(submission.request_id)
+        if len(suspects) == 1:
+            culprit = suspects[0].request_id
+            log.error("engine step failed on %s alone: %s", culprit, exc)
+            with self._lock:
+                self._stats.num_culprits += 1
+            self._resolve(HostResult(culprit, failed=f"engine failure: {exc}"))
+            return
+        log.exception("engine step failed with %d requests; isolating them", len(suspects))
+        self._inflight.clear()  # they stay pending: each is answered once its group reruns
+        half = len(suspects) // 2
+        self._suspects.extendleft([suspects[half:], suspects[:half]])
 
     def _record_step(self, batches: set[str]) -> None:
         generated = self.engine.stats.num_generated_tokens

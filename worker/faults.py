@@ -1,16 +1,23 @@
 """Fault injection for the reliability tests: an engine that breaks on a marked request.
 
-Off unless ``KVBATCH_FAULT_CRASH_MARKER`` is set. The marked request goes through the real
-admission path and the engine raises a ``RuntimeError`` (not the ``ValueError`` of a request
-it refuses), exactly as a bug in the engine would; the tests check that only that request
-fails and that the worker and every other batch carry on.
+Off unless ``KVBATCH_FAULT_CRASH_MARKER`` is set. A request whose prompt holds the marker
+makes the engine raise a ``RuntimeError`` (not the ``ValueError`` of a request it refuses),
+exactly as a bug in the engine would: when it is admitted (``KVBATCH_FAULT_CRASH_AT=admit``)
+or in every step it takes part in after its first (``step``: the whole step fails, with
+every other request in it). The tests check that only the marked requests fail and that
+the worker and every other batch carry on.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+
+CrashPoint = Literal["admit", "step"]
 
 
 class InjectedEngineFault(RuntimeError):
@@ -18,11 +25,13 @@ class InjectedEngineFault(RuntimeError):
 
 
 class FaultInjectingEngine(LLMEngine):
-    """The real engine, except that admitting a prompt containing ``marker`` raises."""
+    """The real engine, except that a prompt containing ``marker`` breaks it at ``at``."""
 
-    def __init__(self, config: EngineConfig, marker: str) -> None:
+    def __init__(self, config: EngineConfig, marker: str, at: CrashPoint = "admit") -> None:
         super().__init__(config)
         self.marker = marker
+        self.at = at
+        self._marked: set[str] = set()
 
     def add_request(
         self,
@@ -35,5 +44,17 @@ class FaultInjectingEngine(LLMEngine):
         if isinstance(prompt, list) and self.tokenizer is not None:
             text = self.tokenizer.decode(prompt)
         if isinstance(text, str) and self.marker in text:
-            raise InjectedEngineFault(f"injected engine fault for {request_id}")
+            if self.at == "admit":
+                raise InjectedEngineFault(f"injected engine fault for {request_id}")
+            self._marked.add(request_id)
         super().add_request(request_id, prompt, params, priority)
+
+    def step(self) -> list[RequestOutput]:
+        running = {r.request_id.partition("#")[0] for r in self.scheduler.running}
+        if marked := running & self._marked:
+            raise InjectedEngineFault(f"injected engine fault in a step with {sorted(marked)}")
+        return super().step()
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        self._marked.discard(request_id)
+        return super().abort_request(request_id)

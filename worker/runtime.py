@@ -69,7 +69,9 @@ class WorkerRuntime:
     def _load_engine(self) -> LLMEngine:
         config = EngineConfig(model=self.settings.worker_model, **self.settings.engine_args())
         if self.settings.fault_crash_marker:
-            return FaultInjectingEngine(config, self.settings.fault_crash_marker)
+            return FaultInjectingEngine(
+                config, self.settings.fault_crash_marker, self.settings.fault_crash_at
+            )
         return LLMEngine(config)
 
     def _stop_reasons(self, batch_ids: set[str]) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jobs.service_settings import ServiceSettings
 
@@ -41,6 +41,7 @@ class WorkerSettings(ServiceSettings):
 
     # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
     fault_crash_marker: str | None = None
+    fault_crash_at: Literal["admit", "step"] = "admit"
 
     def engine_args(self) -> dict[str, Any]:
         return {

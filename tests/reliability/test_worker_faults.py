@@ -97,11 +97,17 @@ def test_duplicate_shard_messages_write_each_line_once(stack: Stack) -> None:
     assert usage is not None and usage.output_tokens == 8 * len(lines), "tokens counted once"
 
 
-def test_engine_exception_fails_only_the_marked_lines(stack_parts: dict[str, object]) -> None:
+@pytest.mark.parametrize("crash_at", ["admit", "step"])
+def test_engine_exception_fails_only_the_marked_lines(
+    stack_parts: dict[str, object], crash_at: str
+) -> None:
+    """Marked requests break the engine when admitted, or break every step they are in
+    (so each failed step also held innocent requests, of this batch and the clean one)."""
     from tests.reliability.conftest import fast_stack
 
     marker = "KVBATCH-TEST-CRASH"
-    with fast_stack(**stack_parts, fault_crash_marker=marker) as live:  # type: ignore[arg-type]
+    faults = {"fault_crash_marker": marker, "fault_crash_at": crash_at}
+    with fast_stack(**stack_parts, **faults) as live:  # type: ignore[arg-type]
         worker = live.start_worker(concurrency=4)
         poisoned = [
             chat_line(f"p-{i}", f"{marker} {i}" if i % 3 == 0 else f"Fine {i}.", max_tokens=6)
@@ -125,3 +131,7 @@ def test_engine_exception_fails_only_the_marked_lines(stack_parts: dict[str, obj
         after = long_lines("after", 4, max_tokens=4)
         assert_complete(live, submit(live, after), [line["custom_id"] for line in after])
         assert worker.process.poll() is None, "the worker stays up"
+        stats = worker_stats(live.redis, live.settings.key_prefix, worker.name)
+        if crash_at == "step":
+            assert stats["num_culprits"] == 4, stats
+            assert stats["num_failed_steps"] >= 4, stats
