@@ -8,18 +8,20 @@
    (target: at most 1.1x the time).
 
 Both arms of a comparison run the same prompts, and each measurement runs ``--rounds``
-times, alternating the arms, so that a noisy neighbour on a shared machine hits both.
+times, alternating the arms, so that a noisy neighbour on a shared machine hits both; the
+ratio is of the summed times.
 Each run's prompts start with their own one-token salt (``[A]``, ``[B]``, ...): every run
 has the same prefix-cache structure (the chat template's first block is shared by all,
 the next block by the run's requests only), and no run finds another run's blocks cached.
 
 Usage: python -m benchmarks.service_vs_offline [--requests 64] [--batches 8] [--per-batch 64]
-Writes benchmarks/results/service_vs_offline.json.
+Writes benchmarks/results/<--name>.json (service_vs_offline.json by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import secrets
 import tempfile
 import time
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--per-batch", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--name", default="service_vs_offline", help="results/<name>.json")
     args = parser.parse_args()
     salts = iter("ABCDEFGHIJKLMNOPQRSTUVXYZ")  # W is the warm-up's
     total = args.batches * args.per_batch
@@ -127,11 +130,7 @@ def main() -> None:
     llm.chat(
         [[{"role": "user", "content": "warm up"}]], SamplingParams(max_tokens=2), use_tqdm=False
     )
-    throughput_salts = [next(salts) for _ in range(args.rounds)]
-    offline = [
-        run_offline(llm, prompts(args.requests, s), args.max_tokens) for s in throughput_salts
-    ]
-    del llm
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
 
     tmp = Path(tempfile.mkdtemp(prefix="kvbatch-bench-"))
     prefix = f"kvbatch-bench-{secrets.token_hex(4)}"
@@ -143,6 +142,7 @@ def main() -> None:
         "s3", prefix, tmp, f"http://127.0.0.1:{port}", shard_size=max(args.requests, 256)
     )
     worker = None
+    offline: list[float] = []
     service: list[float] = []
     one: list[float] = []
     many: list[float] = []
@@ -153,8 +153,12 @@ def main() -> None:
             wait_worker_ready(worker, client_redis, settings.key_prefix)
             client = server.client()
             run_service(client, [lines(prompts(4, "W"), "warm", 2)])
-            for salt in throughput_salts:  # the offline runs' very prompts
-                texts = prompts(args.requests, salt)
+            for _ in range(args.rounds):
+                # The engine in this process and the service's run the very same prompts, one
+                # after the other (each idles while the other runs; neither has the other's
+                # prefix cache).
+                texts = prompts(args.requests, next(salts))
+                offline.append(run_offline(llm, texts, args.max_tokens))
                 service.append(run_service(client, [lines(texts, "svc", args.max_tokens)]))
             for _ in range(args.rounds):
                 texts = prompts(total, next(salts))
@@ -196,7 +200,7 @@ def main() -> None:
             "target": "<= 1.1",
         },
     }
-    print(write_result("service_vs_offline", result))
+    print(write_result(args.name, result))
     print(result)
 
 
