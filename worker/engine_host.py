@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,6 +75,18 @@ class Submission:
 
 
 @dataclass(slots=True)
+class Withdrawal:
+    """Requests whose shard gave up on them (it failed mid-run): abort them if in flight.
+
+    It travels through the submission queue behind the shard's own submissions, so when the
+    engine thread reaches it each of them is in flight or already answered, and a rerun of
+    the shard (whose submissions come later) can reuse the same request ids.
+    """
+
+    request_ids: frozenset[str]
+
+
+@dataclass(slots=True)
 class HostStats:
     """What the host adds to the engine's own statistics."""
 
@@ -103,7 +115,7 @@ class EngineHost:
         self._stop_checker = stop_checker
         self._max_pending = max_pending
         self._stop_poll_s = stop_poll_s
-        self._submissions: queue.SimpleQueue[Submission] = queue.SimpleQueue()
+        self._submissions: queue.SimpleQueue[Submission | Withdrawal] = queue.SimpleQueue()
         self._room = threading.Condition()
         self._num_pending = 0
         self._lock = threading.Lock()  # guards stats, _watched and _stopped
@@ -154,6 +166,11 @@ class EngineHost:
         with self._lock:
             self._stats.num_submitted += 1
         self._submissions.put(submission)
+
+    def withdraw(self, request_ids: set[str]) -> None:
+        """Abort these submissions, answered or not; each gets a ``stopped`` result if it
+        was still in flight (its sink may be gone: the shard stopped listening)."""
+        self._submissions.put(Withdrawal(frozenset(request_ids)))
 
     def watch(self, batch_id: str) -> None:
         """Check this batch for a stop from now on, even before it has requests in flight."""
@@ -241,8 +258,11 @@ class EngineHost:
                 batch.append(self._submissions.get_nowait())
             except queue.Empty:
                 break
-        for submission in batch:
-            self._add(submission)
+        for item in batch:
+            if isinstance(item, Withdrawal):
+                self._abort(item.request_ids & self._inflight.keys(), "withdrawn")
+            else:
+                self._add(item)
 
     def _add(self, submission: Submission) -> None:
         engine = self.engine
@@ -307,8 +327,12 @@ class EngineHost:
         for request_id, submission in list(self._inflight.items()):
             reason = stops.get(submission.batch_id)
             if reason is not None:
-                output = self.engine.abort_request(request_id)
-                self._resolve(HostResult(request_id, output=output, stopped=reason))
+                self._abort({request_id}, reason)
+
+    def _abort(self, request_ids: Iterable[str], reason: str) -> None:
+        for request_id in request_ids:
+            output = self.engine.abort_request(request_id)
+            self._resolve(HostResult(request_id, output=output, stopped=reason))
 
     def _step(self, engine: LLMEngine) -> None:
         try:

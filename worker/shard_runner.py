@@ -151,6 +151,7 @@ class ShardRunner:
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         priority = priority_of(batch.metadata)
         self.host.watch(batch.id)
+        pending: set[str] = set()  # submitted, not yet collected
         try:
             num_pending = 0
             for position, line in enumerate(lines):
@@ -165,9 +166,11 @@ class ShardRunner:
                     answers[position] = (refused_line(line.custom_id, str(exc)), False)
                     self.ledger.add_counts(batch.id, index, failed=1)
                     continue
+                request_id = f"{batch.id}/{index}/{position}"
+                pending.add(request_id)
                 self.host.submit(
                     Submission(
-                        request_id=f"{batch.id}/{index}/{position}",
+                        request_id=request_id,
                         batch_id=batch.id,
                         prompt=request.prompt,
                         params=request.params,
@@ -178,12 +181,14 @@ class ShardRunner:
                 )
                 num_pending += 1
                 while num_pending and not results.empty():
-                    self._collect(batch.id, index, lines, answers, results.get())
+                    self._collect(batch.id, index, lines, answers, results.get(), pending)
                     num_pending -= 1
             for _ in range(num_pending):
-                self._collect(batch.id, index, lines, answers, results.get())
+                self._collect(batch.id, index, lines, answers, results.get(), pending)
         finally:
             self.host.unwatch(batch.id)
+            if pending:  # this run failed: its requests must not outlive it in the engine
+                self.host.withdraw(pending)
         outcome = ShardOutcome()
         for answer in answers:
             assert answer is not None, "every line of the shard has an answer"
@@ -198,7 +203,9 @@ class ShardRunner:
         lines: list[ChatLine | CompletionLine],
         answers: list[tuple[OutputLine, bool] | None],
         result: HostResult,
+        pending: set[str],
     ) -> None:
+        pending.discard(result.request_id)
         if result.interrupted:
             # Not an answer: the shard must not be marked done; its task fails and the
             # shard runs again (a retry, or the broker's redelivery).

@@ -121,3 +121,24 @@ def test_stop_aborts_a_batch_between_steps(model_dir: Path) -> None:
         assert results.get(timeout=30).stopped == "cancelled", "a stopped batch takes no more"
     finally:
         host.close()
+
+
+def test_withdrawn_requests_leave_the_engine_and_their_ids_can_run_again(
+    host: EngineHost,
+) -> None:
+    """A shard that fails mid-run withdraws what it submitted; its rerun reuses the ids."""
+    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+    abandoned: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+    ids = {f"w/0/{i}" for i in range(4)}
+    for request_id in sorted(ids):
+        host.submit(Submission(request_id, "w", prompt(1), params, abandoned.put))
+    host.withdraw(ids)
+    gone = [abandoned.get(timeout=60) for _ in ids]
+    assert {r.request_id for r in gone} == ids
+    assert all(r.stopped == "withdrawn" for r in gone)
+    assert all(r.output is None or len(r.output.outputs[0].token_ids) < 200 for r in gone)
+
+    rerun = run_batch(host, "w", 4, max_tokens=3)  # the same ids: w/0/0 .. w/0/3
+    assert [r.request_id for r in rerun] == [f"w/0/{i}" for i in range(4)]
+    assert all(r.output is not None and r.stopped is None for r in rerun)
+    assert host.snapshot()["num_pending"] == 0
