@@ -45,9 +45,10 @@ def git_commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write ``results/<name>.json`` with the hardware, command and time of the run."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, result: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """Write ``<directory>/<name>.json`` (default ``results/``) with the hardware, command and
+    time of the run."""
+    directory.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -56,6 +57,6 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
         "hardware": hardware(),
         **result,
     }
-    path = RESULTS_DIR / f"{name}.json"
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

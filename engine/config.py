@@ -12,12 +12,21 @@ class EngineConfigError(ValueError):
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOAD_FORMATS = ("safetensors", "dummy")
 
 
 @dataclass(slots=True)
 class EngineConfig:
     """``num_kv_blocks=None`` sizes the KV cache from ``kv_cache_memory_gb`` (CPU) or from
-    free GPU memory times ``gpu_memory_utilization`` (CUDA)."""
+    free GPU memory times ``gpu_memory_utilization`` (CUDA).
+
+    ``load_format="dummy"`` fills the weights with seeded random values instead of reading a
+    checkpoint, so a directory holding only ``config.json`` runs (benchmarks of a model's
+    shape). ``enforce_eager`` turns off CUDA graphs for decode steps. ``sync_step_timing``
+    waits for the device at the end of each forward pass so that the per-phase step times in
+    the stats are device times (it costs the overlap of the sampler's launches with the tail
+    of the forward pass).
+    """
 
     model: str
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
@@ -31,6 +40,9 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     enable_prefix_caching: bool = True
     seed: int = 0
+    load_format: str = "safetensors"
+    enforce_eager: bool = False
+    sync_step_timing: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -43,6 +55,10 @@ class EngineConfig:
             raise EngineConfigError("num_kv_blocks must be at least 2")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise EngineConfigError(f"dtype must be auto or one of {sorted(_DTYPES)}")
+        if self.load_format not in LOAD_FORMATS:
+            raise EngineConfigError(f"load_format must be one of {LOAD_FORMATS}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
 
     @property
     def torch_device(self) -> torch.device:

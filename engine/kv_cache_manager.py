@@ -36,6 +36,8 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self.block_tables: dict[RequestId, list[KVBlock]] = {}
+        # The same tables as block ids, kept in step so a decode need not rebuild them.
+        self._block_ids: dict[RequestId, list[int]] = {}
         # How many leading blocks of each table are already in the prefix cache (or shared).
         self._num_cached_blocks: dict[RequestId, int] = {}
         self.prefix_cache_queries = 0  # tokens looked up
@@ -100,7 +102,8 @@ class KVCacheManager:
         new_computed_blocks: Sequence[KVBlock] = (),
     ) -> list[int] | None:
         """Grow the table to cover ``num_new_tokens`` more tokens; return its block ids, or
-        None (changing nothing) when the pool lacks free blocks.
+        None (changing nothing) when the pool lacks free blocks. The list returned is the
+        request's own and grows with later allocations: read it within the step.
 
         ``new_computed_blocks`` (prefix hits or forked blocks, admission only) are prepended
         and referenced; the request's ``num_computed_tokens`` is the caller's to advance::
@@ -109,7 +112,12 @@ class KVCacheManager:
             |  table so far    |  touched, ref_cnt += 1  |  fresh blocks      |
         """
         assert num_new_tokens > 0
-        table = self.block_tables.get(request.request_id)
+        request_id = request.request_id
+        table = self.block_tables.get(request_id)
+        if table is not None and not new_computed_blocks:  # a running request: often a decode
+            num_tokens = request.num_computed_tokens + num_new_tokens
+            if cdiv(num_tokens, self.block_size) <= len(table):
+                return self._block_ids[request_id]
         if new_computed_blocks:
             assert table is None and request.num_computed_tokens == 0, "hits only on admission"
         num_tokens = (
@@ -124,12 +132,17 @@ class KVCacheManager:
         if num_needed > self.pool.num_free_blocks - num_revived:
             return None
         if table is None:
-            table = self.block_tables[request.request_id] = []
-            self._num_cached_blocks[request.request_id] = len(new_computed_blocks)
+            table = self.block_tables[request_id] = []
+            self._block_ids[request_id] = []
+            self._num_cached_blocks[request_id] = len(new_computed_blocks)
         self.pool.touch(new_computed_blocks)
+        fresh = self.pool.allocate(num_needed)
         table.extend(new_computed_blocks)
-        table.extend(self.pool.allocate(num_needed))
-        return [block.block_id for block in table]
+        table.extend(fresh)
+        block_ids = self._block_ids[request_id]
+        block_ids.extend(block.block_id for block in new_computed_blocks)
+        block_ids.extend(block.block_id for block in fresh)
+        return block_ids
 
     def cache_blocks(self, request: Request) -> None:
         """Publish the blocks that became full and computed, up to
@@ -152,6 +165,7 @@ class KVCacheManager:
         """Release the request's blocks tail first, so that a later eviction takes the tail
         (least shareable) blocks before the prefix (most shareable) ones."""
         table = self.block_tables.pop(request.request_id, None)
+        self._block_ids.pop(request.request_id, None)
         self._num_cached_blocks.pop(request.request_id, None)
         if table is not None:
             self.pool.free(reversed(table))
@@ -170,5 +184,7 @@ class KVCacheManager:
             assert len({block.block_id for block in table}) == len(table), "block twice"
             for block in table:
                 holders[block.block_id] += 1
+        for request_id, table in self.block_tables.items():
+            assert self._block_ids[request_id] == [block.block_id for block in table]
         for block in self.pool.blocks:
             assert block.ref_cnt == holders[block.block_id], f"block {block.block_id} refs"

@@ -20,7 +20,7 @@ from engine.sampler import Sampler, SamplerOutput, TokenLogprobs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.scheduler_output import SchedulerOutput
-from engine.stats import EngineStats, StepStats
+from engine.stats import EngineStats, StepStats, StepTimes
 from engine.tokenizer import Tokenizer, has_tokenizer
 
 
@@ -85,6 +85,7 @@ class LLMEngine:
         self.stats = EngineStats(num_kv_blocks_total=self.runner.num_kv_blocks)
         self._groups: dict[str, _RequestGroup] = {}
         self._samples: dict[RequestId, tuple[_RequestGroup, _Sample]] = {}
+        self._finishing: list[_RequestGroup] = []  # groups a sample of which finished this step
         self._arrivals = itertools.count()
 
     @property
@@ -149,23 +150,37 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return self._pop_finished()
-        logits = self.runner.execute(plan)
+        scheduled_at = time.perf_counter()
+        inputs = self.runner.prepare(plan)
+        prepared_at = time.perf_counter()
+        logits = self.runner.forward(inputs)
+        forwarded_at = time.perf_counter()
         sampled_requests = plan.sampled_requests
         sampled = (
             self.sampler.sample(logits, sampled_requests)
             if sampled_requests
             else SamplerOutput(token_ids=[], logprobs=[])
         )
+        sampled_at = time.perf_counter()
         self.scheduler.update_from_output(plan, sampled.token_ids)
         for request, token_id, logprobs in zip(
             sampled_requests, sampled.token_ids, sampled.logprobs, strict=True
         ):
             self._postprocess(request, token_id, logprobs)
-        self._record_step(plan, len(sampled_requests), time.perf_counter() - start)
-        return self._pop_finished()
+        finished = self._pop_finished()
+        end = time.perf_counter()
+        times = StepTimes(
+            schedule_s=scheduled_at - start,
+            prepare_s=prepared_at - scheduled_at,
+            forward_s=forwarded_at - prepared_at,
+            sample_s=sampled_at - forwarded_at,
+            postprocess_s=end - sampled_at,
+        )
+        self._record_step(plan, len(sampled_requests), times, inputs.graph_size is not None)
+        return finished
 
     def _postprocess(self, request: Request, token_id: int, logprobs: TokenLogprobs | None) -> None:
-        _, sample = self._samples[request.request_id]
+        group, sample = self._samples[request.request_id]
         if sample.logprobs is not None and logprobs is not None:
             sample.logprobs.append(logprobs)
         stop_string = sample.detokenizer.update([token_id]) if sample.detokenizer else None
@@ -182,13 +197,20 @@ class LLMEngine:
             and token_id in request.sampling_params.stop_token_ids
         ):
             sample.stop_reason = token_id
+        if request.status.is_finished:
+            self._finishing.append(group)
 
     def _pop_finished(self) -> list[RequestOutput]:
-        done = [g for g in self._groups.values() if g.finished]
-        for group in done:
-            del self._groups[group.request_id]
-            self._forget(group)
-            self.stats.num_finished_requests += 1
+        """The groups whose last sample finished: requests only finish on a sampled token,
+        so only the groups ``_postprocess`` saw finish a sample this step are candidates."""
+        done = []
+        for group in self._finishing:
+            if self._groups.get(group.request_id) is group and group.finished:
+                del self._groups[group.request_id]
+                self._forget(group)
+                self.stats.num_finished_requests += 1
+                done.append(group)
+        self._finishing.clear()
         return [g.to_output() for g in done]
 
     def _forget(self, group: _RequestGroup) -> None:
@@ -196,13 +218,18 @@ class LLMEngine:
             self._samples.pop(sample.request.request_id, None)
             self.sampler.release(sample.request.request_id)
 
-    def _record_step(self, plan: SchedulerOutput, num_sampled: int, seconds: float) -> None:
+    def _record_step(
+        self, plan: SchedulerOutput, num_sampled: int, times: StepTimes, used_cuda_graph: bool
+    ) -> None:
         stats = self.stats
+        num_context_tokens = 0
         for scheduled in plan.scheduled:
             request = scheduled.request
+            end = scheduled.start_position + scheduled.num_new_tokens
+            num_context_tokens += end
             # Tokens before num_prompt_tokens (or recomputed outputs after a preemption) are
             # prefill work; the one sampled token of a decode is generation.
-            if scheduled.start_position + scheduled.num_new_tokens > request.num_prompt_tokens:
+            if end > request.num_prompt_tokens:
                 stats.num_generated_tokens += int(scheduled.sample)
             stats.num_prompt_tokens += scheduled.num_new_tokens - int(
                 scheduled.sample and scheduled.num_new_tokens == 1
@@ -214,9 +241,16 @@ class LLMEngine:
         stats.num_preemptions = cache.num_preemptions
         stats.num_running = self.scheduler.num_running
         stats.num_waiting = self.scheduler.num_waiting
-        stats.record_step(
-            StepStats(plan.num_batched_tokens, len(plan.scheduled), num_sampled, seconds)
+        step = StepStats(
+            num_batched_tokens=plan.num_batched_tokens,
+            num_scheduled_requests=len(plan.scheduled),
+            num_sampled=num_sampled,
+            num_context_tokens=num_context_tokens,
+            step_time_s=times.total_s,
+            times=times,
+            used_cuda_graph=used_cuda_graph,
         )
+        stats.record_step(step)
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):

@@ -7,19 +7,24 @@ import math
 import torch
 
 from engine.config import EngineConfig, EngineConfigError
+from engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
 from engine.models.attention import KVCache
-from engine.models.inputs import build_model_inputs
+from engine.models.inputs import InputBuffers, ModelInputs
 from engine.models.loader import load_model
 from engine.models.model_config import ModelConfig
 from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from kernels import use_triton
 
 
 class ModelRunner:
     """Loads ``config.model`` on ``config.torch_device`` in ``config.torch_dtype`` and sizes the
     KV cache: ``config.num_kv_blocks`` when given, else from ``kv_cache_memory_gb`` on the CPU,
-    else from free GPU memory after a warm-up forward pass.
+    else from free GPU memory after a warm-up forward pass. On CUDA (unless
+    ``enforce_eager``) it then captures CUDA graphs for decode steps.
+
+    A step is ``prepare`` (inputs into the persistent buffers) then ``forward`` (logits).
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -30,10 +35,32 @@ class ModelRunner:
         self.model_config = ModelConfig.from_pretrained(config.model)
         self.max_model_len = resolve_max_model_len(config, self.model_config)
         self.model = load_model(
-            config.model, self.model_config, self.device, self.dtype, self.max_model_len
+            config.model,
+            self.model_config,
+            self.device,
+            self.dtype,
+            self.max_model_len,
+            random_seed=config.seed if config.load_format == "dummy" else None,
+        )
+        self.buffers = InputBuffers(
+            max_num_tokens=config.max_num_batched_tokens,
+            max_num_reqs=config.max_num_seqs,
+            max_blocks_per_req=-(-self.max_model_len // self.block_size),
+            block_size=self.block_size,
+            device=self.device,
         )
         self.num_kv_blocks = self._count_kv_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
+        self.graphs: DecodeGraphs | None = None
+        if self._wants_cuda_graphs():
+            self.graphs = DecodeGraphs(
+                self.model,
+                self.kv_caches,
+                self.buffers,
+                graph_batch_sizes(config.max_num_seqs),
+                self.max_model_len,
+            )
+            self.graphs.capture()
 
     @property
     def kv_block_bytes(self) -> int:
@@ -44,16 +71,43 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> torch.Tensor:
-        """Run one step; fp32 logits ``[num_sampled, vocab_size]``, one row per scheduled request
-        with ``sample=True``, in ``output.scheduled`` order."""
+        """``prepare`` then ``forward``: fp32 logits ``[num_sampled, vocab_size]``, one row per
+        scheduled request with ``sample=True``, in ``output.scheduled`` order."""
         if output.is_empty:
             return torch.empty(0, self.model_config.vocab_size, device=self.device)
-        return self._forward(output.scheduled, self.kv_caches)
+        return self.forward(self.prepare(output))
 
-    def _forward(self, scheduled: list[ScheduledRequest], kv_caches: list[KVCache]) -> torch.Tensor:
-        inputs = build_model_inputs(scheduled, self.block_size, self.device)
+    def prepare(self, output: SchedulerOutput) -> ModelInputs:
+        """Write a non-empty step's inputs into the buffers (padded for a CUDA graph when
+        one can replay it) and start their copy to the device."""
+        assert not output.is_empty
+        size = self.graphs.size_for(output.scheduled) if self.graphs is not None else None
+        if size is not None:
+            assert self.graphs is not None
+            return self.graphs.build_inputs(output.scheduled, size)
+        return self.buffers.build(output.scheduled)
+
+    @torch.inference_mode()
+    def forward(self, inputs: ModelInputs) -> torch.Tensor:
+        """fp32 logits ``[num_sampled, vocab_size]`` of prepared inputs."""
+        if inputs.graph_size is not None:
+            assert self.graphs is not None
+            logits = self.model.compute_logits(self.graphs.replay(inputs))
+        else:
+            logits = self._forward_eager(inputs, self.kv_caches)
+        if self.config.sync_step_timing and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return logits
+
+    def _forward_eager(self, inputs: ModelInputs, kv_caches: list[KVCache]) -> torch.Tensor:
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, kv_caches)
         return self.model.compute_logits(hidden[inputs.logits_indices])
+
+    def _wants_cuda_graphs(self) -> bool:
+        """Graphs need the Triton kernels: the PyTorch references read metadata on the host."""
+        if self.device.type != "cuda" or self.config.enforce_eager:
+            return False
+        return use_triton(self.kv_caches[0].k_cache)
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[KVCache]:
         """Zero-filled, because attention may read (masked) slots never written: garbage there
@@ -86,7 +140,8 @@ class ModelRunner:
 
         A warm-up step of the largest shape the scheduler may send (one long prefill beside
         ``max_num_seqs - 1`` decodes, all sampled) measures the activation peak; memory our
-        allocator caches but does not use counts as free.
+        allocator caches but does not use counts as free. The decode graphs, captured later,
+        take their (small) memory pool from the ``1 - gpu_memory_utilization`` left over.
         """
         torch.cuda.synchronize(self.device)
         weights = torch.cuda.memory_allocated(self.device)
@@ -94,7 +149,7 @@ class ModelRunner:
         scheduled = self._warmup_batch()
         num_blocks = sum(len(s.block_ids) for s in scheduled)
         caches = self._allocate_kv_caches(num_blocks)
-        self._forward(scheduled, caches)
+        self._forward_eager(self.buffers.build(scheduled), caches)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         activations = peak - weights - num_blocks * self.kv_block_bytes
@@ -104,9 +159,17 @@ class ModelRunner:
         return int((free + cached) * self.config.gpu_memory_utilization) - activations
 
     def _warmup_batch(self) -> list[ScheduledRequest]:
+        """The scheduler's largest step: ``max_num_batched_tokens`` tokens over as many
+        sequences as it may run, the long prefills (each at most ``max_model_len``) first and
+        a one-token decode for every sequence slot left."""
         num_seqs = min(self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        long_len = min(self.config.max_num_batched_tokens - num_seqs + 1, self.max_model_len)
-        lengths = [long_len] + [1] * (num_seqs - 1)
+        budget = self.config.max_num_batched_tokens
+        lengths: list[int] = []
+        while len(lengths) < num_seqs:
+            slots_after = num_seqs - len(lengths) - 1
+            length = max(1, min(self.max_model_len, budget - slots_after))
+            lengths.append(length)
+            budget -= length
         scheduled, next_block = [], 0
         for i, length in enumerate(lengths):
             num_blocks = math.ceil(length / self.block_size)

@@ -11,7 +11,10 @@ Order of operations, per row (vLLM's order)::
                                 -> argmax(probs / Exponential(1) noise)
 
 The exponential race ``argmax(p_i / E_i)`` with ``E_i ~ Exp(1)`` draws token ``i`` with
-probability ``p_i``. Each seeded request owns a ``torch.Generator`` seeded once and draws exactly
+probability ``p_i``. When the Triton kernels run (CUDA) and every random row asks for nothing
+but a temperature and no seed (the common case), one fused kernel draws the same distribution
+in a single read of the logits (``kernels.sample_gumbel``), seeded per step from the sampler's
+own CPU generator. Each seeded request owns a ``torch.Generator`` seeded once and draws exactly
 one ``[V]`` noise vector per generated token, so its random stream depends only on the request,
 not on batch size or its row in the batch. Unseeded requests share the sampler's generator.
 """
@@ -33,6 +36,8 @@ from engine.logits_processors import (
 )
 from engine.request import Request
 from engine.sampling_params import SamplingParams, SamplingParamsError
+from kernels import sample_gumbel, use_triton
+from kernels.sampling import MAX_SEED
 
 
 @dataclass(slots=True)
@@ -58,6 +63,16 @@ class _RequestState:
     penalties: PenaltyState | None = None
 
 
+def _temperature_only(params: SamplingParams, vocab_size: int) -> bool:
+    """No truncation of the distribution and no per-request random stream."""
+    return (
+        params.seed is None
+        and (params.top_k <= 0 or params.top_k >= vocab_size)
+        and params.top_p >= 1.0
+        and params.min_p <= 0.0
+    )
+
+
 def _has_penalties(params: SamplingParams) -> bool:
     return (
         params.repetition_penalty != 1.0
@@ -73,6 +88,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.seed = seed
         self._shared_generators: dict[torch.device, torch.Generator] = {}
+        self._kernel_seeds = torch.Generator().manual_seed(seed)  # one seed per fused draw
         self._states: dict[str, _RequestState] = {}
 
     def validate(self, params: SamplingParams) -> None:
@@ -160,24 +176,30 @@ class Sampler:
         )
 
     def _choose(self, logits: Tensor, requests: list[Request]) -> Tensor:
+        """``logits`` is not modified."""
         params = [r.sampling_params for r in requests]
         random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if not random_rows:
             return logits.argmax(dim=-1)
+        if len(random_rows) == len(requests):
+            return self._sample_random(requests, logits)
         token_ids = torch.empty(len(requests), dtype=torch.long, device=logits.device)
         greedy_rows = [i for i, p in enumerate(params) if p.is_greedy]
-        if greedy_rows:
-            token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
         token_ids[random_rows] = self._sample_random(
             [requests[i] for i in random_rows], logits[random_rows]
         )
         return token_ids
 
     def _sample_random(self, requests: list[Request], logits: Tensor) -> Tensor:
-        """``logits`` holds just these requests' rows (a copy, edited in place)."""
+        """``logits`` holds just these requests' rows; it is not modified."""
         params = [r.sampling_params for r in requests]
-        temperature = torch.tensor([p.temperature for p in params], device=logits.device)
-        logits.div_(temperature.unsqueeze(1))
+        if use_triton(logits) and all(_temperature_only(p, self.vocab_size) for p in params):
+            inv_temperature = torch.tensor([1.0 / p.temperature for p in params])
+            seed = int(torch.randint(0, MAX_SEED, (), generator=self._kernel_seeds))
+            return sample_gumbel(logits, inv_temperature.to(logits.device, non_blocking=True), seed)
+        temperature = torch.tensor([p.temperature for p in params], device="cpu")
+        logits = logits / temperature.to(logits.device, non_blocking=True).unsqueeze(1)
         logits = apply_top_k_top_p(logits, [p.top_k for p in params], [p.top_p for p in params])
         logits = apply_min_p(logits, [p.min_p for p in params])
         probs = logits.softmax(dim=-1)
@@ -187,20 +209,22 @@ class Sampler:
     def _exponential_noise(self, requests: list[Request], probs: Tensor) -> Tensor:
         """Exp(1) noise, one ``[V]`` draw per row from the row's own stream."""
         device = probs.device
-        noise = torch.empty_like(probs)
-        shared_rows: list[int] = []
-        for i, request in enumerate(requests):
-            seed = request.sampling_params.seed
-            if seed is None:
-                shared_rows.append(i)
-                continue
-            state = self._state(request)
-            if state.generator is None:
-                state.generator = torch.Generator(device=device).manual_seed(seed)
-            noise[i].exponential_(generator=state.generator)
-        if shared_rows:
-            draw = torch.empty(len(shared_rows), probs.shape[1], device=device)
-            noise[shared_rows] = draw.exponential_(generator=self._shared_generator(device))
+        shared_rows = [i for i, r in enumerate(requests) if r.sampling_params.seed is None]
+        if len(shared_rows) == len(requests):  # the common case: one draw for the batch
+            noise = torch.empty_like(probs).exponential_(generator=self._shared_generator(device))
+        else:
+            noise = torch.empty_like(probs)
+            for i, request in enumerate(requests):
+                seed = request.sampling_params.seed
+                if seed is None:
+                    continue
+                state = self._state(request)
+                if state.generator is None:
+                    state.generator = torch.Generator(device=device).manual_seed(seed)
+                noise[i].exponential_(generator=state.generator)
+            if shared_rows:
+                draw = torch.empty(len(shared_rows), probs.shape[1], device=device)
+                noise[shared_rows] = draw.exponential_(generator=self._shared_generator(device))
         # A zero draw would turn a zero probability into 0/0 = NaN, which argmax would pick.
         return noise.clamp_(min=torch.finfo(noise.dtype).tiny)
 

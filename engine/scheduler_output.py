@@ -24,10 +24,10 @@ class ScheduledRequest:
     start_position: int
     block_ids: list[int]
     sample: bool
+    num_new_tokens: int = field(init=False)  # len(token_ids), read many times per step
 
-    @property
-    def num_new_tokens(self) -> int:
-        return len(self.token_ids)
+    def __post_init__(self) -> None:
+        self.num_new_tokens = len(self.token_ids)
 
 
 @dataclass(slots=True)

@@ -1,9 +1,35 @@
-"""Engine statistics: cumulative counters plus a snapshot of the last step."""
+"""Engine statistics: cumulative counters, where step time goes, and the last steps."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """Seconds one step (or, summed, many) spent in each phase of ``LLMEngine.step``.
+
+    ``forward_s`` ends when the device has finished the forward pass if the engine runs with
+    ``sync_step_timing`` (the default); without it, a CUDA forward is only its launch and the
+    device time shows up in ``sample_s``, whose result the host waits for.
+    """
+
+    schedule_s: float = 0.0  # the scheduler's plan
+    prepare_s: float = 0.0  # the plan turned into input tensors and copied to the device
+    forward_s: float = 0.0  # the model, up to the logits
+    sample_s: float = 0.0  # logits to token ids on the host
+    postprocess_s: float = 0.0  # scheduler update, detokenizing, stop checks, outputs
+
+    @property
+    def total_s(self) -> float:
+        return (
+            self.schedule_s + self.prepare_s + self.forward_s + self.sample_s + self.postprocess_s
+        )
+
+    def add(self, other: StepTimes) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass(slots=True)
@@ -11,7 +37,10 @@ class StepStats:
     num_batched_tokens: int
     num_scheduled_requests: int
     num_sampled: int
+    num_context_tokens: int  # KV positions attention reads this step (sum of seq_lens)
     step_time_s: float
+    times: StepTimes = field(default_factory=StepTimes)
+    used_cuda_graph: bool = False
 
 
 @dataclass(slots=True)
@@ -27,7 +56,9 @@ class EngineStats:
     num_kv_blocks_used: int = 0
     num_running: int = 0
     num_waiting: int = 0
+    num_cuda_graph_steps: int = 0
     busy_time_s: float = 0.0
+    phase_times: StepTimes = field(default_factory=StepTimes)
     last_step: StepStats | None = None
     max_tokens_per_step: int = 0
     recent: list[StepStats] = field(default_factory=list)
@@ -53,7 +84,9 @@ class EngineStats:
 
     def record_step(self, step: StepStats, keep: int = 64) -> None:
         self.num_steps += 1
+        self.num_cuda_graph_steps += int(step.used_cuda_graph)
         self.busy_time_s += step.step_time_s
+        self.phase_times.add(step.times)
         self.max_tokens_per_step = max(self.max_tokens_per_step, step.num_batched_tokens)
         self.last_step = step
         self.recent.append(step)
@@ -61,8 +94,11 @@ class EngineStats:
             del self.recent[0]
 
     def as_dict(self) -> dict[str, Any]:
+        """Flat numbers (plus ``last_step``) for logs, ``celery inspect`` and metrics."""
         data = asdict(self)
         data.pop("recent")
+        phases = data.pop("phase_times")
+        data.update({f"time_{name}": seconds for name, seconds in phases.items()})
         data.update(
             num_kv_blocks_free=self.num_kv_blocks_free,
             prefix_hit_rate=self.prefix_hit_rate,

@@ -11,9 +11,11 @@ from kernels.dispatch import (
     paged_attention,
     rms_norm,
     rotary_embedding,
+    sample_gumbel,
     set_backend,
     silu_and_mul,
     store_kv_cache,
+    use_triton,
 )
 from kernels.rotary import build_cos_sin_cache
 
@@ -24,7 +26,9 @@ __all__ = [
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "sample_gumbel",
     "set_backend",
     "silu_and_mul",
     "store_kv_cache",
+    "use_triton",
 ]

@@ -19,6 +19,7 @@ from kernels.attention_triton import paged_attention_triton
 from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
 from kernels.norm import rms_norm_reference, rms_norm_triton
 from kernels.rotary import rotary_embedding_reference, rotary_embedding_triton
+from kernels.sampling import sample_gumbel_reference, sample_gumbel_triton
 
 
 class Backend(enum.StrEnum):
@@ -106,3 +107,9 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if use_triton(x):
         return silu_and_mul_triton(x)
     return silu_and_mul_reference(x)
+
+
+def sample_gumbel(logits: torch.Tensor, inv_temperature: torch.Tensor, seed: int) -> torch.Tensor:
+    if use_triton(logits):
+        return sample_gumbel_triton(logits, inv_temperature, seed)
+    return sample_gumbel_reference(logits, inv_temperature, seed)

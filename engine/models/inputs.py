@@ -1,10 +1,22 @@
-"""Turning a scheduler step into the flat tensors one forward pass reads."""
+"""Turning a scheduler step into the flat tensors one forward pass reads.
+
+Every step's inputs are written into the same preallocated buffers: host arrays (pinned when
+the model runs on CUDA) filled with numpy, then one non-blocking copy per tensor into device
+buffers of fixed address. Building fresh small tensors instead costs an allocation and a
+synchronous copy from pageable memory for each, per step, and CUDA graphs need fixed input
+addresses anyway.
+
+The host buffers are reused by the next step; that is safe because the engine waits for each
+step's sampled tokens (which follow the copies on the same stream) before it builds the next.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.models.attention import AttentionMetadata
@@ -17,52 +29,151 @@ class ModelInputs:
     positions: torch.Tensor  # [num_tokens] int64
     attn: AttentionMetadata
     logits_indices: torch.Tensor  # [num_sampled] int64: the last row of each sampled request
+    num_reqs: int  # real requests; rows past them (a padded decode batch) are padding
+    graph_size: int | None = None  # set when padded for the CUDA graph of that batch size
+
+
+class _Buffer:
+    """One input tensor: a host array and, on CUDA, its device twin (on the CPU, the same)."""
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device) -> None:
+        on_cuda = device.type == "cuda"
+        self.host = torch.zeros(size, dtype=dtype, pin_memory=on_cuda)
+        self.np: np.ndarray = self.host.numpy()
+        self.device = torch.zeros(size, dtype=dtype, device=device) if on_cuda else self.host
+        self._copies = on_cuda
+
+    def upload(self, count: int) -> torch.Tensor:
+        """The first ``count`` entries on the device (copied there without blocking)."""
+        if self._copies:
+            self.device[:count].copy_(self.host[:count], non_blocking=True)
+        return self.device[:count]
+
+
+class InputBuffers:
+    """Fixed-size buffers for steps of up to ``max_num_tokens`` tokens and ``max_num_reqs``
+    requests whose block tables are at most ``max_blocks_per_req`` long."""
+
+    def __init__(
+        self,
+        max_num_tokens: int,
+        max_num_reqs: int,
+        max_blocks_per_req: int,
+        block_size: int,
+        device: torch.device,
+    ) -> None:
+        self.max_num_tokens = max_num_tokens
+        self.max_num_reqs = max_num_reqs
+        self.max_blocks_per_req = max_blocks_per_req
+        self.block_size = block_size
+        self.input_ids = _Buffer(max_num_tokens, torch.int64, device)
+        self.positions = _Buffer(max_num_tokens, torch.int64, device)
+        self.slot_mapping = _Buffer(max_num_tokens, torch.int64, device)
+        self.block_table = _Buffer(max_num_reqs * max_blocks_per_req, torch.int32, device)
+        self.query_start_loc = _Buffer(max_num_reqs + 1, torch.int32, device)
+        self.seq_lens = _Buffer(max_num_reqs, torch.int32, device)
+        self.logits_indices = _Buffer(max_num_reqs, torch.int64, device)
+
+    def build(
+        self,
+        scheduled: Sequence[ScheduledRequest],
+        pad_to: int | None = None,
+        max_seq_len: int | None = None,
+    ) -> ModelInputs:
+        """Concatenate the scheduled chunks and derive every index from a few per-request
+        numbers. For request ``r`` with chunk length ``q_r`` starting at position ``s_r``::
+
+            query_start_loc = [0, q_0, q_0 + q_1, ...]          seq_lens[r] = s_r + q_r
+            token t of r:  positions[t] = s_r + (t - query_start_loc[r])
+                           slot_mapping[t] = block_table[r, positions[t] // block_size]
+                                             * block_size + positions[t] % block_size
+
+        ``pad_to`` (decode steps only: one token per request, all sampled) appends padding
+        requests up to that many and gives the block table its full width, so the tensors have
+        the shapes a captured CUDA graph was recorded with. A padding row decodes token 0 at
+        position 0 against one cached position of block 0, and writes no KV (slot -1).
+        ``max_seq_len`` overrides the metadata's bound (a graph is captured with the largest).
+        """
+        assert scheduled, "an empty step has no forward pass"
+        num_reqs = len(scheduled)
+        q_lens = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, num_reqs)
+        starts = np.fromiter((s.start_position for s in scheduled), np.int64, num_reqs)
+        num_tokens = int(q_lens.sum())
+        assert num_reqs <= self.max_num_reqs and num_tokens <= self.max_num_tokens, (
+            f"a step of {num_reqs} requests and {num_tokens} tokens exceeds the runner's "
+            f"buffers ({self.max_num_reqs}, {self.max_num_tokens})"
+        )
+        padded = num_reqs if pad_to is None else pad_to
+        assert pad_to is None or (num_tokens == num_reqs <= pad_to <= self.max_num_reqs)
+        seq_lens = starts + q_lens
+        width = (
+            self.max_blocks_per_req
+            if pad_to is not None
+            else max(len(s.block_ids) for s in scheduled)
+        )
+        assert width <= self.max_blocks_per_req, "a block table is longer than max_model_len"
+
+        query_start_loc = self.query_start_loc.np
+        query_start_loc[0] = 0
+        np.cumsum(q_lens, out=query_start_loc[1 : num_reqs + 1])
+        self.seq_lens.np[:num_reqs] = seq_lens
+        self.input_ids.np[:num_tokens] = np.fromiter(
+            itertools.chain.from_iterable(s.token_ids for s in scheduled), np.int64, num_tokens
+        )
+        table = self.block_table.np[: padded * width].reshape(padded, width)
+        table.fill(0)
+        for row, s in zip(table, scheduled, strict=False):
+            row[: len(s.block_ids)] = s.block_ids
+        assert all(len(s.block_ids) * self.block_size >= n for s, n in zip(scheduled, seq_lens))
+
+        positions = self.positions.np[:num_tokens]
+        if num_tokens == num_reqs:  # decodes (and one-token chunks): no per-token expansion
+            request_of_token = np.arange(num_reqs)
+            positions[:] = starts
+        else:
+            request_of_token = np.repeat(np.arange(num_reqs), q_lens)
+            offsets = np.arange(num_tokens) - query_start_loc[:num_reqs].repeat(q_lens)
+            positions[:] = starts.repeat(q_lens) + offsets
+        blocks = table[request_of_token, positions // self.block_size].astype(np.int64)
+        self.slot_mapping.np[:num_tokens] = (
+            blocks * self.block_size + positions % self.block_size
+        )
+        sampled_rows = [i for i, s in enumerate(scheduled) if s.sample]
+        num_sampled = len(sampled_rows)
+        self.logits_indices.np[:num_sampled] = query_start_loc[1:][sampled_rows] - 1
+
+        if padded > num_reqs:
+            self.input_ids.np[num_tokens:padded] = 0
+            self.positions.np[num_tokens:padded] = 0
+            self.slot_mapping.np[num_tokens:padded] = -1
+            query_start_loc[num_reqs + 1 : padded + 1] = np.arange(num_reqs + 1, padded + 1)
+            self.seq_lens.np[num_reqs:padded] = 1
+            self.logits_indices.np[num_sampled:padded] = np.arange(num_sampled, padded)
+            num_tokens = num_sampled = padded
+
+        attn = AttentionMetadata(
+            slot_mapping=self.slot_mapping.upload(num_tokens),
+            block_table=self.block_table.upload(padded * width).view(padded, width),
+            query_start_loc=self.query_start_loc.upload(padded + 1),
+            seq_lens=self.seq_lens.upload(padded),
+            max_query_len=int(q_lens.max()),
+            max_seq_len=int(seq_lens.max()) if max_seq_len is None else max_seq_len,
+        )
+        return ModelInputs(
+            input_ids=self.input_ids.upload(num_tokens),
+            positions=self.positions.upload(num_tokens),
+            attn=attn,
+            logits_indices=self.logits_indices.upload(num_sampled),
+            num_reqs=num_reqs,
+            graph_size=pad_to,
+        )
 
 
 def build_model_inputs(
     scheduled: Sequence[ScheduledRequest], block_size: int, device: torch.device
 ) -> ModelInputs:
-    """Concatenate the scheduled chunks and derive every index from a few per-request numbers.
-
-    For request ``r`` with chunk length ``q_r`` starting at position ``s_r``::
-
-        query_start_loc = [0, q_0, q_0 + q_1, ...]          seq_lens[r] = s_r + q_r
-        token t of r:  positions[t] = s_r + (t - query_start_loc[r])
-                       slot_mapping[t] = block_table[r, positions[t] // block_size] * block_size
-                                         + positions[t] % block_size
-    """
-    assert scheduled, "an empty step has no forward pass"
-    q_lens = [s.num_new_tokens for s in scheduled]
-    starts = [s.start_position for s in scheduled]
-    seq_lens_list = [s + q for s, q in zip(starts, q_lens, strict=True)]
-    width = max(len(s.block_ids) for s in scheduled)
-    for s, seq_len in zip(scheduled, seq_lens_list, strict=True):
-        assert s.num_new_tokens > 0 and len(s.block_ids) * block_size >= seq_len
-    table = [s.block_ids + [0] * (width - len(s.block_ids)) for s in scheduled]
-    token_ids = [t for s in scheduled for t in s.token_ids]
-
-    def to_device(values: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
-
-    q_lens_t = to_device(q_lens, torch.int64)
-    query_start_loc = torch.zeros(len(scheduled) + 1, dtype=torch.int64, device=device)
-    torch.cumsum(q_lens_t, dim=0, out=query_start_loc[1:])
-    block_table = to_device(table, torch.int32)
-    request_of_token = torch.repeat_interleave(
-        torch.arange(len(scheduled), device=device), q_lens_t, output_size=len(token_ids)
-    )
-    offsets = torch.arange(len(token_ids), device=device) - query_start_loc[request_of_token]
-    positions = to_device(starts, torch.int64)[request_of_token] + offsets
-    blocks = block_table[request_of_token, positions // block_size].long()
-    slot_mapping = blocks * block_size + positions % block_size
-    sampled_rows = [i for i, s in enumerate(scheduled) if s.sample]
-    logits_indices = query_start_loc[1:][to_device(sampled_rows, torch.int64)] - 1
-    attn = AttentionMetadata(
-        slot_mapping=slot_mapping,
-        block_table=block_table,
-        query_start_loc=query_start_loc.to(torch.int32),
-        seq_lens=to_device(seq_lens_list, torch.int32),
-        max_query_len=max(q_lens),
-        max_seq_len=max(seq_lens_list),
-    )
-    return ModelInputs(to_device(token_ids, torch.int64), positions, attn, logits_indices)
+    """One step's inputs in buffers of its own size (tests and one-off forward passes)."""
+    max_blocks = max(len(s.block_ids) for s in scheduled)
+    num_tokens = sum(s.num_new_tokens for s in scheduled)
+    buffers = InputBuffers(num_tokens, len(scheduled), max_blocks, block_size, device)
+    return buffers.build(scheduled)

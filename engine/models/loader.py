@@ -4,6 +4,9 @@ The model is allocated empty on the target device in the target dtype, then each
 tensor is copied into its parameter (converting dtype on the way), or into its rows of a fused
 parameter. Every parameter row must be written exactly once: a missing or unexpected tensor is
 an error, not a silently random weight.
+
+Random weights are only ever asked for by name (``load_format="dummy"``): they let a benchmark
+run a model's exact shape from its ``config.json`` alone, with no checkpoint to copy around.
 """
 
 from __future__ import annotations
@@ -30,12 +33,32 @@ def load_model(
     device: torch.device,
     dtype: torch.dtype,
     max_position: int,
+    random_seed: int | None = None,
 ) -> LlamaForCausalLM:
-    """The model of ``config`` with the weights of ``model_dir``, ready for inference."""
+    """The model of ``config`` with the weights of ``model_dir`` (or, given ``random_seed``,
+    random ones), ready for inference."""
     with torch.device(device), _default_dtype(dtype):
         model = LlamaForCausalLM(config, max_position)
-    load_weights(model, Path(model_dir))
+    if random_seed is None:
+        load_weights(model, Path(model_dir))
+    else:
+        init_random_weights(model, random_seed)
     return model.eval()
+
+
+@torch.no_grad()
+def init_random_weights(model: LlamaForCausalLM, seed: int, std: float = 0.02) -> None:
+    """Weights as transformers initialises a fresh model: matrices and embeddings from
+    N(0, std), norm scales 1, biases 0; the same seed gives the same model on a device."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        elif name.endswith(".bias"):
+            param.zero_()
+        else:
+            param.normal_(0.0, std, generator=generator)
 
 
 def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:

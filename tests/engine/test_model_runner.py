@@ -194,5 +194,19 @@ def test_warmup_batch_spans_the_scheduler_limits(tiny_model_dirs: dict[str, Path
     assert [s.num_new_tokens for s in batch] == [36, 1, 1, 1, 1]
     blocks = [b for s in batch for b in s.block_ids]
     assert sorted(blocks) == list(range(len(blocks)))
-    logits = runner._forward(batch, runner._allocate_kv_caches(len(blocks)))
+    logits = runner._forward_eager(
+        runner.buffers.build(batch), runner._allocate_kv_caches(len(blocks))
+    )
     assert logits.shape == (5, 512) and bool(logits.isfinite().all())
+
+
+def test_warmup_batch_fills_the_token_budget_with_several_long_prefills(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """A budget larger than the context length: the profile must still see every token."""
+    runner = make_runner(
+        tiny_model_dirs["llama"], max_num_batched_tokens=100, max_num_seqs=6, max_model_len=32
+    )
+    lengths = [s.num_new_tokens for s in runner._warmup_batch()]
+    assert lengths == [32, 32, 32, 2, 1, 1]
+    assert sum(lengths) == 100

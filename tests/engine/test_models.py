@@ -226,3 +226,39 @@ def test_step_inputs_index_arithmetic() -> None:
     assert inputs.attn.seq_lens.tolist() == [8, 5, 2]
     assert (inputs.attn.max_query_len, inputs.attn.max_seq_len) == (3, 8)
     assert inputs.logits_indices.tolist() == [2, 3]
+
+
+# --- random weights (load_format="dummy") -------------------------------------------------
+
+
+def test_dummy_weights_need_only_config_json_and_follow_the_seed(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The benchmarks build big shapes from a config alone; the weights are N(0, 0.02)
+    matrices, unit norm scales and zero biases, the same for the same seed."""
+    from engine import LLM, SamplingParams
+
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(tiny_model_dirs["qwen2"] / "config.json", config_only / "config.json")
+    with pytest.raises(ModelConfigError, match=r"no \*\.safetensors"):
+        LLM(str(config_only), device="cpu", num_kv_blocks=32)
+
+    def run(seed: int) -> tuple[list[int], dict[str, torch.nn.Parameter]]:
+        llm = LLM(str(config_only), device="cpu", num_kv_blocks=32, load_format="dummy", seed=seed)
+        out = llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=6), use_tqdm=False)
+        params = dict(llm.engine.runner.model.named_parameters())
+        return out[0].outputs[0].token_ids, params
+
+    tokens, params = run(seed=1)
+    again, params_again = run(seed=1)
+    _, params_other = run(seed=2)
+    assert tokens == again and len(tokens) == 6
+    for name, value in params.items():
+        assert torch.equal(value, params_again[name]), name
+    qkv = params["model.layers.0.self_attn.qkv_proj.weight"]
+    assert not torch.equal(qkv, params_other["model.layers.0.self_attn.qkv_proj.weight"])
+    assert abs(float(qkv.std()) - 0.02) < 0.002
+    assert torch.equal(params["model.norm.weight"], torch.ones_like(params["model.norm.weight"]))
+    bias = params["model.layers.0.self_attn.qkv_proj.bias"]
+    assert torch.equal(bias, torch.zeros_like(bias))

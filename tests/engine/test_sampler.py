@@ -255,3 +255,31 @@ def test_large_vocab_without_top_p_never_sorts(monkeypatch: pytest.MonkeyPatch) 
     out = Sampler(vocab).sample(logits, requests)
     assert out.token_ids[0] in logits[0].topk(40).indices.tolist()
     assert out.token_ids[2] == logits[2].argmax().item()
+
+
+def test_fused_kernel_path_draws_the_same_distribution() -> None:
+    """With the Triton kernels on (CUDA, or here the interpreter), temperature-only rows are
+    drawn by the fused Gumbel-max kernel; mixed with a greedy row, and next to a top-k batch
+    that must keep the PyTorch path."""
+    import kernels
+
+    previous = kernels.get_backend()
+    kernels.set_backend("triton")
+    try:
+        num = 300  # the interpreter runs ~8 ms per row
+        logits = torch.tensor(PROBS).log().expand(num, len(PROBS)).contiguous()
+        params = SamplingParams(temperature=0.5)
+        requests = [make_request(f"r{i}", params) for i in range(num - 1)]
+        requests.append(make_request("greedy", SamplingParams(temperature=0.0)))
+        out = Sampler(len(PROBS), seed=3).sample(logits, requests)
+        assert out.token_ids[-1] == 1  # the greedy row: argmax
+        observed = frequencies(out.token_ids[:-1], len(PROBS))
+        expected = torch.tensor([p**2 for p in PROBS], dtype=torch.float64)
+        expected /= expected.sum()
+        assert (observed - expected).abs().max() < 4.5 * (0.25 / num) ** 0.5
+        top_k = Sampler(len(PROBS), seed=3).sample(
+            logits[:50], [make_request(f"k{i}", SamplingParams(top_k=1)) for i in range(50)]
+        )
+        assert set(top_k.token_ids) == {1}
+    finally:
+        kernels.set_backend(previous)

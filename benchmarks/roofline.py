@@ -1,0 +1,108 @@
+"""The speed limit a step of our engine cannot beat on a given device: bytes over bandwidth,
+FLOPs over peak, both measured on that device in the same run.
+
+A decode step must read every weight once and the whole KV context of every request in the
+batch, and write the new tokens' K/V; nothing smaller moves that data, so
+``bytes / bandwidth`` bounds its time from below. A prefill-heavy step is bounded by its matrix
+FLOPs instead (``2 * matrix weights * tokens`` over the measured bf16 GEMM rate). A step's
+roofline is the larger of the two; attention FLOPs are left out, which only lowers the bound
+(for contexts of a few thousand tokens they are a few % of the GEMMs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.model_runner import ModelRunner
+from engine.stats import StepStats
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLimits:
+    bandwidth_bytes_s: float  # device memory, counting bytes read plus bytes written
+    matmul_flops_s: float  # dense GEMM in the model's dtype
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTraffic:
+    weight_bytes: int  # weights a forward pass reads in full (not the input embedding table)
+    kv_bytes_per_token: int  # K and V of one position, all layers
+    matmul_params: int  # weights that multiply every token (2 FLOPs each per token)
+
+    @classmethod
+    def of(cls, runner: ModelRunner) -> ModelTraffic:
+        model = runner.model
+        total = sum(p.numel() * p.element_size() for p in model.parameters())
+        embedding = model.model.embed_tokens.weight
+        # Untied, the input table is only indexed (a few rows per step); tied, it is also the
+        # output projection, read in full for the logits.
+        gathered = 0 if model.lm_head is None else embedding.numel() * embedding.element_size()
+        weight_bytes = total - gathered
+        return cls(
+            weight_bytes=weight_bytes,
+            kv_bytes_per_token=runner.kv_block_bytes // runner.block_size,
+            matmul_params=weight_bytes // embedding.element_size(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepBound:
+    memory_s: float
+    compute_s: float
+
+    @property
+    def seconds(self) -> float:
+        return max(self.memory_s, self.compute_s)
+
+
+def step_bound(step: StepStats, traffic: ModelTraffic, limits: DeviceLimits) -> StepBound:
+    """Read all weights, read each request's context, write the new tokens' K/V."""
+    kv_bytes = traffic.kv_bytes_per_token * (step.num_context_tokens + step.num_batched_tokens)
+    memory = (traffic.weight_bytes + kv_bytes) / limits.bandwidth_bytes_s
+    compute = 2 * traffic.matmul_params * step.num_batched_tokens / limits.matmul_flops_s
+    return StepBound(memory, compute)
+
+
+def is_decode_step(step: StepStats) -> bool:
+    """Every scheduled request computes one token and samples it."""
+    return step.num_batched_tokens == step.num_sampled == step.num_scheduled_requests
+
+
+def measure_limits(device: torch.device, dtype: torch.dtype) -> DeviceLimits:
+    return DeviceLimits(measure_bandwidth(device), measure_matmul_flops(device, dtype))
+
+
+def measure_bandwidth(device: torch.device, num_bytes: int = 2**31, repeats: int = 20) -> float:
+    """A device-to-device copy of ``num_bytes``: (bytes read + bytes written) per second, the
+    best of ``repeats`` (the bound we compare against should be what the device can do)."""
+    if device.type != "cuda":
+        num_bytes = min(num_bytes, 2**28)
+    src = torch.empty(num_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src), device) for _ in range(repeats))
+    return 2 * num_bytes / best
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
+    """A square GEMM on random data (8192 on CUDA), best of ``repeats``."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn: object, device: torch.device) -> float:
+    assert callable(fn)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

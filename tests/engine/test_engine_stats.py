@@ -1,0 +1,29 @@
+"""Engine statistics: where each step's time went and how much KV context it read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import LLM, SamplingParams
+from engine.stats import StepTimes
+
+
+def test_step_phases_add_up_and_context_tokens_count_the_kv_read(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    llm = LLM(str(tiny_model_dirs["llama"]), device="cpu", num_kv_blocks=64, block_size=4)
+    llm.generate([[5] * 10, [6] * 3], SamplingParams(max_tokens=4), use_tqdm=False)
+    stats = llm.engine.stats
+    # step 1 prefills both (10 + 3 positions), then 3 decode steps at 11+4, 12+5, 13+6
+    contexts = [s.num_context_tokens for s in stats.recent]
+    assert contexts == [13, 15, 17, 19]
+    for step in stats.recent:
+        assert step.step_time_s == step.times.total_s > 0
+        assert min(getattr(step.times, f) for f in StepTimes.__slots__) >= 0
+        assert not step.used_cuda_graph  # CPU
+    total = stats.phase_times.total_s
+    assert abs(total - stats.busy_time_s) < 1e-9
+    assert stats.phase_times.forward_s > 0
+    data = stats.as_dict()
+    assert data["time_forward_s"] == stats.phase_times.forward_s
+    assert data["num_cuda_graph_steps"] == 0
