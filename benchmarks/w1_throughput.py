@@ -94,7 +94,9 @@ class EngineRun:
 
 
 def run_engine(engine: LLMEngine, workload: Workload) -> EngineRun:
-    """Submit everything, step until done; keep every step's stats."""
+    """Submit everything, step until done; keep every step's stats. The prefix cache starts
+    empty, so no run reuses an earlier run's prompts."""
+    engine.reset_prefix_cache()
     steps: list[StepStats] = []
     start = time.perf_counter()
     for i, (prompt, max_tokens) in enumerate(

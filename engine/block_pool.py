@@ -152,6 +152,16 @@ class BlockPool:
             block.block_hash = block_hash
             self.cached[block_hash] = block
 
+    def reset_cache(self) -> None:
+        """Forget every cached block, so that later requests compute every prompt in full
+        (benchmarks comparing runs over the same prompts). Only when no block is in use: a
+        running request's blocks must keep their hashes for the requests that share them."""
+        if self.num_refs:
+            raise RuntimeError("the prefix cache can only be reset while no request runs")
+        for block in self.cached.values():
+            block.block_hash = None
+        self.cached.clear()
+
     def check_consistency(self) -> None:
         """Walk every block: O(num_blocks), for tests and debugging, not for each step."""
         free_ids = set()

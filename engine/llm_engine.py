@@ -144,6 +144,10 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self._groups)
 
+    def reset_prefix_cache(self) -> None:
+        """Drop every cached prompt block (raises while requests run)."""
+        self.scheduler.kv_cache.pool.reset_cache()
+
     def step(self) -> list[RequestOutput]:
         """Run one engine step; return the user requests that finished in it."""
         start = time.perf_counter()

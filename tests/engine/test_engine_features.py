@@ -163,3 +163,22 @@ def test_bad_requests_raise_clear_errors(tiny_model_dirs: dict[str, Path]) -> No
         assert not llm.engine.has_unfinished_requests()
     # The engine is still usable after refusing requests.
     assert len(llm.generate([[5, 6, 7]], greedy, use_tqdm=False)[0].outputs[0].token_ids) >= 1
+
+
+def test_reset_prefix_cache_makes_the_same_prompt_compute_again(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    llm = LLM(str(tiny_model_dirs["llama"]), device="cpu", num_kv_blocks=64, block_size=4)
+    prompt = list(range(3, 40))
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    first = llm.generate([prompt], params, use_tqdm=False)[0]
+    assert first.num_cached_tokens == 0
+    assert llm.generate([prompt], params, use_tqdm=False)[0].num_cached_tokens == 36
+    llm.engine.reset_prefix_cache()
+    again = llm.generate([prompt], params, use_tqdm=False)[0]
+    assert again.num_cached_tokens == 0
+    assert again.outputs[0].token_ids == first.outputs[0].token_ids
+    llm.engine.add_request("busy", prompt, params)
+    llm.engine.step()
+    with pytest.raises(RuntimeError, match="no request runs"):
+        llm.engine.reset_prefix_cache()
