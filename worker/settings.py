@@ -37,7 +37,9 @@ class WorkerSettings(ServiceSettings):
     engine_block_size: int = 16
     engine_max_num_seqs: int = 256
     engine_max_num_batched_tokens: int = 2048
-    engine_kv_cache_memory_gb: float = 1.0
+    engine_kv_cache_memory_gb: float = 1.0  # CPU
+    engine_gpu_memory_utilization: float = 0.9  # CUDA
+    engine_enforce_eager: bool = False  # CUDA: no graphs for decode steps
 
     # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
     fault_crash_marker: str | None = None
@@ -51,6 +53,8 @@ class WorkerSettings(ServiceSettings):
             "max_num_seqs": self.engine_max_num_seqs,
             "max_num_batched_tokens": self.engine_max_num_batched_tokens,
             "kv_cache_memory_gb": self.engine_kv_cache_memory_gb,
+            "gpu_memory_utilization": self.engine_gpu_memory_utilization,
+            "enforce_eager": self.engine_enforce_eager,
         }
 
 
