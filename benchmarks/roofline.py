@@ -12,6 +12,7 @@ roofline is the larger of the two; attention FLOPs are left out, which only lowe
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +67,6 @@ def step_bound(step: StepStats, traffic: ModelTraffic, limits: DeviceLimits) -> 
     return StepBound(memory, compute)
 
 
-def is_decode_step(step: StepStats) -> bool:
-    """Every scheduled request computes one token and samples it."""
-    return step.num_batched_tokens == step.num_sampled == step.num_scheduled_requests
-
-
 def measure_limits(device: torch.device, dtype: torch.dtype) -> DeviceLimits:
     return DeviceLimits(measure_bandwidth(device), measure_matmul_flops(device, dtype))
 
@@ -97,8 +93,7 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, repeats: int 
     return 2 * n**3 / best
 
 
-def _timed(fn: object, device: torch.device) -> float:
-    assert callable(fn)
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()

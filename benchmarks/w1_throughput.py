@@ -41,7 +41,6 @@ from benchmarks.common import RESULTS_DIR, write_result
 from benchmarks.roofline import (
     DeviceLimits,
     ModelTraffic,
-    is_decode_step,
     measure_limits,
     step_bound,
 )
@@ -134,7 +133,7 @@ def summarize_steps(run: EngineRun, traffic: ModelTraffic, limits: DeviceLimits)
     summary: dict[str, Any] = {}
     for label, steps in (
         ("all_steps", run.steps),
-        ("decode_steps", [s for s in run.steps if is_decode_step(s)]),
+        ("decode_steps", [s for s in run.steps if s.is_decode]),
     ):
         times = StepTimes()
         bound_s = memory_s = 0.0

@@ -250,7 +250,6 @@ class LLMEngine:
             num_scheduled_requests=len(plan.scheduled),
             num_sampled=num_sampled,
             num_context_tokens=num_context_tokens,
-            step_time_s=times.total_s,
             times=times,
             used_cuda_graph=used_cuda_graph,
         )

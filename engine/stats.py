@@ -38,9 +38,17 @@ class StepStats:
     num_scheduled_requests: int
     num_sampled: int
     num_context_tokens: int  # KV positions attention reads this step (sum of seq_lens)
-    step_time_s: float
     times: StepTimes = field(default_factory=StepTimes)
     used_cuda_graph: bool = False
+
+    @property
+    def step_time_s(self) -> float:
+        return self.times.total_s
+
+    @property
+    def is_decode(self) -> bool:
+        """Every scheduled request computes one token and samples it (what a graph replays)."""
+        return self.num_batched_tokens == self.num_sampled == self.num_scheduled_requests
 
 
 @dataclass(slots=True)
@@ -57,7 +65,6 @@ class EngineStats:
     num_running: int = 0
     num_waiting: int = 0
     num_cuda_graph_steps: int = 0
-    busy_time_s: float = 0.0
     phase_times: StepTimes = field(default_factory=StepTimes)
     last_step: StepStats | None = None
     max_tokens_per_step: int = 0
@@ -79,13 +86,16 @@ class EngineStats:
         return total / self.num_steps if self.num_steps else 0.0
 
     @property
+    def busy_time_s(self) -> float:
+        return self.phase_times.total_s
+
+    @property
     def mean_step_time_s(self) -> float:
         return self.busy_time_s / self.num_steps if self.num_steps else 0.0
 
     def record_step(self, step: StepStats, keep: int = 64) -> None:
         self.num_steps += 1
         self.num_cuda_graph_steps += int(step.used_cuda_graph)
-        self.busy_time_s += step.step_time_s
         self.phase_times.add(step.times)
         self.max_tokens_per_step = max(self.max_tokens_per_step, step.num_batched_tokens)
         self.last_step = step
@@ -100,6 +110,7 @@ class EngineStats:
         phases = data.pop("phase_times")
         data.update({f"time_{name}": seconds for name, seconds in phases.items()})
         data.update(
+            busy_time_s=self.busy_time_s,
             num_kv_blocks_free=self.num_kv_blocks_free,
             prefix_hit_rate=self.prefix_hit_rate,
             mean_tokens_per_step=self.mean_tokens_per_step,

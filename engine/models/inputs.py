@@ -168,12 +168,3 @@ class InputBuffers:
             graph_size=pad_to,
         )
 
-
-def build_model_inputs(
-    scheduled: Sequence[ScheduledRequest], block_size: int, device: torch.device
-) -> ModelInputs:
-    """One step's inputs in buffers of its own size (tests and one-off forward passes)."""
-    max_blocks = max(len(s.block_ids) for s in scheduled)
-    num_tokens = sum(s.num_new_tokens for s in scheduled)
-    buffers = InputBuffers(num_tokens, len(scheduled), max_blocks, block_size, device)
-    return buffers.build(scheduled)

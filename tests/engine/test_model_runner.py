@@ -210,3 +210,18 @@ def test_warmup_batch_fills_the_token_budget_with_several_long_prefills(
     lengths = [s.num_new_tokens for s in runner._warmup_batch()]
     assert lengths == [32, 32, 32, 2, 1, 1]
     assert sum(lengths) == 100
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"load_format": "pickle"}, "load_format must be one of"),
+        ({"gpu_memory_utilization": 0.0}, r"gpu_memory_utilization must be in \(0, 1\]"),
+        ({"gpu_memory_utilization": 1.5}, r"gpu_memory_utilization must be in \(0, 1\]"),
+    ],
+)
+def test_bad_engine_arguments_are_refused_before_loading(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(EngineConfigError, match=message):
+        EngineConfig(model="unused", **kwargs)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.models.inputs import build_model_inputs
+from engine.models.inputs import InputBuffers
 from engine.models.llama import LlamaForCausalLM
 from engine.models.loader import load_model
 from engine.models.model_config import ModelConfig, ModelConfigError
@@ -214,7 +214,7 @@ def test_step_inputs_index_arithmetic() -> None:
         scheduled([13], 4, [0, 9, 5], sample=True),
         scheduled([14, 15], 0, [3], sample=False),
     ]
-    inputs = build_model_inputs(step, block_size=4, device=CPU)
+    inputs = InputBuffers(6, 3, 3, block_size=4, device=CPU).build(step)
     assert inputs.input_ids.tolist() == [10, 11, 12, 13, 14, 15]
     assert inputs.positions.tolist() == [5, 6, 7, 4, 0, 1]
     # A: 2*4+1, 2*4+2, 2*4+3; B: 9*4+0; C: 3*4+0, 3*4+1
