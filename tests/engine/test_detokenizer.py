@@ -11,7 +11,6 @@ from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 from tests.engine.bpe_tokenizer import EOS, IM_START, build_bpe_tokenizer
 
-SMOLLM2_DIR = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct"
 MULTIBYTE = "héllo wörld 你好 🙂 Grüße aus München! 你好世界 🚀🙃"
 
 
@@ -125,9 +124,8 @@ def test_skip_special_tokens(tokenizer: Tokenizer, skip: bool) -> None:
     assert detok.text == expected == tokenizer.decode(ids, skip_special_tokens=skip)
 
 
-@pytest.mark.skipif(not SMOLLM2_DIR.is_dir(), reason="SmolLM2 checkpoint not downloaded")
-def test_real_tokenizer_matches_full_decode() -> None:
-    tokenizer = Tokenizer.from_pretrained(SMOLLM2_DIR)
+def test_real_tokenizer_matches_full_decode(smollm2_dir: Path) -> None:
+    tokenizer = Tokenizer.from_pretrained(smollm2_dir)
     prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": "Say hi"}])
     text = "Sure! " + MULTIBYTE + " — ½ café naïve ✓ 日本語のテキスト"
     ids = tokenizer.encode(text, add_special_tokens=False)
