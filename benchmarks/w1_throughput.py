@@ -51,7 +51,6 @@ from engine.sampling_params import SamplingParams
 from engine.stats import StepStats, StepTimes
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-PHASES = ("schedule_s", "prepare_s", "forward_s", "sample_s", "postprocess_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +141,8 @@ def summarize_steps(run: EngineRun, traffic: ModelTraffic, limits: DeviceLimits)
             bound = step_bound(step, traffic, limits)
             bound_s += bound.seconds
             memory_s += bound.memory_s
-        measured = sum(s.step_time_s for s in steps)
+        measured = times.total_s
+        phases = asdict(times)
         tokens = sum(s.num_sampled for s in steps)
         summary[label] = {
             "num_steps": len(steps),
@@ -153,9 +153,9 @@ def summarize_steps(run: EngineRun, traffic: ModelTraffic, limits: DeviceLimits)
             "memory_bound_s": memory_s,
             "achieved_fraction": bound_s / measured if measured else 0.0,
             "roofline_tokens_per_s": tokens / bound_s if bound_s else 0.0,
-            "phase_s": {name: getattr(times, name) for name in PHASES},
+            "phase_s": phases,
             "phase_fraction": {
-                name: getattr(times, name) / measured if measured else 0.0 for name in PHASES
+                name: seconds / measured if measured else 0.0 for name, seconds in phases.items()
             },
             "mean_batch": tokens / len(steps) if steps else 0.0,
         }
