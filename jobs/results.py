@@ -9,6 +9,8 @@ nothing it does may add up twice:
              P:shard_deliveries:{batch}   hash  shard index -> times a task started it
              P:shard_counts:{batch}       hash  "{shard}:{counter}" -> what that run added
              P:shard_lease:{batch}:{shard}      "a worker runs it now", expires unless renewed
+             P:shard_seen:{batch}         hash  shard index -> when a run of it last started
+                                                (or the watchdog last sent it again)
              P:stop:{batch}               str   why the batch stops early ("expired")
              P:finalize:{batch}           lock  one finalizer at a time
 
@@ -165,9 +167,31 @@ class ShardLedger:
         """Give the lease back, unless it has expired and another run holds it now."""
         self._redis.eval(_DROP_LEASE, 1, self._key("shard_lease", batch_id, str(index)), token)
 
+    def leased(self, batch_id: str, indices: list[int]) -> set[int]:
+        """Which of ``indices`` a live run holds now."""
+        with self._redis.pipeline() as pipe:
+            for index in indices:
+                pipe.exists(self._key("shard_lease", batch_id, str(index)))
+            held = pipe.execute()
+        return {index for index, exists in zip(indices, held, strict=True) if exists}
+
     def any_lease(self, batch_id: str, num_shards: int) -> bool:
         keys = [self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)]
         return bool(keys) and int(self._redis.exists(*keys)) > 0
+
+    # -- signs of life: when each shard last had a message known to be live ------------------
+    def mark_seen(self, batch_id: str, indices: list[int], now: float) -> None:
+        if not indices:
+            return
+        key = self._key("shard_seen", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, mapping={str(index): repr(now) for index in indices})
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.execute()
+
+    def last_seen(self, batch_id: str) -> dict[int, float]:
+        raw = self._redis.hgetall(self._key("shard_seen", batch_id))
+        return {int(index): float(when) for index, when in raw.items()}
 
     # -- stopping and finalizing -----------------------------------------------------------
     def request_stop(self, batch_id: str, reason: StopReason) -> None:
@@ -191,6 +215,7 @@ class ShardLedger:
         keys = [
             self._key("shard_deliveries", batch_id),
             self._key("shard_counts", batch_id),
+            self._key("shard_seen", batch_id),
             *(self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)),
         ]
         self._redis.delete(*keys)

@@ -12,11 +12,13 @@ import threading
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from jobs.dispatch import ShardDispatcher
 from jobs.finalize import BatchFinalizer
 from jobs.results import ShardLedger, StopReason
 from jobs.service_settings import open_redis, open_storage
 from jobs.status import BatchStatus
 from jobs.store import JobStore
+from jobs.watchdog import ShardWatchdog
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
 from worker.monitoring import StatsPublisher
@@ -39,6 +41,16 @@ class WorkerRuntime:
             self.storage,
             lock_ttl_s=settings.finalize_lock_s,
             max_line_bytes=settings.max_line_bytes,
+        )
+        self.dispatcher = ShardDispatcher(
+            settings.resolved_broker_url,
+            settings.shard_queue,
+            settings.broker_transport_options(),
+        )
+        # Twice the visibility timeout: the broker brings back a dead worker's messages
+        # after one; only a message lost outright stays silent that long.
+        self.watchdog = ShardWatchdog(
+            self.store, self.ledger, self.dispatcher, silence_s=2 * settings.visibility_timeout_s
         )
         self.host = EngineHost(
             self._load_engine,
@@ -96,6 +108,7 @@ class WorkerRuntime:
     def close(self) -> None:
         self.publisher.close()
         self.host.close()
+        self.dispatcher.close()
         self.storage.close()
         self.redis.close()
 

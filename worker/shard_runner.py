@@ -17,6 +17,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class ShardRunner:
             self.finalizer.try_finalize(batch.id)
             return "already_done"
         with self._lease(batch_id, index):
+            self.ledger.mark_seen(batch_id, [index], time.time())  # for jobs/watchdog.py
             deliveries = self.ledger.record_delivery(batch_id, index)
             if self.ledger.finalizer_held(batch_id):
                 return "finalizing"

@@ -73,5 +73,9 @@ def again_later(task: Task, exc: Exception) -> Retry | Reject:
 
 @celery_app.task(name=EXPIRE_TASK, acks_late=True)
 def expire_batches() -> list[str]:
-    """Stop batches past their window and end every batch that can end now."""
-    return [status.value for status in get_runtime().finalizer.sweep()]
+    """Stop batches past their window, end every batch that can end now, and send again
+    the shards whose messages the broker lost (jobs/watchdog.py)."""
+    runtime = get_runtime()
+    ended = [status.value for status in runtime.finalizer.sweep()]
+    runtime.watchdog.sweep()
+    return ended

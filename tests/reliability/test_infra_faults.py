@@ -3,6 +3,8 @@ API process dies. Each time the batch completes with every ``custom_id`` exactly
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -177,3 +179,30 @@ def test_api_restart_while_clients_poll(stack_parts: dict[str, Any]) -> None:
     finally:
         stack.stop_workers()
         api.kill()
+
+
+def take_shard_message(stack: Stack, batch_id: str, index: int) -> bool:
+    """Delete shard ``index``'s message from its queue in Redis, as a Redis restart between
+    a worker's ``BRPOP`` and its unacked record does (jobs/watchdog.py)."""
+    prefix = stack.settings.broker_key_prefix
+    client: Any = stack.redis
+    for key in client.scan_iter(match=f"{prefix}*{stack.settings.shard_queue}*"):
+        if client.type(key) != "list":
+            continue
+        for raw in client.lrange(key, 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            if body[0][0] == {"batch_id": batch_id, "shard_index": index}:
+                return bool(client.lrem(key, 1, raw))
+    return False
+
+
+def test_a_shard_message_lost_by_the_broker_is_sent_again(stack: Stack) -> None:
+    lines = long_lines("m", 24, max_tokens=4)
+    batch_id = submit(stack, lines)
+    deadline = time.monotonic() + 30
+    while not take_shard_message(stack, batch_id, 1):  # once intake has sent the messages
+        assert time.monotonic() < deadline, "shard 1's message never reached the queue"
+        time.sleep(0.05)
+    worker = stack.start_worker(concurrency=2)
+    assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
+    assert f"shard {batch_id}/1 silent for" in worker.log_tail(200_000)
