@@ -114,7 +114,9 @@ def test_hostile_file(
         completion_window="24h",
     )
     settled = wait_settled(client, batch.id)
-    assert settled.status == status, settled
+    # An accepted one-shard batch may already be finishing when the first poll sees it.
+    accepted = {"in_progress", "finalizing", "completed"}
+    assert settled.status in (accepted if status == "in_progress" else {status}), settled
     if code is not None:
         assert settled.errors is not None and settled.errors.data
         assert settled.errors.data[0].code == code, settled.errors
