@@ -118,7 +118,9 @@ def _compile_instead_of_launch(arch: int) -> Iterator[list[Any]]:
 
 
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)")
-_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_SPILLS = re.compile(
+    r"Function properties for (\w+)\n.*?(\d+) bytes spill stores, (\d+) bytes spill loads"
+)
 
 
 def _resources(cubin: bytes) -> tuple[int, int, int]:
@@ -136,9 +138,8 @@ def _resources(cubin: bytes) -> tuple[int, int, int]:
     return registers, stack, static_shared
 
 
-def _describe(case: Case, arch: int, kernel: Any, ptxas_log: str) -> CompiledLaunch:
+def _describe(case: Case, arch: int, kernel: Any, spills: int | None) -> CompiledLaunch:
     registers, stack, static_shared = _resources(kernel.asm["cubin"])
-    spills = _SPILLS.search(ptxas_log)
     return CompiledLaunch(
         family=case.family,
         case=case.label,
@@ -149,7 +150,7 @@ def _describe(case: Case, arch: int, kernel: Any, ptxas_log: str) -> CompiledLau
         shared_bytes=kernel.metadata.shared + static_shared,
         registers=registers,
         stack_bytes=stack,
-        spill_bytes=None if spills is None else sum(map(int, spills.groups())),
+        spill_bytes=spills,
     )
 
 
@@ -167,31 +168,18 @@ def compile_case(case: Case, arch: int) -> list[CompiledLaunch]:
         return [
             CompiledLaunch(case.family, case.label, arch, error="the launcher launched nothing")
         ]
-    # One launcher may launch several kernels; ptxas logs are in order but absent on cache hits.
-    logs = log.getvalue().split("Compiling entry function")[1:]
-    by_name = {re.search(r"'(\w+)'", entry).group(1): entry for entry in logs}  # type: ignore[union-attr]
-    return [_describe(case, arch, k, by_name.get(k.metadata.name, "")) for k in compiled]
-
-
-def _compile_group(cases: list[Case], arch: int) -> list[CompiledLaunch]:
-    return [launch for case in cases for launch in compile_case(case, arch)]
+    # ptxas's verbose log, by kernel: a kernel found in Triton's cache was not compiled again.
+    spills = {name: int(s) + int(l) for name, s, l in _SPILLS.findall(log.getvalue())}
+    return [_describe(case, arch, k, spills.get(k.metadata.name)) for k in compiled]
 
 
 def run_gate(cases: list[Case], workers: int) -> list[CompiledLaunch]:
-    """Compile every case for every target in ``workers`` processes.
-
-    A task is one family on one target, so launches that specialize to the same kernel meet in
-    one process and Triton's in-memory cache compiles them once.
-    """
-    groups: dict[tuple[str, int], list[Case]] = {}
-    for case in cases:
-        for target in TARGETS:
-            groups.setdefault((case.family, target.arch), []).append(case)
-    # Largest groups first, so the pool does not end waiting on one long task.
-    order = sorted(groups.items(), key=lambda item: -sum(c.cost for c in item[1]))
+    """Compile every case for every target in ``workers`` processes, in the order given (the
+    longest first, so the pool does not end waiting on one)."""
+    tasks = [(case, target.arch) for case in cases for target in TARGETS]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_compile_group, group, arch) for (_, arch), group in order]
-        return [launch for future in futures for launch in future.result()]
+        done = pool.map(compile_case, *zip(*tasks, strict=True))
+        return [launch for launches in done for launch in launches]
 
 
 def main() -> None:
