@@ -70,6 +70,9 @@ def test_every_launch_compiles_for_sm80_and_sm90(compiled: list[CompiledLaunch])
     assert {(c.case, c.arch) for c in compiled} == expected
     # One family per Triton kernel in kernels/: a new kernel needs cases here.
     assert {c.kernel for c in compiled} == set(triton_kernels_in_kernels_package())
+    # The figures the other tests check were read from the binaries, not left at zero.
+    attention = [c for c in compiled if c.family == "paged_attention"]
+    assert all(c.shared_bytes > 0 and c.registers > 0 for c in attention)
 
 
 def test_shared_memory_fits_the_device(compiled: list[CompiledLaunch]) -> None:
