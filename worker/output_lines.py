@@ -77,9 +77,12 @@ def success_line(custom_id: str, body: RequestBody, completion: Completion) -> O
     return _line(custom_id, ResponseEnvelope(status_code=200, request_id=_req(), body=payload))
 
 
-def refused_line(custom_id: str, message: str) -> OutputLine:
-    """A request the engine can never run (too long, bad token ids): a 400, as the API says."""
-    body = error_body(message, code="invalid_request")
+def refused_line(
+    custom_id: str, message: str, *, code: str = "invalid_request", param: str | None = None
+) -> OutputLine:
+    """A request the endpoint refuses (a bad parameter, too long for the context, bad token
+    ids): a 400 with OpenAI's error body, as the API would answer it."""
+    body = error_body(message, code=code, param=param)
     return _line(custom_id, ResponseEnvelope(status_code=400, request_id=_req(), body=body))
 
 

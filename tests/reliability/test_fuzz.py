@@ -1,8 +1,8 @@
 """Fuzzing: the input-line checker with hypothesis, the live API with schemathesis.
 
-The line property that matters most: whatever intake accepts, the worker can parse and turn
-into an engine request (or refuse with a ValueError, a per-line 400); anything else would
-leave a shard that fails on every delivery.
+The line property that matters most: whatever intake puts in a shard, the worker can parse
+and turn into an engine request or a per-line 400 (a rejected body, or a ValueError from the
+engine's checks); anything else would leave a shard that fails on every delivery.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from jobs.limits import Limits
-from jobs.line_check import LineChecker
-from jobs.lines import parse_input_line
+from jobs.line_check import LineChecker, LineIssue
+from jobs.lines import RejectedLine, parse_input_line, parse_shard_line
 from tests.api.conftest import MODEL, LiveServer
 from worker.sampling import engine_request
 
@@ -89,17 +89,23 @@ chat_line = st.fixed_dictionaries(
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.binary(max_size=300))
 def test_checker_answers_any_bytes(raw: bytes) -> None:
-    issue = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
-    assert issue is None or (issue.code != "" and issue.line == 1)
+    verdict = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
+    if isinstance(verdict, LineIssue):
+        assert verdict.code != "" and verdict.line == 1
+    elif isinstance(verdict, RejectedLine):
+        assert verdict.rejection.code and verdict.rejection.message
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(line=chat_line)
 def test_what_intake_accepts_the_worker_can_run(line: dict[str, Any]) -> None:
     raw = json.dumps(line).encode()
-    issue = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
-    if issue is not None:
-        assert issue.code and issue.message
+    verdict = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
+    if isinstance(verdict, LineIssue):
+        assert verdict.code and verdict.message
+        return
+    if isinstance(verdict, RejectedLine):
+        assert parse_shard_line(verdict.model_dump_json()) == verdict
         return
     parsed = parse_input_line(raw)
     with contextlib.suppress(ValueError):  # a per-line 400 in the error file, by design
