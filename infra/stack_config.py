@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The worker's Prometheus endpoint, on loopback (KVBATCH_METRICS_PORT overrides it).
+WORKER_METRICS_PORT = 9300
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from infra.arg_types import port_number, positive_int
-from infra.stack_config import DEFAULT_MODEL, StackConfig
+from infra.stack_config import DEFAULT_MODEL, WORKER_METRICS_PORT, StackConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,11 +45,21 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
+    summary = "run Redis (if none answers), the API, a worker and Flower on this machine"
     parser = subparsers.add_parser(
-        "up", help="run Redis (if none answers), the API, a worker and Flower on this machine"
+        "up",
+        help=summary,
+        description=summary + ". Every port is on 127.0.0.1.",
+        epilog=(
+            "default ports: API 8000, Flower 5555, Redis 6379 (KVBATCH_REDIS_URL; started "
+            "here with its data under var/ when none answers), worker metrics "
+            f"{WORKER_METRICS_PORT} (Prometheus, KVBATCH_METRICS_PORT)"
+        ),
     )
-    parser.add_argument("--port", type=port_number, default=8000, help="API port (8000)")
-    parser.add_argument("--flower-port", type=port_number, default=5555, help="Flower port")
+    parser.add_argument("--port", type=port_number, default=8000, help="API port (default 8000)")
+    parser.add_argument(
+        "--flower-port", type=port_number, default=5555, help="Flower port (default 5555)"
+    )
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
     add_stack_arguments(parser)
     parser.set_defaults(handler=_run_up)

@@ -54,11 +54,15 @@ class LineIssue:
 
 
 def _param(loc: tuple[int | str, ...]) -> str | None:
-    parts = [str(p) for p in loc]
+    """The field as the body names it: no union tags, no ``url`` tag or ``body.`` of a whole
+    line's validation."""
+    parts = [str(p) for p in loc if p not in SUPPORTED_ENDPOINTS]
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
     return ".".join(p for p in parts if not _UNION_TAG.fullmatch(p)) or None
 
 
-def _rejection(exc: ValidationError) -> BodyRejection:
+def rejection_of(exc: ValidationError) -> BodyRejection:
     """The body's first validation error as the endpoint's 400 would word it."""
     first = exc.errors()[0]
     param = _param(first["loc"])
@@ -195,7 +199,7 @@ class LineChecker:
         try:
             parsed = model.model_validate(body)
         except ValidationError as exc:
-            return _rejection(exc)
+            return rejection_of(exc)
         bound = check_bounds(parsed, self.limits)
         if bound is None:
             return None

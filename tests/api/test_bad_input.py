@@ -338,3 +338,37 @@ def test_cancel_of_failed_batch_is_refused(live_local: LiveServer) -> None:
     response = httpx.post(f"{live_local.url}/v1/batches/{batch.id}/cancel", headers=AUTH)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "batch_not_cancellable"
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\batch.jsonl", "batch.jsonl"),
+        ("in\x1b[31mput\x07.jsonl", "in[31mput.jsonl"),
+        ("..", "upload.jsonl"),
+    ],
+)
+def test_upload_filenames_are_stored_as_their_safe_base(
+    live_local: LiveServer, sent: str, stored: str
+) -> None:
+    # Built by hand: HTTP clients escape control characters in a filename, a hostile one not.
+    boundary = "kvb"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{sent}"\r\n'
+            "\r\n"
+        ).encode()
+        + jsonl([chat_line("a")])
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = httpx.post(
+        live_local.url + "/v1/files",
+        content=body,
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["filename"] == stored
+    listed = live_local.client().files.retrieve(response.json()["id"])
+    assert listed.filename == stored
