@@ -112,10 +112,6 @@ class LocalStack:
             code = process.stop()
             self.console.print(f"[dim]stopped {process.name} (pid {process.pid}, status {code})")
 
-    def failed_process(self) -> ManagedProcess | None:
-        """The first child that has exited on its own, if any."""
-        return next((p for p in self.processes if p.exit_code() is not None), None)
-
     def _check_ports(self) -> None:
         for name, port in (("API", self.config.api_port), ("Flower", self.config.flower_port)):
             if port is not None and not port_is_free(port):

@@ -1,7 +1,8 @@
 """``kvbatch up``: the whole service on this machine until Ctrl-C or SIGTERM.
 
 Ctrl-C and SIGTERM both lead to the same clean stop of everything ``up`` started (see
-:mod:`infra.stack`); if a child dies on its own, ``up`` stops the rest and exits 1.
+:mod:`infra.stack`); a child that dies on its own is restarted with backoff and the restart
+is logged (see :mod:`infra.supervision`).
 """
 
 from __future__ import annotations
@@ -120,15 +121,12 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _watch(stack: LocalStack, console: Console) -> int:
-    """Block until a signal arrives (it raises) or a child dies (exit 1)."""
+    """Block until a signal arrives (it raises), restarting any child that dies."""
+    from infra.supervision import Supervisor
+
+    supervisor = Supervisor(stack.processes, console)
     while True:
-        failed = stack.failed_process()
-        if failed is not None:
-            console.print(
-                f"[red]{failed.name} exited with status {failed.exit_code()}; stopping the rest. "
-                f"{failed.log_path}:\n{failed.log_tail()}"
-            )
-            return 1
+        supervisor.check()
         time.sleep(0.5)
 
 

@@ -112,3 +112,33 @@ def test_up_says_how_to_install_redis_when_it_must_start_one(
     assert up.wait(timeout=60) == 1
     assert "apt-get install redis-server" in log.read_text()
     assert not (tmp_path / "var" / "logs" / "api.log").exists()
+
+
+@pytest.mark.slow
+def test_up_restarts_a_worker_that_was_killed(tmp_path: Path, smollm2_dir: Path) -> None:
+    """SIGKILL the worker (as the OOM killer would): ``up`` logs it, starts it again after a
+    backoff, the new worker answers, and Ctrl-C still stops everything."""
+    redis_url = "redis://127.0.0.1:6379/0"
+    env = isolated_env(redis_url)
+    api_port, _ = api_and_flower_ports()
+    args = ["up", "--port", str(api_port), "--no-flower", "--var-dir", str(tmp_path / "var")]
+    log = tmp_path / "up.log"
+    up = launch([*args, "--model", str(smollm2_dir)], env, log)
+    try:
+        wait_for_line(up, log, READY, timeout_s=300)
+        (worker,) = [
+            p for p in psutil.Process(up.pid).children() if "worker" in " ".join(p.cmdline())
+        ]
+        worker.kill()
+        wait_for_line(up, log, "exited with status -9; restarting in 1s", timeout_s=30)
+        wait_for_line(up, log, "restarted worker", timeout_s=30)
+        options = {"global_keyprefix": env["KVBATCH_BROKER_KEY_PREFIX"]}
+        deadline = time.monotonic() + 180
+        while not ping_workers(redis_url, options, timeout_s=2):
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        assert up.poll() is None, "up kept running"
+        assert httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5).status_code == 200
+        stop_and_check(up, signal.SIGINT, descendants(up.pid))
+    finally:
+        if up.poll() is None:
+            up.kill()
