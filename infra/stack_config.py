@@ -16,6 +16,7 @@ class StackConfig:
     var_dir: Path = Path("var")
     api_port: int = 8000
     flower_port: int | None = 5555  # None: no Flower
+    metrics_port: int = WORKER_METRICS_PORT  # the worker's Prometheus endpoint, loopback
     model: str = DEFAULT_MODEL
     concurrency: int = 1
     ready_timeout_s: float = 300.0

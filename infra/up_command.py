@@ -136,6 +136,8 @@ def _print_ready(stack: LocalStack, console: Console) -> None:
     console.print(f"  Redis:    {stack.settings.redis_url}")
     if stack.flower_url:
         console.print(f"  Flower:   {stack.flower_url}  (basic auth {stack.flower_auth})")
+    metrics_port = stack.env["KVBATCH_METRICS_PORT"]
+    console.print(f"  metrics:  {stack.api_url}/metrics, http://127.0.0.1:{metrics_port}/metrics")
     console.print(f"  logs:     {stack.var_dir / 'logs'}")
     console.print("Ctrl-C stops everything kvbatch up started.")
     sys.stderr.flush()
