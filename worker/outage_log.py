@@ -18,16 +18,27 @@ from kombu.exceptions import OperationalError
 OUTAGES: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
-    OperationalError,
-    ConnectionError,
+    OperationalError,  # kombu's wrapper of the broker's connection errors
 )
+
+
+def _outage(exc: BaseException | None) -> BaseException | None:
+    """The unreachable-Redis error behind ``exc`` (Celery wraps it: beat's SchedulingError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OUTAGES):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 class OutageFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, OUTAGES):
-            record.msg = f"{record.getMessage()} (Redis unreachable: {exc}; retrying)"
+        outage = _outage(record.exc_info[1] if record.exc_info else None)
+        if outage is not None:
+            # The first line only: beat also formats the stack into its message.
+            first = record.getMessage().splitlines()[0]
+            record.msg = f"{first} (Redis unreachable: {outage}; retrying)"
             record.args = None
             record.exc_info = None
             record.exc_text = None
