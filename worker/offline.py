@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from jobs.body_refusals import refusal_of
 from jobs.line_check import rejection_of
 from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
@@ -53,12 +54,19 @@ def _parse(raw: bytes | None, line_no: int) -> ChatLine | CompletionLine | Outpu
     if raw is None:
         return error_line(f"line-{line_no}", "line_too_long", "the line is too long")
     try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    custom_id = f"line-{line_no}"
+    if isinstance(obj, dict):
+        custom_id = str(obj.get("custom_id") or custom_id)
+        body = obj.get("body")
+        refusal = refusal_of(str(obj.get("url")), body) if isinstance(body, dict) else None
+        if refusal is not None:  # a feature we do not serve, named as the service names it
+            return refused_line(custom_id, refusal.message, code=refusal.code, param=refusal.param)
+    try:
         return parse_input_line(raw)
     except ValidationError as exc:
-        try:
-            custom_id = str(json.loads(raw).get("custom_id") or f"line-{line_no}")
-        except (ValueError, AttributeError):
-            custom_id = f"line-{line_no}"
         rejection = rejection_of(exc)
         return refused_line(
             custom_id, rejection.message, code=rejection.code, param=rejection.param

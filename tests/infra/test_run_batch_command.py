@@ -18,21 +18,25 @@ def test_run_batch_answers_in_order_and_splits_errors_off(
 ) -> None:
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     errors = tmp_path / "bad.jsonl"
-    lines = chat_batch_lines(read_prompts()[:4], max_tokens=4)
+    lines = chat_batch_lines(read_prompts()[:5], max_tokens=4)
     lines[2]["body"]["temperature"] = 5  # the endpoint would refuse it: a 400 error line
+    lines[4]["body"]["tools"] = [{"type": "function", "function": {"name": "f"}}]
     source.write_bytes(to_jsonl(lines))
     argv = ["run-batch", "-i", str(source), "-o", str(target), "--model", str(smollm2_dir)]
     assert main([*argv, "--errors", str(errors), "--max-num-seqs", "4"]) == 0
     summary = capsys.readouterr().out
-    assert "3 lines answered" in summary and "1 failed" in summary, summary
+    assert "3 lines answered" in summary and "2 failed" in summary, summary
     results = [json.loads(line) for line in target.read_text().splitlines()]
     assert [r["custom_id"] for r in results] == ["prompt-0", "prompt-1", "prompt-3"]
     assert all(r["response"]["status_code"] == 200 for r in results)
     assert all(r["response"]["body"]["choices"][0]["message"]["content"] for r in results)
-    (failed,) = [json.loads(line) for line in errors.read_text().splitlines()]
-    assert failed["custom_id"] == "prompt-2" and failed["response"]["status_code"] == 400
-    error = failed["response"]["body"]["error"]
-    assert error["param"] == "temperature" and error["type"] == "invalid_request_error"
+    failed = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [f["custom_id"] for f in failed] == ["prompt-2", "prompt-4"]
+    assert all(f["response"]["status_code"] == 400 for f in failed)
+    bodies = [f["response"]["body"]["error"] for f in failed]
+    assert [e["param"] for e in bodies] == ["temperature", "tools"]
+    assert all(e["type"] == "invalid_request_error" for e in bodies)
+    assert "tool calling is not supported" in bodies[1]["message"]
 
 
 def test_run_batch_errors_default_beside_the_output(
