@@ -7,8 +7,10 @@ picks up whatever was in flight.
     validating ──(file invalid)────────────► failed       errors.data = line issues
         │
         └──(valid)─ shards written ─► in_progress ─► dispatch kvbatch.run_shard × shards
-                    (a line whose body is invalid is written as its rejection: a 400 line)
                          (cancelled meanwhile: shards deleted, nothing dispatched)
+
+A line whose body the endpoint would refuse is not a file-level issue: it goes into its
+shard as its rejection (jobs/lines.py ``RejectedLine``) and the worker answers it with a 400.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from worker.output_lines import (
     completion_of,
     error_line,
     refused_line,
+    rejected_line,
     success_line,
 )
 from worker.sampling import engine_request
@@ -158,16 +159,7 @@ class ShardRunner:
             num_pending = 0
             for position, line in enumerate(lines):
                 if isinstance(line, RejectedLine):  # its body failed validation at intake
-                    rejection = line.rejection
-                    answers[position] = (
-                        refused_line(
-                            line.custom_id,
-                            rejection.message,
-                            code=rejection.code,
-                            param=rejection.param,
-                        ),
-                        False,
-                    )
+                    answers[position] = (rejected_line(line), False)
                     self.ledger.add_counts(batch.id, index, failed=1)
                     continue
                 stopped = self.host.stop_reason(batch.id)
