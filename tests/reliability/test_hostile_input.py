@@ -19,8 +19,8 @@ import httpx
 import pytest
 import redis
 
-from tests.api.helpers import chat_line, jsonl, wait_settled
-from tests.reliability.conftest import fast_stack
+from tests.api.helpers import chat_line, wait_settled
+from tests.reliability.conftest import fast_stack, submit
 from tests.worker.conftest import Stack
 from tests.worker.service import WorkerProcess, assert_each_once, result_lines, wait_batch
 
@@ -147,11 +147,7 @@ def test_prompts_over_the_context_go_to_the_error_file(
         chat_line("fills", "Short.", max_tokens=4000),
     ]
     client = stack.client()
-    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-    batch_id = client.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-    ).id
-    batch = wait_batch(client, batch_id, {"completed", "failed"}, timeout_s=60)
+    batch = wait_batch(client, submit(stack, lines), {"completed", "failed"}, timeout_s=60)
     assert batch.status == "completed", batch
     outputs, errors = result_lines(client, batch)
     assert_each_once([line["custom_id"] for line in lines], outputs, errors)
@@ -181,11 +177,7 @@ def test_bad_parameter_lines_are_400_lines_and_every_other_line_runs(
         extra = bad[i][1] if i in bad else {"stream": False, "store": False, "service_tier": "auto"}
         lines.append(chat_line(f"r-{i}", f"Count to {i}.", max_tokens=2, **extra))
     client = stack.client()
-    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-    batch_id = client.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-    ).id
-    batch = wait_batch(client, batch_id, {"completed", "failed"}, timeout_s=120)
+    batch = wait_batch(client, submit(stack, lines), {"completed", "failed"}, timeout_s=120)
     assert batch.status == "completed", batch
     counts = batch.request_counts
     assert counts is not None and (counts.total, counts.completed, counts.failed) == (50, 45, 5)

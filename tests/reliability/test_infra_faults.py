@@ -7,8 +7,6 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,14 +20,6 @@ from tests.reliability.test_worker_faults import assert_complete, wait_submitted
 from tests.worker.conftest import Stack
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("ride_out_s", [30.0, 0.5], ids=["ridden-out", "shards-fail"])
