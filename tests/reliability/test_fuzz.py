@@ -46,7 +46,9 @@ json_values = st.recursive(
 message = st.fixed_dictionaries(
     {
         "role": st.sampled_from(["user", "user", "system", "assistant", "robot"]),
-        "content": st.text(max_size=30) | json_values,
+        "content": st.text(max_size=30)
+        | json_values
+        | st.just([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]),
     },
 )
 body_fields = {
@@ -71,6 +73,13 @@ body_fields = {
     "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
     "presence_penalty": st.floats(-2, 2),
     "frequency_penalty": st.floats(-2, 2),
+    # Harmless fields and features we refuse by name: both must leave a runnable shard.
+    "stream": st.booleans(),
+    "stream_options": st.just({"include_usage": True}),
+    "store": st.booleans(),
+    "service_tier": st.sampled_from(["auto", "default"]),
+    "parallel_tool_calls": st.booleans(),
+    "tools": st.just([{"type": "function", "function": {"name": "f"}}]),
 }
 chat_body = st.fixed_dictionaries(
     {"model": st.just(MODEL), "messages": st.lists(message, min_size=1, max_size=3)},
