@@ -24,10 +24,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = await to_thread.run_sync(Resources.open, resolved)
         app.state.resources = resources
+        app.state.metrics.registry.register(resources.collector)
         await to_thread.run_sync(resources.resume_intake)
         try:
             yield
         finally:
+            app.state.metrics.registry.unregister(resources.collector)
             await to_thread.run_sync(resources.close)
 
     app = FastAPI(

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 import redis
 
+from api.service_metrics import ServiceCollector
 from api.settings import Settings
 from jobs.dispatch import ShardDispatcher
 from jobs.ids import BatchId
 from jobs.intake import BatchIntake
 from jobs.service_settings import open_storage
+from jobs.service_stats import QueueProbe
 from jobs.storage import Storage
 from jobs.store import JobStore
 
@@ -28,6 +30,7 @@ class Resources:
     dispatcher: ShardDispatcher
     intake: BatchIntake
     executor: ThreadPoolExecutor
+    collector: ServiceCollector  # the service's state for /metrics
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -41,7 +44,13 @@ class Resources:
         )
         intake = BatchIntake(store, storage, dispatcher, settings.limits())
         executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
-        return cls(settings, pool, store, storage, dispatcher, intake, executor)
+        broker = settings.resolved_broker_url
+        probe = None
+        if broker.startswith(("redis://", "rediss://", "unix://")):
+            client = redis.Redis.from_url(broker, decode_responses=True)
+            probe = QueueProbe(client, settings.resolved_broker_key_prefix)
+        collector = ServiceCollector(store, probe, [settings.shard_queue])
+        return cls(settings, pool, store, storage, dispatcher, intake, executor, collector)
 
     def submit_intake(self, batch_id: BatchId) -> None:
         """Validate a batch on the intake threads, never on the event loop."""
@@ -56,6 +65,7 @@ class Resources:
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
         self.dispatcher.close()
+        self.collector.close()
         self.storage.close()
         self.pool.disconnect()
 

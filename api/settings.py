@@ -2,7 +2,9 @@
 
 ``KVBATCH_API_KEYS`` maps bearer keys to tenants, either ``"key1:tenantA,key2:tenantB"``
 or a JSON object; ``KVBATCH_MODELS`` maps served model names to model directories, either
-``"name=path,other=path"`` or JSON.
+``"name=path,other=path"`` or JSON. ``KVBATCH_TENANT_PRIORITIES`` gives tenants a
+``metadata.priority`` range other than ``KVBATCH_PRIORITY_RANGE`` (``1-9``), either
+``"tenantA=0-9"`` or JSON.
 """
 
 from __future__ import annotations
@@ -14,8 +16,19 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from jobs.admission import ALL_PRIORITIES
 from jobs.limits import Limits
 from jobs.service_settings import ServiceSettings
+
+
+def _priority_range(text: str) -> range:
+    low, sep, high = text.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"expected a priority range like '1-9', got {text!r}")
+    allowed = range(int(low), int(high) + 1)
+    if not allowed or allowed.start < ALL_PRIORITIES.start or allowed.stop > ALL_PRIORITIES.stop:
+        raise ValueError(f"a priority range lies within 0-9, got {text!r}")
+    return allowed
 
 
 def _pairs(value: Any, separator: str) -> dict[str, str]:
@@ -40,6 +53,9 @@ class Settings(ServiceSettings):
 
     api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # metadata.priority values a tenant may ask for ("lo-hi"; 0 is the most urgent).
+    priority_range: str = "1-9"
+    tenant_priorities: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     max_requests_per_file: int = 50_000
     max_file_bytes: int = 200_000_000
@@ -60,6 +76,24 @@ class Settings(ServiceSettings):
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
         return _pairs(value, "=")
+
+    @field_validator("tenant_priorities", mode="before")
+    @classmethod
+    def _parse_priorities(cls, value: Any) -> dict[str, str]:
+        pairs = _pairs(value, "=")
+        for text in pairs.values():
+            _priority_range(text)
+        return pairs
+
+    @field_validator("priority_range")
+    @classmethod
+    def _check_range(cls, value: str) -> str:
+        _priority_range(value)
+        return value
+
+    def priorities_of(self, tenant: str) -> range:
+        """The ``metadata.priority`` values ``tenant`` may set."""
+        return _priority_range(self.tenant_priorities.get(tenant, self.priority_range))
 
     def limits(self) -> Limits:
         return Limits(

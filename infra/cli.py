@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 
 from infra.beat_command import add_beat_parser
 from infra.demo_command import add_demo_parser
+from infra.failures import describe
 from infra.flower_command import add_flower_parser
 from infra.generate_command import add_generate_parser
 from infra.model_command import add_fetch_model_parser
@@ -36,7 +38,13 @@ REGISTRARS: list[Registrar] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvbatch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="kvbatch", description="kvbatch: an OpenAI-compatible batch inference service."
+    )
+    parser.add_argument("--version", action="version", version=f"kvbatch {version('kvbatch')}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback when a command fails"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(subparsers)
@@ -49,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"kvbatch {args.command}: {describe(exc)}", file=sys.stderr)
+        return 1
     return result
 
 

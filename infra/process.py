@@ -40,18 +40,30 @@ class ManagedProcess:
     ) -> None:
         self.name = name
         self.log_path = log_path
+        self._argv = list(argv)
+        self._env = dict(env) if env is not None else None
+        self._cwd = cwd
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            self._popen = subprocess.Popen(
-                list(argv),
+        self._popen = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                self._argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
+                env=self._env,
+                cwd=self._cwd,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+
+    def restart(self) -> None:
+        """Start the same command again (after it exited), appending to the same log."""
+        assert self.exit_code() is not None, "restart only a child that has exited"
+        self._signal_group(signal.SIGKILL)  # what it started itself must not linger
+        self._popen = self._spawn()
 
     @property
     def pid(self) -> int:

@@ -42,7 +42,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now.
+
+    With ``SO_REUSEADDR``, as uvicorn and redis-server bind: a socket of a stack that just
+    stopped, left in TIME_WAIT for a minute, does not count as taken.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

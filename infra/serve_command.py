@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from infra.arg_types import port_number
+from infra.failures import require_redis
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +17,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from api.server import serve
+    from api.settings import get_settings
 
+    require_redis(get_settings().redis_url)
     serve(host=args.host, port=args.port)
     return 0

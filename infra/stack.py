@@ -78,6 +78,7 @@ class LocalStack:
             "KVBATCH_BEAT_SCHEDULE_PATH": str(self.var_dir / "celerybeat-schedule"),
             "KVBATCH_API_KEYS": f"kvb-dev-{secrets.token_urlsafe(18)}:{DEV_TENANT}",
             "KVBATCH_FLOWER_BASIC_AUTH": f"admin:{secrets.token_urlsafe(12)}",
+            "KVBATCH_METRICS_PORT": str(self.config.metrics_port),
         }
         for key, value in defaults.items():
             if not env.get(key):
@@ -111,10 +112,6 @@ class LocalStack:
             self.processes.remove(process)
             code = process.stop()
             self.console.print(f"[dim]stopped {process.name} (pid {process.pid}, status {code})")
-
-    def failed_process(self) -> ManagedProcess | None:
-        """The first child that has exited on its own, if any."""
-        return next((p for p in self.processes if p.exit_code() is not None), None)
 
     def _check_ports(self) -> None:
         for name, port in (("API", self.config.api_port), ("Flower", self.config.flower_port)):
@@ -187,7 +184,9 @@ class LocalStack:
 
 
 def pick_ports(config: StackConfig) -> StackConfig:
-    """``config`` with free ports for the API and Flower (the demo runs beside anything)."""
+    """``config`` with free ports for the API, Flower and the worker's metrics (the demo
+    runs beside anything)."""
     config.api_port = free_port()
     config.flower_port = free_port() if config.flower_port is not None else None
+    config.metrics_port = free_port()
     return config

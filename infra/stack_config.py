@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The worker's Prometheus endpoint, on loopback (KVBATCH_METRICS_PORT overrides it).
+WORKER_METRICS_PORT = 9300
 
 
 @dataclass(slots=True)
@@ -14,6 +16,7 @@ class StackConfig:
     var_dir: Path = Path("var")
     api_port: int = 8000
     flower_port: int | None = 5555  # None: no Flower
+    metrics_port: int = WORKER_METRICS_PORT  # the worker's Prometheus endpoint, loopback
     model: str = DEFAULT_MODEL
     concurrency: int = 1
     ready_timeout_s: float = 300.0

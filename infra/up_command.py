@@ -1,7 +1,8 @@
 """``kvbatch up``: the whole service on this machine until Ctrl-C or SIGTERM.
 
 Ctrl-C and SIGTERM both lead to the same clean stop of everything ``up`` started (see
-:mod:`infra.stack`); if a child dies on its own, ``up`` stops the rest and exits 1.
+:mod:`infra.stack`); a child that dies on its own is restarted with backoff and the restart
+is logged (see :mod:`infra.supervision`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from infra.arg_types import port_number, positive_int
-from infra.stack_config import DEFAULT_MODEL, StackConfig
+from infra.stack_config import DEFAULT_MODEL, WORKER_METRICS_PORT, StackConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,11 +46,21 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
+    summary = "run Redis (if none answers), the API, a worker and Flower on this machine"
     parser = subparsers.add_parser(
-        "up", help="run Redis (if none answers), the API, a worker and Flower on this machine"
+        "up",
+        help=summary,
+        description=summary + ". Every port is on 127.0.0.1.",
+        epilog=(
+            "default ports: API 8000, Flower 5555, Redis 6379 (KVBATCH_REDIS_URL; started "
+            "here with its data under var/ when none answers), worker metrics "
+            f"{WORKER_METRICS_PORT} (Prometheus, KVBATCH_METRICS_PORT)"
+        ),
     )
-    parser.add_argument("--port", type=port_number, default=8000, help="API port (8000)")
-    parser.add_argument("--flower-port", type=port_number, default=5555, help="Flower port")
+    parser.add_argument("--port", type=port_number, default=8000, help="API port (default 8000)")
+    parser.add_argument(
+        "--flower-port", type=port_number, default=5555, help="Flower port (default 5555)"
+    )
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
     add_stack_arguments(parser)
     parser.set_defaults(handler=_run_up)
@@ -110,15 +121,12 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _watch(stack: LocalStack, console: Console) -> int:
-    """Block until a signal arrives (it raises) or a child dies (exit 1)."""
+    """Block until a signal arrives (it raises), restarting any child that dies."""
+    from infra.supervision import Supervisor
+
+    supervisor = Supervisor(stack.processes, console)
     while True:
-        failed = stack.failed_process()
-        if failed is not None:
-            console.print(
-                f"[red]{failed.name} exited with status {failed.exit_code()}; stopping the rest. "
-                f"{failed.log_path}:\n{failed.log_tail()}"
-            )
-            return 1
+        supervisor.check()
         time.sleep(0.5)
 
 
@@ -128,6 +136,8 @@ def _print_ready(stack: LocalStack, console: Console) -> None:
     console.print(f"  Redis:    {stack.settings.redis_url}")
     if stack.flower_url:
         console.print(f"  Flower:   {stack.flower_url}  (basic auth {stack.flower_auth})")
+    metrics_port = stack.env["KVBATCH_METRICS_PORT"]
+    console.print(f"  metrics:  {stack.api_url}/metrics, http://127.0.0.1:{metrics_port}/metrics")
     console.print(f"  logs:     {stack.var_dir / 'logs'}")
     console.print("Ctrl-C stops everything kvbatch up started.")
     sys.stderr.flush()

@@ -7,6 +7,7 @@ import argparse
 
 from infra.arg_types import positive_int
 from infra.engine_args import model_dir_or_report
+from infra.failures import require_redis, require_weights
 
 
 def add_worker_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,10 @@ def _run_worker(args: argparse.Namespace) -> int:
     model_dir = model_dir_or_report(args.model, "worker")
     if model_dir is None:
         return 1
+    require_weights(model_dir)
+    from worker.settings import get_worker_settings
+
+    require_redis(get_worker_settings().redis_url)
     from worker.main import run_worker
 
     run_worker(

@@ -44,8 +44,20 @@ def check_endpoint(endpoint: str) -> None:
         )
 
 
-def check_metadata(metadata: dict[str, str] | None, limits: Limits) -> None:
-    """OpenAI's metadata bounds, plus our two keys: ``priority`` and ``output_format``."""
+# metadata.priority runs 0 (most urgent) to 9, lower first as in vLLM and on Celery's Redis
+# transport; a batch that names none sits in the middle, so others can go ahead or behind.
+DEFAULT_PRIORITY = 5
+ALL_PRIORITIES = range(10)
+# What a tenant may ask for unless its settings say more: 0 jumps every queue, so it is kept
+# for the tenants an operator names.
+NORMAL_PRIORITIES = range(1, 10)
+
+
+def check_metadata(
+    metadata: dict[str, str] | None, limits: Limits, priorities: range = NORMAL_PRIORITIES
+) -> None:
+    """OpenAI's metadata bounds, plus our two keys: ``priority`` (within the tenant's
+    ``priorities``) and ``output_format``."""
     if not metadata:
         return
     if len(metadata) > limits.max_metadata_pairs:
@@ -63,18 +75,20 @@ def check_metadata(metadata: dict[str, str] | None, limits: Limits) -> None:
                 f"metadata values are at most {limits.max_metadata_value_chars} characters",
                 param=f"metadata.{key}",
             )
-    if "priority" in metadata and metadata["priority"] not in [str(p) for p in range(10)]:
+    if "priority" in metadata and metadata["priority"] not in [str(p) for p in ALL_PRIORITIES]:
         raise JobsError("metadata.priority must be an integer 0-9", param="metadata.priority")
+    if "priority" in metadata and int(metadata["priority"]) not in priorities:
+        raise JobsError(
+            f"metadata.priority {metadata['priority']} is not allowed for this tenant: "
+            f"use {priorities.start}-{priorities.stop - 1}",
+            param="metadata.priority",
+            code="priority_not_allowed",
+        )
     if metadata.get("output_format", "jsonl") not in OUTPUT_FORMATS:
         raise JobsError(
             f"metadata.output_format must be one of {', '.join(OUTPUT_FORMATS)}",
             param="metadata.output_format",
         )
-
-
-# metadata.priority runs 0 (most urgent) to 9, lower first as in vLLM and on Celery's Redis
-# transport; a batch that names none sits in the middle, so others can go ahead or behind.
-DEFAULT_PRIORITY = 5
 
 
 def priority_of(metadata: dict[str, str] | None) -> int:

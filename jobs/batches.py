@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.admission import check_endpoint, check_metadata, window_seconds
+from jobs.admission import NORMAL_PRIORITIES, check_endpoint, check_metadata, window_seconds
 from jobs.errors import JobsError, NotFound
 from jobs.ids import TenantId, new_batch_id
 from jobs.limits import Limits
@@ -21,11 +21,14 @@ def create_batch(
     metadata: dict[str, str] | None,
     limits: Limits,
     now: int,
+    priorities: range = NORMAL_PRIORITIES,
 ) -> BatchRecord:
-    """Record a new ``validating`` batch and queue it for intake; the caller starts intake."""
+    """Record a new ``validating`` batch and queue it for intake; the caller starts intake.
+
+    ``priorities`` are the ``metadata.priority`` values this tenant may ask for."""
     check_endpoint(endpoint)
     window_s = window_seconds(completion_window, limits)
-    check_metadata(metadata, limits)
+    check_metadata(metadata, limits, priorities)
     file = store.get_file(tenant, input_file_id)
     if file is None:
         raise NotFound(

@@ -6,11 +6,13 @@ JSON-serializable argument ``{"batch_id", "shard_index"}``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
 
 RUN_SHARD_TASK = "kvbatch.run_shard"
+SENT_AT_HEADER = "kvbatch_sent_at"
 
 
 class ShardDispatcher:
@@ -36,6 +38,7 @@ class ShardDispatcher:
             args=[{"batch_id": batch_id, "shard_index": shard_index}],
             queue=self.queue,
             priority=priority,
+            headers={SENT_AT_HEADER: time.time()},  # the age of the oldest queued shard
         )
         return str(result.id)
 

@@ -25,6 +25,7 @@ from jobs.lines import LineError, OutputLine
 from jobs.parquet import jsonl_to_parquet
 from jobs.records import BatchRecord, FileRecord
 from jobs.results import ShardLedger, StopReason, result_key, results_prefix
+from jobs.service_stats import FinishedStats
 from jobs.shards import shard_key, shard_prefix
 from jobs.status import BatchStatus
 from jobs.storage import ObjectWriter, Storage, WriterScope, read_lines
@@ -136,6 +137,9 @@ class BatchFinalizer:
         if ended is None:
             log.warning("batch %s could not move to %s", batch.id, target.value)
             return None
+        final = self.store.load_batch(batch.id)
+        if final is not None:
+            FinishedStats(self.store).record(final, target, now)
         self._clean_up(batch)
         return target
 

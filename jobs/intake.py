@@ -8,6 +8,9 @@ picks up whatever was in flight.
         │
         └──(valid)─ shards written ─► in_progress ─► dispatch kvbatch.run_shard × shards
                          (cancelled meanwhile: shards deleted, nothing dispatched)
+
+A line whose body the endpoint would refuse is not a file-level issue: it goes into its
+shard as its rejection (jobs/lines.py ``RejectedLine``) and the worker answers it with a 400.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class BatchIntake:
         self.store.transition(batch_id, BatchStatus.FAILED, self._now(), {"errors": errors})
 
     def validate_into(self, batch: BatchRecord, shards: ShardWriter) -> IntakeResult:
-        """Check every line; valid lines go to ``shards`` until the first issue appears."""
+        """Check every line; lines go to ``shards`` until the first file-level issue appears."""
         result = IntakeResult()
         checker = LineChecker(batch.endpoint, self.limits)
         file = self.store.get_file(batch.tenant, batch.input_file_id)
@@ -134,12 +137,16 @@ class BatchIntake:
                     self._add_issue(result, self._too_many(line_no))
                     break
                 result.num_requests += 1
-                issue = checker.check(line_no, raw)
-                if issue is not None:
-                    self._add_issue(result, issue)
-                elif not result.issues:
+                verdict = checker.check(line_no, raw)
+                if isinstance(verdict, LineIssue):
+                    self._add_issue(result, verdict)
+                elif result.issues:
+                    continue  # the batch fails: only the issues still matter
+                elif verdict is None:
                     assert raw is not None
                     shards.add(raw)
+                else:  # answered with a 400 line by the worker, in its place
+                    shards.add(verdict.model_dump_json().encode())
         if result.num_requests == 0 and not result.issues:
             result.issues.append(LineIssue("empty_file", "the input file has no requests"))
         result.num_shards = shards.finish() if not result.issues else 0

@@ -1,5 +1,14 @@
 """Checks one input line at a time, so a file is validated as it streams past.
 
+Two kinds of problem, as OpenAI draws the line:
+
+- the file's: not JSON, no ``custom_id``/``method``/``url``/``body``, a duplicate
+  ``custom_id``, another url or model than the rest, too long. The batch fails validation
+  (a :class:`LineIssue` in ``errors.data``).
+- the body's: a parameter the endpoint would refuse (``temperature: 5``, an unknown field,
+  an image). The line is a request answered with a 400 in the error file, and every other
+  line runs (a :class:`RejectedLine` in its shard).
+
 The checker remembers only what must span lines: the ``custom_id``s seen (bounded by the
 request limit) and the file's one model.
 """
@@ -7,16 +16,28 @@ request limit) and the file's one model.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from jobs.body_refusals import refusal_of
 from jobs.limits import Limits
-from jobs.lines import EMBEDDINGS_URL, INPUT_LINE, SUPPORTED_ENDPOINTS
-from jobs.request_bodies import check_bounds
+from jobs.lines import (
+    CHAT_URL,
+    EMBEDDINGS_URL,
+    SUPPORTED_ENDPOINTS,
+    BodyRejection,
+    RejectedLine,
+)
+from jobs.request_bodies import ChatCompletionBody, CompletionBody, check_bounds
 
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
+MAX_CUSTOM_ID_CHARS = 512
+# Location parts pydantic adds for the members of a union ("str", "list[TextPart]"): the
+# caller never wrote them, so a ``param`` leaves them out.
+_UNION_TAG = re.compile(r".*[\[\]].*|str|int|float|bool|dict|list|none")
 
 
 @dataclass(slots=True)
@@ -32,18 +53,32 @@ class LineIssue:
         return {"code": self.code, "line": self.line, "message": self.message, "param": self.param}
 
 
-def _pydantic_issue(exc: ValidationError, line_no: int) -> LineIssue:
+def _param(loc: tuple[int | str, ...]) -> str | None:
+    """The field as the body names it: no union tags, no ``url`` tag or ``body.`` of a whole
+    line's validation."""
+    parts = [str(p) for p in loc if p not in SUPPORTED_ENDPOINTS]
+    if parts[:1] == ["body"]:
+        parts = parts[1:]
+    return ".".join(p for p in parts if not _UNION_TAG.fullmatch(p)) or None
+
+
+def rejection_of(exc: ValidationError) -> BodyRejection:
+    """The body's first validation error as the endpoint's 400 would word it."""
     first = exc.errors()[0]
-    # The discriminated union puts the matched ``url`` first in the location: drop it.
-    loc = [str(p) for p in first["loc"] if p not in SUPPORTED_ENDPOINTS]
-    param = ".".join(loc) or None
+    param = _param(first["loc"])
     if first["type"] == "extra_forbidden":
-        return LineIssue("unsupported_parameter", f"unsupported parameter: {param}", line_no, param)
-    if first["type"] == "missing":
-        return LineIssue(
-            "missing_required_parameter", f"missing required parameter: {param}", line_no, param
+        return BodyRejection(
+            code="unsupported_parameter", message=f"unsupported parameter: {param}", param=param
         )
-    return LineIssue("invalid_request", f"{param}: {first['msg']}", line_no, param)
+    if first["type"] == "missing":
+        return BodyRejection(
+            code="missing_required_parameter",
+            message=f"missing required parameter: {param}",
+            param=param,
+        )
+    message = str(first["msg"]).removeprefix("Value error, ")
+    where = f"{param}: " if param and not message.startswith(param) else ""
+    return BodyRejection(code="invalid_request", message=f"{where}{message}", param=param)
 
 
 class LineChecker:
@@ -53,8 +88,8 @@ class LineChecker:
         self.model: str | None = None
         self._custom_ids: set[str] = set()
 
-    def check(self, line_no: int, raw: bytes | None) -> LineIssue | None:
-        """The line's first problem, or None when it is a valid request for this batch."""
+    def check(self, line_no: int, raw: bytes | None) -> LineIssue | RejectedLine | None:
+        """The line's file-level problem, its body's rejection, or None for a valid request."""
         if raw is None:
             return LineIssue(
                 "line_too_long",
@@ -87,9 +122,12 @@ class LineChecker:
                     "missing_required_parameter", f"missing required field: {name}", line_no, name
                 )
         custom_id = obj["custom_id"]
-        if not isinstance(custom_id, str) or not custom_id:
+        if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID_CHARS:
             return LineIssue(
-                "invalid_custom_id", "custom_id must be a non-empty string", line_no, "custom_id"
+                "invalid_custom_id",
+                f"custom_id must be a non-empty string of at most {MAX_CUSTOM_ID_CHARS} characters",
+                line_no,
+                "custom_id",
             )
         if custom_id in self._custom_ids:
             return LineIssue(
@@ -122,7 +160,7 @@ class LineChecker:
             )
         return None
 
-    def _check_body(self, line_no: int, obj: dict[str, Any]) -> LineIssue | None:
+    def _check_body(self, line_no: int, obj: dict[str, Any]) -> LineIssue | RejectedLine | None:
         body = obj["body"]
         if not isinstance(body, dict):
             return LineIssue(
@@ -148,12 +186,22 @@ class LineChecker:
                 "body.model",
             )
         self.model = model
+        rejection = self._body_rejection(obj["url"], body)
+        if rejection is None:
+            return None
+        return RejectedLine(custom_id=obj["custom_id"], rejection=rejection)
+
+    def _body_rejection(self, url: str, body: dict[str, Any]) -> BodyRejection | None:
+        refusal = refusal_of(url, body)
+        if refusal is not None:
+            return refusal
+        model = ChatCompletionBody if url == CHAT_URL else CompletionBody
         try:
-            line = INPUT_LINE.validate_python(obj)
+            parsed = model.model_validate(body)
         except ValidationError as exc:
-            return _pydantic_issue(exc, line_no)
-        bound = check_bounds(line.body, self.limits)
-        if bound is not None:
-            param, message = bound
-            return LineIssue("invalid_request", message, line_no, f"body.{param}")
-        return None
+            return rejection_of(exc)
+        bound = check_bounds(parsed, self.limits)
+        if bound is None:
+            return None
+        param, message = bound
+        return BodyRejection(code="invalid_request", message=message, param=param)

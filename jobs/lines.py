@@ -40,8 +40,38 @@ INPUT_LINE = TypeAdapter[ChatLine | CompletionLine](InputLine)
 
 
 def parse_input_line(raw: bytes | str) -> ChatLine | CompletionLine:
-    """Parse one line of a shard; shards hold only lines that already passed validation."""
+    """Parse one request line that already passed validation."""
     return INPUT_LINE.validate_json(raw)
+
+
+class BodyRejection(BaseModel):
+    """Why the endpoint would refuse a line's body, as its 400 error body says it."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class RejectedLine(BaseModel):
+    """A shard entry for a line whose body the endpoint would refuse.
+
+    OpenAI runs such a line as a request and answers it with a 400 in the error file, while
+    the rest of the batch runs; intake keeps only its ``custom_id`` and the reason.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str
+    rejection: BodyRejection
+
+
+ShardLine = ChatLine | CompletionLine | RejectedLine
+_SHARD_LINE = TypeAdapter[ShardLine](InputLine | RejectedLine)
+
+
+def parse_shard_line(raw: bytes | str) -> ShardLine:
+    """Parse one line of a shard: a request that passed validation, or a rejected one."""
+    return _SHARD_LINE.validate_json(raw)
 
 
 class ResponseEnvelope(BaseModel):

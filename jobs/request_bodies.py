@@ -1,13 +1,15 @@
 """Request bodies a batch line may carry, one pydantic model per endpoint.
 
 Unknown fields are rejected (``extra="forbid"``): a parameter we would silently ignore is a
-wrong answer the caller cannot see. Bounds that depend on configuration (``n``,
-``max_tokens``) are checked by :func:`check_bounds`, not here.
+wrong answer the caller cannot see. Fields that change nothing in a batch (``stream: false``,
+``store``, ``service_tier``...) are accepted, as the endpoints accept them; features we do not
+serve are named by :mod:`jobs.body_refusals` before these models see the body. Bounds that
+depend on configuration (``n``, ``max_tokens``) are checked by :func:`check_bounds`, not here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,6 +60,9 @@ class SamplingBody(_Strict):
     ignore_eos: bool | None = None
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     user: str | None = None
+    # Harmless in a batch: the answer is never streamed, so ``stream_options`` has no effect.
+    stream: Literal[False] | None = None
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -90,6 +95,10 @@ class ChatCompletionBody(SamplingBody):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    # Accepted and ignored, as the endpoint does without tools or stored completions.
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionBody:
@@ -109,6 +118,7 @@ class CompletionBody(SamplingBody):
 
     prompt: str | list[Annotated[int, Field(ge=0)]]
     logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: Literal[False] | None = None
 
     @field_validator("prompt")
     @classmethod

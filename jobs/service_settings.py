@@ -28,7 +28,9 @@ class ServiceSettings(BaseSettings):
     key_prefix: str = "kvbatch"
     broker_url: str | None = None
     shard_queue: str = "kvbatch.shards"
-    broker_key_prefix: str = ""
+    # The Celery broker's keys (queues, ``unacked``, ``unacked_index``): under
+    # ``{key_prefix}:broker:`` unless set ("" puts them at the top level of the database).
+    broker_key_prefix: str | None = None
 
     storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path = Path("var/storage")
@@ -52,9 +54,16 @@ class ServiceSettings(BaseSettings):
 
     def broker_transport_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"priority_steps": PRIORITY_STEPS}
-        if self.broker_key_prefix:
-            options["global_keyprefix"] = self.broker_key_prefix
+        if self.resolved_broker_key_prefix:
+            options["global_keyprefix"] = self.resolved_broker_key_prefix
         return options
+
+    @property
+    def resolved_broker_key_prefix(self) -> str:
+        """Where the broker's keys live: deployments sharing a Redis never share a queue."""
+        if self.broker_key_prefix is not None:
+            return self.broker_key_prefix
+        return f"{self.key_prefix}:broker:"
 
 
 def open_storage(settings: ServiceSettings) -> Storage:

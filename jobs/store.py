@@ -8,6 +8,7 @@ Layout under a configurable prefix ``P`` (tests use a unique one)::
     P:files:{tenant}            zset  file ids scored by seq
     P:batches:{tenant}          zset  batch ids scored by seq
     P:validating                set   batch ids whose input still needs validating
+    P:stats:batch_status        hash  status -> batches in it, moved with every transition
 
 Nothing lives only in a process: an API restart resumes every batch in ``P:validating``.
 """
@@ -27,7 +28,8 @@ from jobs.status import BatchStatus, sources_of
 R = TypeVar("R", FileRecord, BatchRecord)
 
 # Move a batch to ARGV[1] if its status is one of ARGV[3 .. 2+ARGV[2]]; then set the
-# remaining ARGV as field/value pairs. Returns the previous status, or "!" .. current status.
+# remaining ARGV as field/value pairs and move one count between statuses in KEYS[2].
+# Returns the previous status, or "!" .. current status.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return '!' end
@@ -35,6 +37,8 @@ local n = tonumber(ARGV[2])
 for i = 3, 2 + n do
   if ARGV[i] == current then
     redis.call('HSET', KEYS[1], 'status', ARGV[1])
+    redis.call('HINCRBY', KEYS[2], current, -1)
+    redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
     for j = 3 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
     return current
   end
@@ -61,6 +65,11 @@ class JobStore:
         self._redis: Any = client
         self._prefix = prefix.rstrip(":")
         self._transition = client.register_script(_TRANSITION_LUA)
+
+    @property
+    def client(self) -> Any:
+        """The Redis client, for records kept beside the store's (service stats)."""
+        return self._redis
 
     def ping(self) -> None:
         self._redis.ping()
@@ -110,6 +119,7 @@ class JobStore:
         with self._redis.pipeline() as pipe:
             pipe.hset(self.key("batch", record.id), mapping=record.to_hash())
             pipe.zadd(self.key("batches", record.tenant), {record.id: seq})
+            pipe.hincrby(self.key("stats", "batch_status"), record.status.value, 1)
             pipe.execute()
 
     def load_batch(self, batch_id: str) -> BatchRecord | None:
@@ -159,8 +169,14 @@ class JobStore:
         argv: list[str] = [target.value, str(len(sources)), *sources]
         for name, value in values.items():
             argv += [name, value]
-        previous = self._transition(keys=[self.key("batch", batch_id)], args=argv)
+        keys = [self.key("batch", batch_id), self.key("stats", "batch_status")]
+        previous = self._transition(keys=keys, args=argv)
         return None if previous.startswith("!") else BatchStatus(previous)
+
+    def batch_status_counts(self) -> dict[str, int]:
+        """How many batches are in each status (what ``put_batch`` and moves recorded)."""
+        raw: dict[str, str] = self._redis.hgetall(self.key("stats", "batch_status"))
+        return {status: int(count) for status, count in raw.items()}
 
     # -- validation queue ----------------------------------------------------------------
     def mark_validating(self, batch_id: BatchId) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from jobs.errors import JobsError
 from jobs.ids import FileId, TenantId
 from jobs.records import FileRecord
@@ -33,6 +36,20 @@ def _expiry(fields: dict[str, str], created_at: int, default_ttl_s: int) -> int:
     return created_at + int(seconds)
 
 
+def safe_filename(filename: str) -> str:
+    """The name's last path part, without control characters, at most 255 characters.
+
+    A client names the upload; the name comes back in every file listing and download, so
+    ``../../etc/passwd`` or a name carrying terminal escapes is stored as its harmless base
+    (``passwd``).
+    """
+    base = re.split(r"[/\\]", filename)[-1]
+    cleaned = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    if cleaned in ("", ".", ".."):
+        cleaned = "upload.jsonl"
+    return cleaned[:255]
+
+
 def new_file_record(
     *,
     file_id: FileId,
@@ -61,7 +78,7 @@ def new_file_record(
         tenant=tenant,
         bytes=size,
         created_at=created_at,
-        filename=filename[:255],
+        filename=safe_filename(filename),
         purpose=purpose,
         storage_key=file_storage_key(file_id),
         expires_at=_expiry(fields, created_at, default_ttl_s),

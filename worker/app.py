@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from worker import outage_log  # noqa: F401 (connects its logging signal)
 from worker.bootstep import EngineBootstep
 from worker.celeryconfig import celery_config
 from worker.settings import WorkerSettings, get_worker_settings

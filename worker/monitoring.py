@@ -1,7 +1,7 @@
 """Engine statistics where operators look: a Redis hash per worker, Prometheus, Celery.
 
 P:workers:{hostname}   hash, refreshed every ``interval_s``, expires when the worker dies
-:{metrics_port}/metrics  Prometheus text, read from the host on each scrape
+:{metrics_port}/metrics  Prometheus text, read from the host on each scrape (loopback)
 celery inspect stats   the same numbers under "kvbatch" (Flower's worker page shows them)
 """
 
@@ -40,15 +40,25 @@ _COUNTERS = {
 
 
 class _HostCollector(Collector):
-    def __init__(self, host: EngineHost) -> None:
+    """The host's numbers, labelled with the model and the device so that one dashboard
+    tells the workers of a fleet apart."""
+
+    def __init__(self, host: EngineHost, model: str) -> None:
         self._host = host
+        self._model = model
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._host.snapshot()
+        labels = ["model", "device"]
+        values = [self._model, str(self._host.engine.config.torch_device)]
         for name, doc in _GAUGES.items():
-            yield GaugeMetricFamily(f"kvbatch_worker_{name}", doc, value=stats.get(name, 0))
+            gauge = GaugeMetricFamily(f"kvbatch_worker_{name}", doc, labels=labels)
+            gauge.add_metric(values, stats.get(name, 0))
+            yield gauge
         for name, doc in _COUNTERS.items():
-            yield CounterMetricFamily(f"kvbatch_worker_{name}", doc, value=stats.get(name, 0))
+            counter = CounterMetricFamily(f"kvbatch_worker_{name}", doc, labels=labels)
+            counter.add_metric(values, stats.get(name, 0))
+            yield counter
 
 
 class StatsPublisher:
@@ -59,22 +69,41 @@ class StatsPublisher:
         key: str,
         *,
         interval_s: float = 2.0,
-        metrics_port: int | None = None,
+        metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
+        model: str = "",
     ) -> None:
         self._host = host
         self._redis: Any = client
         self._key = key
         self._interval_s = interval_s
         self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
+        self._model = model
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-publisher", daemon=True)
 
     def start(self) -> None:
-        if self._metrics_port is not None:
-            registry = CollectorRegistry()
-            registry.register(_HostCollector(self._host))
-            start_http_server(self._metrics_port, addr="0.0.0.0", registry=registry)
+        if self._metrics_port:  # 0: off
+            self._serve_metrics(self._metrics_port)
         self._thread.start()
+
+    def _serve_metrics(self, port: int) -> None:
+        """Serve ``/metrics``; a port another worker on this machine holds is not fatal."""
+        registry = CollectorRegistry()
+        registry.register(_HostCollector(self._host, self._model))
+        try:
+            start_http_server(port, addr=self._metrics_host, registry=registry)
+        except OSError as exc:
+            log.warning(
+                "worker metrics are off: %s:%d is taken (%s); give each worker its own "
+                "KVBATCH_METRICS_PORT",
+                self._metrics_host,
+                port,
+                exc.strerror,
+            )
+            return
+        log.info("worker metrics on http://%s:%d/metrics", self._metrics_host, port)
 
     def close(self) -> None:
         self._closing.set()

@@ -1,8 +1,9 @@
 """``kvbatch run-batch``: a batch file through one in-process engine, vLLM run-batch style.
 
 Reads an OpenAI batch JSONL (a path or ``s3://bucket/key``), runs every line through one
-engine, and writes one result line per input line, in input order, to the output (a path
-or ``s3://``): successes and errors in the same file, as vLLM's ``run_batch`` does.
+engine, and writes one result line per input line, in input order: answers to the output
+file and failures (400 lines, engine errors) to the errors file, in OpenAI's error-line
+shape, as the Batch API splits them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from pydantic import ValidationError
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from jobs.body_refusals import refusal_of
+from jobs.line_check import rejection_of
 from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
 from worker.engine_host import EngineHost, HostResult, Submission
@@ -50,34 +54,65 @@ def _parse(raw: bytes | None, line_no: int) -> ChatLine | CompletionLine | Outpu
     if raw is None:
         return error_line(f"line-{line_no}", "line_too_long", "the line is too long")
     try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    custom_id = f"line-{line_no}"
+    if isinstance(obj, dict):
+        custom_id = str(obj.get("custom_id") or custom_id)
+        body = obj.get("body")
+        refusal = refusal_of(str(obj.get("url")), body) if isinstance(body, dict) else None
+        if refusal is not None:  # a feature we do not serve, named as the service names it
+            return refused_line(custom_id, refusal.message, code=refusal.code, param=refusal.param)
+    try:
         return parse_input_line(raw)
     except ValidationError as exc:
-        try:
-            custom_id = str(json.loads(raw).get("custom_id") or f"line-{line_no}")
-        except (ValueError, AttributeError):
-            custom_id = f"line-{line_no}"
-        return refused_line(custom_id, f"invalid request line: {exc.errors()[0]['msg']}")
+        rejection = rejection_of(exc)
+        return refused_line(
+            custom_id, rejection.message, code=rejection.code, param=rejection.param
+        )
+
+
+@dataclass(slots=True)
+class RunCounts:
+    answered: int = 0
+    failed: int = 0
 
 
 class _InOrderWriter:
-    """Writes answers in input order although the engine finishes them in any order."""
+    """Writes answers in input order although the engine finishes them in any order; each
+    to the output file (a 200) or the errors file (anything else)."""
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, errors: Any) -> None:
         self._out = out
+        self._errors = errors
         self._ready: dict[int, OutputLine] = {}
         self._next = 0
+        self.counts = RunCounts()
 
     def put(self, position: int, line: OutputLine) -> None:
         self._ready[position] = line
         while self._next in self._ready:
-            self._out.write(self._ready.pop(self._next).model_dump_json().encode() + b"\n")
+            ready = self._ready.pop(self._next)
+            answered = ready.response is not None and ready.response.status_code == 200
+            (self._out if answered else self._errors).write(
+                ready.model_dump_json().encode() + b"\n"
+            )
+            if answered:
+                self.counts.answered += 1
+            else:
+                self.counts.failed += 1
             self._next += 1
 
 
 def run_batch(
-    input_url: str | Path, output_url: str | Path, model_dir: str | Path, **engine_args: Any
-) -> int:
-    """Answer every line of ``input_url`` into ``output_url``; returns the number of lines."""
+    input_url: str | Path,
+    output_url: str | Path,
+    errors_url: str | Path,
+    model_dir: str | Path,
+    **engine_args: Any,
+) -> RunCounts:
+    """Answer every line of ``input_url`` into ``output_url`` and ``errors_url``."""
     config = EngineConfig(model=str(model_dir), **engine_args)
     host = EngineHost(lambda: LLMEngine(config), stop_checker=lambda batches: {})
     host.start()
@@ -85,16 +120,19 @@ def run_batch(
         with (
             _location(input_url) as (source, in_key),
             _location(output_url) as (sink, out_key),
+            _location(errors_url) as (error_sink, errors_key),
             WriterScope(sink.writer(out_key)) as out,
+            WriterScope(error_sink.writer(errors_key)) as errors,
         ):
-            run = _OfflineRun(host, _InOrderWriter(out))
+            writer = _InOrderWriter(out, errors)
+            run = _OfflineRun(host, writer)
             for raw in read_lines(source, in_key, MAX_LINE_BYTES):
                 if raw != b"":
                     run.add(raw)
             run.finish()
     finally:
         host.close()
-    return run.num_lines
+    return writer.counts
 
 
 class _OfflineRun:

@@ -9,7 +9,7 @@ from engine.outputs import RequestOutput
 from engine.sampler import TokenLogprobs
 from engine.tokenizer import Tokenizer
 from jobs.ids import new_request_id
-from jobs.lines import LineError, OutputLine, ResponseEnvelope
+from jobs.lines import LineError, OutputLine, RejectedLine, ResponseEnvelope
 from jobs.request_bodies import ChatCompletionBody, RequestBody
 from jobs.responses import (
     Choice,
@@ -77,10 +77,21 @@ def success_line(custom_id: str, body: RequestBody, completion: Completion) -> O
     return _line(custom_id, ResponseEnvelope(status_code=200, request_id=_req(), body=payload))
 
 
-def refused_line(custom_id: str, message: str) -> OutputLine:
-    """A request the engine can never run (too long, bad token ids): a 400, as the API says."""
-    body = error_body(message, code="invalid_request")
+def refused_line(
+    custom_id: str, message: str, *, code: str = "invalid_request", param: str | None = None
+) -> OutputLine:
+    """A request the endpoint refuses (a bad parameter, too long for the context, bad token
+    ids): a 400 with OpenAI's error body, as the API would answer it."""
+    body = error_body(message, code=code, param=param)
     return _line(custom_id, ResponseEnvelope(status_code=400, request_id=_req(), body=body))
+
+
+def rejected_line(line: RejectedLine) -> OutputLine:
+    """The 400 of a line whose body failed validation at intake."""
+    rejection = line.rejection
+    return refused_line(
+        line.custom_id, rejection.message, code=rejection.code, param=rejection.param
+    )
 
 
 def error_line(custom_id: str, code: str, message: str) -> OutputLine:

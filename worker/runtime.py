@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from pathlib import Path
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -76,6 +77,8 @@ class WorkerRuntime:
             self.store.key("workers", hostname),
             interval_s=settings.stats_interval_s,
             metrics_port=settings.metrics_port,
+            metrics_host=settings.metrics_host,
+            model=Path(settings.worker_model).name,
         )
 
     def _load_engine(self) -> LLMEngine:

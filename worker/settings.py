@@ -29,7 +29,10 @@ class WorkerSettings(ServiceSettings):
     expiry_interval_s: float = 15.0
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
     stats_interval_s: float = 2.0
-    metrics_port: int | None = None
+    # Prometheus /metrics of this worker's engine, on loopback unless told otherwise (a
+    # container sets 0.0.0.0 inside its private network); KVBATCH_METRICS_PORT=0 turns it off.
+    metrics_port: int = 9300
+    metrics_host: str = "127.0.0.1"
 
     # Engine arguments (``EngineConfig`` fields).
     engine_dtype: str = "auto"

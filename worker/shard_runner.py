@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from jobs.admission import priority_of
 from jobs.finalize import BatchFinalizer
-from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
+from jobs.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
 from jobs.records import BatchRecord
 from jobs.results import ShardLedger, ShardOutcome, StopReason, write_shard_results
 from jobs.shards import shard_key
@@ -36,6 +36,7 @@ from worker.output_lines import (
     completion_of,
     error_line,
     refused_line,
+    rejected_line,
     success_line,
 )
 from worker.sampling import engine_request
@@ -131,10 +132,10 @@ class ShardRunner:
             renewer.join()
             self.ledger.drop_lease(batch_id, index, token)
 
-    def _lines(self, batch_id: str, index: int) -> list[ChatLine | CompletionLine]:
+    def _lines(self, batch_id: str, index: int) -> list[ShardLine]:
         key = shard_key(batch_id, index)
         raws = read_lines(self.storage, key, self.limits.max_line_bytes)
-        return [parse_input_line(raw) for raw in raws if raw]
+        return [parse_shard_line(raw) for raw in raws if raw]
 
     def _give_up(self, batch: BatchRecord, index: int, deliveries: int) -> ShardOutcome:
         """A shard that keeps killing its worker: answer every line with an error instead."""
@@ -157,6 +158,10 @@ class ShardRunner:
         try:
             num_pending = 0
             for position, line in enumerate(lines):
+                if isinstance(line, RejectedLine):  # its body failed validation at intake
+                    answers[position] = (rejected_line(line), False)
+                    self.ledger.add_counts(batch.id, index, failed=1)
+                    continue
                 stopped = self.host.stop_reason(batch.id)
                 if stopped is not None:
                     answers[position] = (self._stopped(line, stopped), False)
@@ -202,7 +207,7 @@ class ShardRunner:
         self,
         batch_id: str,
         index: int,
-        lines: list[ChatLine | CompletionLine],
+        lines: list[ShardLine],
         answers: list[tuple[OutputLine, bool] | None],
         result: HostResult,
         pending: set[str],
@@ -214,6 +219,7 @@ class ShardRunner:
             raise ShardInterrupted(f"{batch_id}/{index}: the worker is shutting down")
         position = int(result.request_id.rpartition("/")[2])
         line = lines[position]
+        assert not isinstance(line, RejectedLine), "a rejected line is never submitted"
         if result.stopped is not None:
             answers[position] = (self._stopped(line, result.stopped), False)
         elif result.refused is not None:
@@ -238,6 +244,6 @@ class ShardRunner:
         self.ledger.add_counts(batch_id, index, failed=1)
 
     @staticmethod
-    def _stopped(line: ChatLine | CompletionLine, reason: str) -> OutputLine:
+    def _stopped(line: ShardLine, reason: str) -> OutputLine:
         stop = StopReason(reason)
         return error_line(line.custom_id, stop.code, stop.message)

@@ -46,6 +46,7 @@ def create(
         metadata=body.metadata,
         limits=settings.limits(),
         now=int(time.time()),
+        priorities=settings.priorities_of(tenant),
     )
     resources.submit_intake(record.id)
     return record.to_public()

@@ -1,4 +1,8 @@
-"""Liveness and Prometheus metrics (no key: scraped by infrastructure, holds no tenant data)."""
+"""Liveness and Prometheus metrics (no key: scraped by infrastructure).
+
+``/metrics`` holds tenant names and counts (lines, tokens), never request contents: serve
+it only where the operator's network reaches, as the deployment files do.
+"""
 
 from __future__ import annotations
 

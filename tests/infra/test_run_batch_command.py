@@ -13,15 +13,40 @@ from infra.sample_batch import chat_batch_lines, read_prompts, to_jsonl
 pytestmark = pytest.mark.slow
 
 
-def test_run_batch_answers_every_line_in_order(
+def test_run_batch_answers_in_order_and_splits_errors_off(
     tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_bytes(to_jsonl(chat_batch_lines(read_prompts()[:3], max_tokens=4)))
+    errors = tmp_path / "bad.jsonl"
+    lines = chat_batch_lines(read_prompts()[:5], max_tokens=4)
+    lines[2]["body"]["temperature"] = 5  # the endpoint would refuse it: a 400 error line
+    lines[4]["body"]["tools"] = [{"type": "function", "function": {"name": "f"}}]
+    source.write_bytes(to_jsonl(lines))
     argv = ["run-batch", "-i", str(source), "-o", str(target), "--model", str(smollm2_dir)]
-    assert main([*argv, "--max-num-seqs", "4"]) == 0
-    assert "3 lines answered" in capsys.readouterr().out
+    assert main([*argv, "--errors", str(errors), "--max-num-seqs", "4"]) == 0
+    summary = capsys.readouterr().out
+    assert "3 lines answered" in summary and "2 failed" in summary, summary
     results = [json.loads(line) for line in target.read_text().splitlines()]
-    assert [r["custom_id"] for r in results] == ["prompt-0", "prompt-1", "prompt-2"]
+    assert [r["custom_id"] for r in results] == ["prompt-0", "prompt-1", "prompt-3"]
     assert all(r["response"]["status_code"] == 200 for r in results)
     assert all(r["response"]["body"]["choices"][0]["message"]["content"] for r in results)
+    failed = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [f["custom_id"] for f in failed] == ["prompt-2", "prompt-4"]
+    assert all(f["response"]["status_code"] == 400 for f in failed)
+    bodies = [f["response"]["body"]["error"] for f in failed]
+    assert [e["param"] for e in bodies] == ["temperature", "tools"]
+    assert all(e["type"] == "invalid_request_error" for e in bodies)
+    assert "tool calling is not supported" in bodies[1]["message"]
+
+
+def test_run_batch_errors_default_beside_the_output(
+    tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(to_jsonl(chat_batch_lines(read_prompts()[:1], max_tokens=2)))
+    assert (
+        main(["run-batch", "-i", str(source), "-o", str(target), "--model", str(smollm2_dir)]) == 0
+    )
+    summary = capsys.readouterr().out
+    assert "1 lines answered" in summary and "0 failed" in summary
+    assert (tmp_path / "out.errors.jsonl").read_text() == ""

@@ -112,3 +112,51 @@ def test_up_says_how_to_install_redis_when_it_must_start_one(
     assert up.wait(timeout=60) == 1
     assert "apt-get install redis-server" in log.read_text()
     assert not (tmp_path / "var" / "logs" / "api.log").exists()
+
+
+@pytest.mark.slow
+def test_up_restarts_a_worker_that_was_killed(tmp_path: Path, smollm2_dir: Path) -> None:
+    """SIGKILL the worker (as the OOM killer would): ``up`` logs it, starts it again after a
+    backoff, the new worker answers, and Ctrl-C still stops everything."""
+    redis_url = "redis://127.0.0.1:6379/0"
+    metrics_port = free_port()
+    env = isolated_env(redis_url, KVBATCH_METRICS_PORT=str(metrics_port))
+    api_port, _ = api_and_flower_ports()
+    args = ["up", "--port", str(api_port), "--no-flower", "--var-dir", str(tmp_path / "var")]
+    log = tmp_path / "up.log"
+    up = launch([*args, "--model", str(smollm2_dir)], env, log)
+    try:
+        wait_for_line(up, log, READY, timeout_s=300)
+        (worker,) = [
+            p for p in psutil.Process(up.pid).children() if "worker" in " ".join(p.cmdline())
+        ]
+        worker.kill()
+        wait_for_line(up, log, "exited with status -9; restarting in 1s", timeout_s=30)
+        wait_for_line(up, log, "restarted worker", timeout_s=30)
+        options = {"global_keyprefix": env["KVBATCH_BROKER_KEY_PREFIX"]}
+        deadline = time.monotonic() + 180
+        while not ping_workers(redis_url, options, timeout_s=2):
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        assert up.poll() is None, "up kept running"
+        assert httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5).status_code == 200
+        engine = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert (
+            f'kvbatch_worker_num_steps_total{{device="cpu",model="{smollm2_dir.name}"}}' in engine
+        )
+        stop_and_check(up, signal.SIGINT, descendants(up.pid))
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_up_turns_worker_metrics_on_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.stack import LocalStack
+    from infra.stack_config import WORKER_METRICS_PORT, StackConfig
+
+    monkeypatch.delenv("KVBATCH_METRICS_PORT", raising=False)
+    assert LocalStack(StackConfig(var_dir=tmp_path)).env["KVBATCH_METRICS_PORT"] == "9300"
+    assert WORKER_METRICS_PORT == 9300
+    monkeypatch.setenv("KVBATCH_METRICS_PORT", "9400")
+    assert LocalStack(StackConfig(var_dir=tmp_path)).env["KVBATCH_METRICS_PORT"] == "9400"

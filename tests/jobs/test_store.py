@@ -12,6 +12,7 @@ import redis
 from api.resources import Resources
 from jobs.ids import FileId, TenantId, new_batch_id, new_file_id
 from jobs.records import BatchRecord
+from jobs.service_settings import ServiceSettings
 from jobs.status import BatchStatus
 from jobs.store import InvalidCursor, JobStore
 from tests.api.conftest import make_settings, run_server
@@ -107,3 +108,29 @@ def test_restarted_api_resumes_validation(tmp_path: Path) -> None:
     client_redis = redis.Redis.from_url(settings.redis_url)
     for key in client_redis.scan_iter(match=f"{prefix}*"):
         client_redis.delete(key)
+
+
+def test_batch_status_counts_move_with_each_transition(store: JobStore) -> None:
+    first, second = new_batch(store), new_batch(store)
+    assert store.batch_status_counts() == {"validating": 2}
+    store.transition(first.id, BatchStatus.IN_PROGRESS, 7)
+    assert store.transition(first.id, BatchStatus.COMPLETED, 8) is None  # refused: no move
+    store.transition(second.id, BatchStatus.FAILED, 9)
+    counts = store.batch_status_counts()
+    assert {k: v for k, v in counts.items() if v} == {"in_progress": 1, "failed": 1}
+
+
+@pytest.mark.parametrize(
+    ("env", "prefix"),
+    [
+        ({}, "kvbatch:broker:"),
+        ({"key_prefix": "team-a"}, "team-a:broker:"),
+        ({"key_prefix": "team-a", "broker_key_prefix": "celery:"}, "celery:"),
+        ({"key_prefix": "team-a", "broker_key_prefix": ""}, ""),
+    ],
+)
+def test_the_broker_keys_get_the_deployments_prefix(env: dict[str, str], prefix: str) -> None:
+    settings = ServiceSettings.model_validate(env)
+    assert settings.resolved_broker_key_prefix == prefix
+    options = settings.broker_transport_options()
+    assert options.get("global_keyprefix", "") == prefix

@@ -18,6 +18,7 @@ import redis
 from tests.api import conftest as api_fixtures
 from tests.api.conftest import make_settings, run_server
 from tests.api.helpers import chat_line, jsonl
+from tests.reliability.processes import RedisServer
 from tests.tiny_models import build_tiny_chat_model
 from tests.worker.conftest import Stack
 
@@ -107,3 +108,12 @@ def submit(stack: Stack, lines: list[dict[str, Any]]) -> str:
     return client.batches.create(
         input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
     ).id
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own (AOF on), to stop, restart or list whole."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

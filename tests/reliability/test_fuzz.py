@@ -1,8 +1,8 @@
 """Fuzzing: the input-line checker with hypothesis, the live API with schemathesis.
 
-The line property that matters most: whatever intake accepts, the worker can parse and turn
-into an engine request (or refuse with a ValueError, a per-line 400); anything else would
-leave a shard that fails on every delivery.
+The line property that matters most: whatever intake puts in a shard, the worker can parse
+and turn into an engine request or a per-line 400 (a rejected body, or a ValueError from the
+engine's checks); anything else would leave a shard that fails on every delivery.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
 from jobs.limits import Limits
-from jobs.line_check import LineChecker
-from jobs.lines import parse_input_line
+from jobs.line_check import LineChecker, LineIssue
+from jobs.lines import RejectedLine, parse_input_line, parse_shard_line
 from tests.api.conftest import MODEL, LiveServer
 from worker.sampling import engine_request
 
@@ -47,7 +47,9 @@ json_values = st.recursive(
 message = st.fixed_dictionaries(
     {
         "role": st.sampled_from(["user", "user", "system", "assistant", "robot"]),
-        "content": st.text(max_size=30) | json_values,
+        "content": st.text(max_size=30)
+        | json_values
+        | st.just([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]),
     },
 )
 body_fields = {
@@ -72,6 +74,13 @@ body_fields = {
     "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
     "presence_penalty": st.floats(-2, 2),
     "frequency_penalty": st.floats(-2, 2),
+    # Harmless fields and features we refuse by name: both must leave a runnable shard.
+    "stream": st.booleans(),
+    "stream_options": st.just({"include_usage": True}),
+    "store": st.booleans(),
+    "service_tier": st.sampled_from(["auto", "default"]),
+    "parallel_tool_calls": st.booleans(),
+    "tools": st.just([{"type": "function", "function": {"name": "f"}}]),
 }
 chat_body = st.fixed_dictionaries(
     {"model": st.just(MODEL), "messages": st.lists(message, min_size=1, max_size=3)},
@@ -90,17 +99,23 @@ chat_line = st.fixed_dictionaries(
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.binary(max_size=300))
 def test_checker_answers_any_bytes(raw: bytes) -> None:
-    issue = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
-    assert issue is None or (issue.code != "" and issue.line == 1)
+    verdict = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
+    if isinstance(verdict, LineIssue):
+        assert verdict.code != "" and verdict.line == 1
+    elif isinstance(verdict, RejectedLine):
+        assert verdict.rejection.code and verdict.rejection.message
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(line=chat_line)
 def test_what_intake_accepts_the_worker_can_run(line: dict[str, Any]) -> None:
     raw = json.dumps(line).encode()
-    issue = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
-    if issue is not None:
-        assert issue.code and issue.message
+    verdict = LineChecker("/v1/chat/completions", LIMITS).check(1, raw)
+    if isinstance(verdict, LineIssue):
+        assert verdict.code and verdict.message
+        return
+    if isinstance(verdict, RejectedLine):
+        assert parse_shard_line(verdict.model_dump_json()) == verdict
         return
     parsed = parse_input_line(raw)
     with contextlib.suppress(ValueError):  # a per-line 400 in the error file, by design

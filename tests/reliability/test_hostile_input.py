@@ -1,5 +1,7 @@
-"""A corpus of hostile input files through the live stack: each is refused with a clear 4xx or
-reported per line in the batch's errors or error file, never a 5xx, never a dead worker.
+"""A corpus of hostile input files through the live stack: each is refused with a clear 4xx,
+fails validation with line numbers (file-level problems), or runs with its bad lines answered
+by 400 lines in the error file (body-level problems, as OpenAI does); never a 5xx, never a
+dead worker.
 
 tests/api/test_bad_input.py covers the field-by-field table; this adds the byte-level and
 size-level hostility (BOM, CRLF, truncation, 10 MB lines, deep nesting, giant numbers,
@@ -17,8 +19,8 @@ import httpx
 import pytest
 import redis
 
-from tests.api.helpers import chat_line, jsonl, wait_settled
-from tests.reliability.conftest import fast_stack
+from tests.api.helpers import chat_line, wait_settled
+from tests.reliability.conftest import fast_stack, submit
 from tests.worker.conftest import Stack
 from tests.worker.service import WorkerProcess, assert_each_once, result_lines, wait_batch
 
@@ -63,14 +65,15 @@ CORPUS: list[tuple[str, bytes, str, str | None]] = [
         "line_too_long",
     ),
     ("deep nesting", nested(100_000), "failed", "invalid_json_line"),
-    ("moderate nesting", nested(500), "failed", "invalid_request"),
-    ("wrong types", body(max_tokens="many", temperature=[1]), "failed", "invalid_request"),
-    ("messages not a list", body(messages={"role": "user"}), "failed", "invalid_request"),
-    ("huge n", body(n=10**12), "failed", "invalid_request"),
-    ("huge max_tokens", body(max_tokens=10**15), "failed", "invalid_request"),
-    ("negative max_tokens", body(max_tokens=-1), "failed", "invalid_request"),
-    ("float overflow", body(temperature=1e400), "failed", "invalid_request"),
-    ("huge integer literal", body(seed=10**400), "failed", "invalid_request"),
+    # A body the endpoint would refuse is that line's 400; the batch runs ("in_progress").
+    ("moderate nesting", nested(500), "in_progress", None),
+    ("wrong types", body(max_tokens="many", temperature=[1]), "in_progress", None),
+    ("messages not a list", body(messages={"role": "user"}), "in_progress", None),
+    ("huge n", body(n=10**12), "in_progress", None),
+    ("huge max_tokens", body(max_tokens=10**15), "in_progress", None),
+    ("negative max_tokens", body(max_tokens=-1), "in_progress", None),
+    ("float overflow", body(temperature=1e400), "in_progress", None),
+    ("huge integer literal", body(seed=10**400), "in_progress", None),
 ]
 
 
@@ -122,7 +125,13 @@ def test_hostile_file(
         assert settled.errors.data[0].code == code, settled.errors
     else:
         done = wait_batch(client, batch.id, {"completed"}, timeout_s=60)
-        assert done.request_counts is not None and done.request_counts.completed == 2
+        counts = done.request_counts
+        assert counts is not None and counts.completed + counts.failed == counts.total
+        outputs, errors = result_lines(client, done)
+        assert len(outputs) == counts.completed and len(errors) == counts.failed
+        for error in errors:  # each bad body answered as the endpoint would: a 400
+            assert error["response"]["status_code"] == 400, error
+            assert error["response"]["body"]["error"]["param"], error
     assert worker.process.poll() is None, worker.log_tail()
 
 
@@ -138,11 +147,7 @@ def test_prompts_over_the_context_go_to_the_error_file(
         chat_line("fills", "Short.", max_tokens=4000),
     ]
     client = stack.client()
-    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-    batch_id = client.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-    ).id
-    batch = wait_batch(client, batch_id, {"completed", "failed"}, timeout_s=60)
+    batch = wait_batch(client, submit(stack, lines), {"completed", "failed"}, timeout_s=60)
     assert batch.status == "completed", batch
     outputs, errors = result_lines(client, batch)
     assert_each_once([line["custom_id"] for line in lines], outputs, errors)
@@ -151,4 +156,41 @@ def test_prompts_over_the_context_go_to_the_error_file(
     for error in refused.values():
         assert error["response"]["status_code"] == 400, error
         assert error["response"]["body"]["error"]["code"], error
+    assert worker.process.poll() is None, worker.log_tail()
+
+
+def test_bad_parameter_lines_are_400_lines_and_every_other_line_runs(
+    corpus_stack: tuple[Stack, WorkerProcess],
+) -> None:
+    """As the OpenAI Batch API does: 50 lines, 5 with bad parameters, 45 answers, 5 errors."""
+    stack, worker = corpus_stack
+    bad: dict[int, tuple[str, dict[str, Any]]] = {
+        7: ("temperature", {"temperature": 5}),
+        13: ("foo", {"foo": "bar"}),
+        21: ("stream", {"stream": True}),
+        34: ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+        48: ("n", {"n": 10**6}),
+    }
+    lines = []
+    for i in range(50):
+        # Harmless fields that generated bodies carry ride along on the good lines.
+        extra = bad[i][1] if i in bad else {"stream": False, "store": False, "service_tier": "auto"}
+        lines.append(chat_line(f"r-{i}", f"Count to {i}.", max_tokens=2, **extra))
+    client = stack.client()
+    batch = wait_batch(client, submit(stack, lines), {"completed", "failed"}, timeout_s=120)
+    assert batch.status == "completed", batch
+    counts = batch.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (50, 45, 5)
+    outputs, errors = result_lines(client, batch)
+    assert_each_once([line["custom_id"] for line in lines], outputs, errors)
+    assert len(outputs) == 45 and all(o["response"]["status_code"] == 200 for o in outputs)
+    by_id = {e["custom_id"]: e for e in errors}
+    assert set(by_id) == {f"r-{i}" for i in bad}
+    for i, (param, _) in bad.items():
+        line = by_id[f"r-{i}"]
+        assert line["error"] is None and line["response"]["status_code"] == 400, line
+        error = line["response"]["body"]["error"]
+        assert error["param"] == param and error["code"] and error["message"], error
+        assert error["type"] == "invalid_request_error"
+    assert "tool calling is not supported" in by_id["r-34"]["response"]["body"]["error"]["message"]
     assert worker.process.poll() is None, worker.log_tail()

@@ -7,8 +7,6 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,14 +20,6 @@ from tests.reliability.test_worker_faults import assert_complete, wait_submitted
 from tests.worker.conftest import Stack
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("ride_out_s", [30.0, 0.5], ids=["ridden-out", "shards-fail"])
@@ -206,3 +196,25 @@ def test_a_shard_message_lost_by_the_broker_is_sent_again(stack: Stack) -> None:
     worker = stack.start_worker(concurrency=2)
     assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
     assert f"shard {batch_id}/1 silent for" in worker.log_tail(200_000)
+
+
+def test_a_worker_whose_redis_is_down_logs_one_line_per_retry(
+    stack_parts: dict[str, Any], own_redis: RedisServer
+) -> None:
+    """Redis away for a while: the worker's retry loops (stats, Celery's consumer) each log a
+    line per cycle saying Redis is unreachable, never a traceback; the worker lives on."""
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    parts = {**stack_parts, "client": client, "redis_url": own_redis.url}
+    with fast_stack(**parts, redis_ride_out_s=0.5) as stack:
+        worker = stack.start_worker(concurrency=1)
+        before = len(worker.log_tail(10**8))
+        own_redis.stop()
+        time.sleep(8)
+        during = worker.log_tail(10**8)[before:]
+        own_redis.start()
+        assert "Traceback" not in during, during
+        assert during.count("Redis unreachable") >= 3, during  # stats every 0.3 s + ride-out
+        assert worker.process.poll() is None, "the worker waits for Redis instead of dying"
+        lines = long_lines("back", 2, max_tokens=2)
+        assert_complete(stack, submit(stack, lines), [line["custom_id"] for line in lines])
+    client.close()
