@@ -15,6 +15,6 @@ class StackConfig:
     api_port: int = 8000
     flower_port: int | None = 5555  # None: no Flower
     model: str = DEFAULT_MODEL
-    concurrency: int = 1
+    concurrency: int | None = None  # None: the worker derives it from its engine
     ready_timeout_s: float = 300.0
     env: dict[str, str] = field(default_factory=dict)  # KVBATCH_* on top of os.environ

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from worker.engine_host import EngineHost
-
 log = logging.getLogger(__name__)
+
+Snapshot = Callable[[], dict[str, Any]]
 
 _GAUGES = {
     "num_running": "Requests running in the engine",
@@ -27,6 +27,12 @@ _GAUGES = {
     "num_pending": "Requests submitted by shard tasks and not yet finished",
     "kv_cache_usage": "Fraction of KV-cache blocks in use",
     "generated_tokens_per_s": "Generated tokens per second over the recent steps",
+    "engine_capacity": "Requests one engine step can hold (max_num_seqs)",
+    "engine_occupancy": "Requests in the engine's steps / capacity, over the recent steps",
+    "engine_occupancy_now": "Requests in the engine's last step / capacity",
+    "intake_outstanding": "Lines of the shards this worker holds, not answered yet",
+    "intake_watermark": "Outstanding lines below which the worker takes another shard",
+    "intake_shards_held": "Shards this worker holds (running or being read)",
 }
 _COUNTERS = {
     "num_generated_tokens": "Tokens generated",
@@ -36,15 +42,22 @@ _COUNTERS = {
     "num_batches_served": "Batches this worker has run shards of",
     "num_finished_requests": "Requests finished",
     "num_preemptions": "Requests preempted for KV-cache space",
+    "engine_busy_s": "Seconds the engine spent in steps",
+    "engine_idle_s": "Seconds the engine had no request in flight",
+    "engine_idle_with_queued_work_s": "Seconds the engine had no request while shards waited "
+    "in the queue",
+    "engine_request_seconds": "Requests in each step times its seconds, summed (occupancy: "
+    "rate / capacity)",
+    "intake_shards_taken": "Shard messages this worker has taken from the queue",
 }
 
 
 class _HostCollector(Collector):
-    def __init__(self, host: EngineHost) -> None:
-        self._host = host
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self._host.snapshot()
+        stats = self._snapshot()
         for name, doc in _GAUGES.items():
             yield GaugeMetricFamily(f"kvbatch_worker_{name}", doc, value=stats.get(name, 0))
         for name, doc in _COUNTERS.items():
@@ -54,14 +67,14 @@ class _HostCollector(Collector):
 class StatsPublisher:
     def __init__(
         self,
-        host: EngineHost,
+        snapshot: Snapshot,
         client: redis.Redis,
         key: str,
         *,
         interval_s: float = 2.0,
         metrics_port: int | None = None,
     ) -> None:
-        self._host = host
+        self._snapshot = snapshot
         self._redis: Any = client
         self._key = key
         self._interval_s = interval_s
@@ -72,7 +85,7 @@ class StatsPublisher:
     def start(self) -> None:
         if self._metrics_port is not None:
             registry = CollectorRegistry()
-            registry.register(_HostCollector(self._host))
+            registry.register(_HostCollector(self._snapshot))
             start_http_server(self._metrics_port, addr="0.0.0.0", registry=registry)
         self._thread.start()
 
@@ -83,7 +96,7 @@ class StatsPublisher:
         self._redis.delete(self._key)
 
     def publish(self) -> None:
-        stats = self._host.snapshot()
+        stats = self._snapshot()
         flat = {k: str(v) for k, v in stats.items() if isinstance(v, int | float)}
         with self._redis.pipeline() as pipe:
             pipe.hset(self._key, mapping=flat)
