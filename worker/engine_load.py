@@ -128,6 +128,7 @@ def watch_queue(
             continue
         try:
             load.queue_seen(depth())
-        except Exception:
-            log.exception("reading the shard queue's depth failed")
+        except Exception as exc:  # the broker is away: the shard tasks report that loudly
+            log.warning("reading the shard queue's depth failed: %s", exc)
+            closing.wait(5.0)
         closing.wait(poll_s)
