@@ -228,13 +228,12 @@ class LLMEngine:
         stats = self.stats
         num_context_tokens = 0
         for scheduled in plan.scheduled:
-            request = scheduled.request
             end = scheduled.start_position + scheduled.num_new_tokens
             num_context_tokens += end
-            # Tokens before num_prompt_tokens (or recomputed outputs after a preemption) are
-            # prefill work; the one sampled token of a decode is generation.
-            if end > request.num_prompt_tokens:
-                stats.num_generated_tokens += int(scheduled.sample)
+            # Every sampled chunk yields one new token, the last chunk of a prefill included
+            # (its token is the answer's first). The computed positions are prompt work,
+            # except a decode's single input: the token sampled one step earlier.
+            stats.num_generated_tokens += int(scheduled.sample)
             stats.num_prompt_tokens += scheduled.num_new_tokens - int(
                 scheduled.sample and scheduled.num_new_tokens == 1
             )

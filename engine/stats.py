@@ -55,7 +55,8 @@ class StepStats:
 class EngineStats:
     num_steps: int = 0
     num_prompt_tokens: int = 0  # tokens computed for prompts (incl. recomputation)
-    num_generated_tokens: int = 0
+    num_generated_tokens: int = 0  # tokens sampled (the first, at the end of prefill, too)
+    num_batched_tokens: int = 0  # positions computed by the model
     num_finished_requests: int = 0
     num_preemptions: int = 0
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
@@ -82,8 +83,7 @@ class EngineStats:
 
     @property
     def mean_tokens_per_step(self) -> float:
-        total = self.num_prompt_tokens + self.num_generated_tokens
-        return total / self.num_steps if self.num_steps else 0.0
+        return self.num_batched_tokens / self.num_steps if self.num_steps else 0.0
 
     @property
     def busy_time_s(self) -> float:
@@ -96,6 +96,7 @@ class EngineStats:
     def record_step(self, step: StepStats, keep: int = 64) -> None:
         self.num_steps += 1
         self.num_cuda_graph_steps += int(step.used_cuda_graph)
+        self.num_batched_tokens += step.num_batched_tokens
         self.phase_times.add(step.times)
         self.max_tokens_per_step = max(self.max_tokens_per_step, step.num_batched_tokens)
         self.last_step = step

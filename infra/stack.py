@@ -159,10 +159,11 @@ class LocalStack:
         argv = self._kvbatch(
             "worker",
             "--model", str(model_dir),
-            "--concurrency", str(self.config.concurrency),
             "--hostname", self.worker_name,
             "--beat",
         )  # fmt: skip
+        if self.config.concurrency is not None:
+            argv += ["--concurrency", str(self.config.concurrency)]
         process = self._spawn("worker", argv)
         broker = self.settings.broker_url or self.settings.redis_url
         options = self.settings.broker_transport_options()

@@ -18,6 +18,6 @@ class StackConfig:
     flower_port: int | None = 5555  # None: no Flower
     metrics_port: int = WORKER_METRICS_PORT  # the worker's Prometheus endpoint, loopback
     model: str = DEFAULT_MODEL
-    concurrency: int = 1
+    concurrency: int | None = None  # None: the worker derives it from its engine
     ready_timeout_s: float = 300.0
     env: dict[str, str] = field(default_factory=dict)  # KVBATCH_* on top of os.environ

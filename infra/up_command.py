@@ -42,7 +42,12 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--var-dir", type=Path, default=Path("var"), help="logs, storage, Redis data (var/)"
     )
-    parser.add_argument("--concurrency", type=positive_int, default=1, help="worker threads")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        help="most shards the worker holds at once (default: from the engine's capacity)",
+    )
 
 
 def add_up_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -20,8 +20,9 @@ def add_worker_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--concurrency",
         type=positive_int,
-        default=1,
-        help="shards run at once, all sharing the one engine (default 1)",
+        default=None,
+        help="most shards held at once, all sharing the one engine (default: a quarter of "
+        "the engine's max_num_seqs; the engine's capacity decides when to take the next)",
     )
     parser.add_argument("--hostname", help="Celery node name (default kvbatch@HOST)")
     parser.add_argument(

@@ -1,7 +1,8 @@
 """The Celery application of the kvbatch workers (``celery -A worker.app worker``).
 
 Its configuration lives in worker/celeryconfig.py; its tasks in worker/tasks.py; the engine
-each worker process holds starts in the bootstep of worker/bootstep.py.
+each worker process holds starts in the bootstep of worker/bootstep.py, beside the gate
+on its shard intake.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 from celery import Celery
 
 from worker import outage_log  # noqa: F401 (connects its logging signal)
-from worker.bootstep import EngineBootstep
+from worker.bootstep import EngineBootstep, IntakeGate
 from worker.celeryconfig import celery_config
 from worker.settings import WorkerSettings, get_worker_settings
 
 celery_app = Celery("kvbatch", set_as_current=True, include=["worker.tasks"])
 celery_app.steps["worker"].add(EngineBootstep)
+celery_app.steps["consumer"].add(IntakeGate)
 
 
 def configure(settings: WorkerSettings) -> None:

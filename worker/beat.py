@@ -18,8 +18,14 @@ def beat_schedule(settings: WorkerSettings) -> dict[str, Any]:
         "kvbatch-expire-batches": {
             "task": EXPIRE_TASK,
             "schedule": settings.expiry_interval_s,
-            # Priority 0 is served first on Redis: the sweep never waits behind shards.
-            "options": {"queue": settings.shard_queue, "priority": 0},
+            # Priority 0 is served first on Redis: the sweep never waits behind queued shards.
+            # A sweep still queued when the next is due is dropped (a worker whose engine
+            # is full takes no message at all, and would otherwise run a backlog of them).
+            "options": {
+                "queue": settings.shard_queue,
+                "priority": 0,
+                "expires": settings.expiry_interval_s,
+            },
         }
     }
 

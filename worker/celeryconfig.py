@@ -8,8 +8,9 @@
   rejected without requeue, which deletes its message whatever
   ``task_acks_on_failure_or_timeout`` says. ``kvbatch.run_shard`` therefore turns every
   error into a retry, or, when the broker is down, a reject with requeue (worker/tasks.py).
-- ``worker_prefetch_multiplier=1``: a worker reserves only as many shards as it has
-  threads, leaving the rest to other workers.
+- ``worker_prefetch_multiplier=1``: a worker reserves at most as many shards as it has
+  threads; within that, its intake gate (worker/bootstep.py, worker/intake.py) fetches
+  one only while the engine has room, leaving the rest in Redis to other workers.
 - ``visibility_timeout``: Redis redelivers an unacknowledged shard after this long, so it
   must stay well above the longest shard (shards are minutes; the default is an hour).
   Consumers look for such messages every ``unacked_restore_interval_s``.

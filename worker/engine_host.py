@@ -35,6 +35,7 @@ from typing import Any
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from worker.engine_load import EngineLoad, QueueDepth, watch_queue
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,14 @@ class EngineHost:
         engine_factory: Callable[[], LLMEngine],
         *,
         stop_checker: StopChecker,
+        queue_depth: QueueDepth | None = None,
         max_pending: int = 512,
         stop_poll_s: float = 0.5,
     ) -> None:
         assert max_pending >= 1
         self._factory = engine_factory
         self._stop_checker = stop_checker
+        self._queue_depth = queue_depth
         self._max_pending = max_pending
         self._stop_poll_s = stop_poll_s
         self._submissions: queue.SimpleQueue[Submission | Withdrawal] = queue.SimpleQueue()
@@ -126,6 +129,7 @@ class EngineHost:
         self._inflight: dict[str, Submission] = {}
         self._suspects: deque[list[Submission]] = deque()  # groups rerun one at a time
         self._engine: LLMEngine | None = None
+        self._load: EngineLoad | None = None
         self._ready = threading.Event()
         self._closing = threading.Event()
         self._load_error: BaseException | None = None
@@ -135,6 +139,7 @@ class EngineHost:
         self._stop_watcher = threading.Thread(
             target=self._watch_stops, name="engine-host-stops", daemon=True
         )
+        self._queue_watcher: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout_s: float | None = None) -> None:
@@ -144,18 +149,30 @@ class EngineHost:
         self._ready.wait(timeout_s)
         if self._load_error is not None:
             raise RuntimeError("the engine failed to load") from self._load_error
+        if self._queue_depth is not None and self._load is not None:
+            args = (self._load, self._queue_depth, self._closing)
+            self._queue_watcher = threading.Thread(
+                target=watch_queue, args=args, name="engine-host-queue", daemon=True
+            )
+            self._queue_watcher.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
         self._closing.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        if self._stop_watcher.is_alive():
-            self._stop_watcher.join(timeout_s)
+        for watcher in (self._stop_watcher, self._queue_watcher):
+            if watcher is not None and watcher.is_alive():
+                watcher.join(timeout_s)
 
     @property
     def engine(self) -> LLMEngine:
         assert self._engine is not None, "the engine host is not started"
         return self._engine
+
+    @property
+    def load(self) -> EngineLoad:
+        assert self._load is not None, "the engine host is not started"
+        return self._load
 
     # -- what shard tasks call ---------------------------------------------------------------
     def submit(self, submission: Submission) -> None:
@@ -217,6 +234,7 @@ class EngineHost:
         used = engine_stats.get("num_kv_blocks_used", 0)
         data.update(
             engine_stats,
+            **(self._load.snapshot() if self._load is not None else {}),
             generated_tokens_per_s=rate,
             kv_cache_usage=used / total_blocks if total_blocks else 0.0,
         )
@@ -226,20 +244,24 @@ class EngineHost:
     def _run(self) -> None:
         try:
             self._engine = self._factory()
+            self._load = EngineLoad(self._engine.config.max_num_seqs)
         except BaseException as exc:
             self._load_error = exc
             self._ready.set()
             return
         self._ready.set()
-        engine = self._engine
+        engine, load = self._engine, self._load
         while not self._closing.is_set():
             if not self._suspects:
+                if not engine.has_unfinished_requests():
+                    load.idle_began()
                 self._admit(block=not engine.has_unfinished_requests())
             elif not engine.has_unfinished_requests():
                 for submission in self._suspects.popleft():
                     self._add(submission)
             self._check_stops()
             if engine.has_unfinished_requests():
+                load.idle_ended()
                 self._step(engine)
         for group in self._suspects:
             self._inflight.update((s.request_id, s) for s in group)
@@ -335,6 +357,7 @@ class EngineHost:
             self._resolve(HostResult(request_id, output=output, stopped=reason))
 
     def _step(self, engine: LLMEngine) -> None:
+        started = time.monotonic()
         try:
             outputs = engine.step()
         except Exception as exc:
@@ -342,6 +365,7 @@ class EngineHost:
             return
         ran = [r.request_id.rpartition("#")[0] for r in engine.scheduler.running]
         ran += [o.request_id for o in outputs]
+        self.load.step(started, time.monotonic(), len(ran))
         self._record_step({self._inflight[r].batch_id for r in ran if r in self._inflight})
         for output in outputs:
             self._resolve(HostResult(output.request_id, output=output))

@@ -1,4 +1,8 @@
-"""Starting a kvbatch worker in this process: one engine, a thread pool of shard tasks."""
+"""Starting a kvbatch worker in this process: one engine, a thread pool of shard tasks.
+
+The pool's size only bounds how many shards the worker may hold at once; when it takes the
+next one is up to its intake (worker/intake.py), from the engine's capacity.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def worker_argv(
 
 def run_worker(
     model_dir: str | Path,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     *,
     beat: bool = False,
     hostname: str | None = None,
@@ -44,7 +48,8 @@ def run_worker(
 ) -> None:
     """Run a Celery worker holding the engine of ``model_dir`` until it is shut down.
 
-    ``concurrency`` shard tasks run at once, all feeding the same engine; ``beat`` embeds
+    Up to ``concurrency`` shard tasks run at once, all feeding the same engine (unset:
+    ``KVBATCH_SHARD_THREADS``, or a quarter of the engine's ``max_num_seqs``); ``beat`` embeds
     the scheduler of ``kvbatch.expire_batches`` (run it in one process per deployment).
     Other settings come from ``KVBATCH_*`` variables (worker/settings.py).
     """
@@ -57,7 +62,7 @@ def run_worker(
     if beat:
         settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(
-        concurrency,
+        concurrency or settings.shard_threads_or_default(),
         queues=queues or [settings.shard_queue],
         beat=beat,
         hostname=hostname,

@@ -1,7 +1,7 @@
 """Engine statistics where operators look: a Redis hash per worker, Prometheus, Celery.
 
 P:workers:{hostname}   hash, refreshed every ``interval_s``, expires when the worker dies
-:{metrics_port}/metrics  Prometheus text, read from the host on each scrape (loopback)
+:{metrics_port}/metrics  Prometheus text, read from the host on each scrape
 celery inspect stats   the same numbers under "kvbatch" (Flower's worker page shows them)
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from worker.engine_host import EngineHost
-
 log = logging.getLogger(__name__)
+
+Snapshot = Callable[[], dict[str, Any]]
 
 _GAUGES = {
     "num_running": "Requests running in the engine",
@@ -27,6 +27,12 @@ _GAUGES = {
     "num_pending": "Requests submitted by shard tasks and not yet finished",
     "kv_cache_usage": "Fraction of KV-cache blocks in use",
     "generated_tokens_per_s": "Generated tokens per second over the recent steps",
+    "engine_capacity": "Requests one engine step can hold (max_num_seqs)",
+    "engine_occupancy": "Requests in the engine's steps / capacity, over the recent steps",
+    "engine_occupancy_now": "Requests in the engine's last step / capacity",
+    "intake_outstanding": "Lines of the shards this worker holds, not answered yet",
+    "intake_watermark": "Outstanding lines below which the worker takes another shard",
+    "intake_shards_held": "Shards this worker holds (running or being read)",
 }
 _COUNTERS = {
     "num_generated_tokens": "Tokens generated",
@@ -36,6 +42,13 @@ _COUNTERS = {
     "num_batches_served": "Batches this worker has run shards of",
     "num_finished_requests": "Requests finished",
     "num_preemptions": "Requests preempted for KV-cache space",
+    "engine_busy_s": "Seconds the engine spent in steps",
+    "engine_idle_s": "Seconds the engine had no request in flight",
+    "engine_idle_with_queued_work_s": "Seconds the engine had no request while shards waited "
+    "in the queue",
+    "engine_request_seconds": "Requests in each step times its seconds, summed (occupancy: "
+    "rate / capacity)",
+    "intake_shards_taken": "Shard messages this worker has taken from the queue",
 }
 
 
@@ -43,14 +56,14 @@ class _HostCollector(Collector):
     """The host's numbers, labelled with the model and the device so that one dashboard
     tells the workers of a fleet apart."""
 
-    def __init__(self, host: EngineHost, model: str) -> None:
-        self._host = host
-        self._model = model
+    def __init__(self, snapshot: Snapshot, model: str, device: str) -> None:
+        self._snapshot = snapshot
+        self._labels = [model, device]
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self._host.snapshot()
+        stats = self._snapshot()
         labels = ["model", "device"]
-        values = [self._model, str(self._host.engine.config.torch_device)]
+        values = self._labels
         for name, doc in _GAUGES.items():
             gauge = GaugeMetricFamily(f"kvbatch_worker_{name}", doc, labels=labels)
             gauge.add_metric(values, stats.get(name, 0))
@@ -64,7 +77,7 @@ class _HostCollector(Collector):
 class StatsPublisher:
     def __init__(
         self,
-        host: EngineHost,
+        snapshot: Snapshot,
         client: redis.Redis,
         key: str,
         *,
@@ -72,14 +85,16 @@ class StatsPublisher:
         metrics_port: int = 0,
         metrics_host: str = "127.0.0.1",
         model: str = "",
+        device: str = "",
     ) -> None:
-        self._host = host
+        self._snapshot = snapshot
         self._redis: Any = client
         self._key = key
         self._interval_s = interval_s
         self._metrics_port = metrics_port
         self._metrics_host = metrics_host
         self._model = model
+        self._device = device
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-publisher", daemon=True)
 
@@ -91,7 +106,7 @@ class StatsPublisher:
     def _serve_metrics(self, port: int) -> None:
         """Serve ``/metrics``; a port another worker on this machine holds is not fatal."""
         registry = CollectorRegistry()
-        registry.register(_HostCollector(self._host, self._model))
+        registry.register(_HostCollector(self._snapshot, self._model, self._device))
         try:
             start_http_server(port, addr=self._metrics_host, registry=registry)
         except OSError as exc:
@@ -112,7 +127,7 @@ class StatsPublisher:
         self._redis.delete(self._key)
 
     def publish(self) -> None:
-        stats = self._host.snapshot()
+        stats = self._snapshot()
         flat = {k: str(v) for k, v in stats.items() if isinstance(v, int | float)}
         with self._redis.pipeline() as pipe:
             pipe.hset(self._key, mapping=flat)

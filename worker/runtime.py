@@ -1,4 +1,5 @@
-"""Everything one worker process holds: Redis, storage, the engine host, the shard runner.
+"""Everything one worker process holds: Redis, storage, the engine host, the shard runner,
+the shard intake.
 
 Built once per process, in the worker's bootstep (worker/bootstep.py) or lazily by the first
 task that needs it, never in ``worker_process_init`` (loading a model takes too long there).
@@ -10,6 +11,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -22,7 +24,9 @@ from jobs.store import JobStore
 from jobs.watchdog import ShardWatchdog
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
+from worker.intake import ShardIntake
 from worker.monitoring import StatsPublisher
+from worker.queue_probe import QueueProbe
 from worker.settings import WorkerSettings, get_worker_settings
 from worker.shard_runner import ShardLimits, ShardRunner
 
@@ -53,9 +57,20 @@ class WorkerRuntime:
         self.watchdog = ShardWatchdog(
             self.store, self.ledger, self.dispatcher, silence_s=2 * settings.visibility_timeout_s
         )
+        self.engine_config = EngineConfig(model=settings.worker_model, **settings.engine_args())
+        # The pool's size and the consumer's wake-up are set by the consumer's bootstep.
+        self.intake = ShardIntake(
+            self.engine_config.max_num_seqs, settings.shard_threads_or_default()
+        )
+        self.queue_probe = QueueProbe(
+            settings.resolved_broker_url,
+            settings.shard_queue,
+            settings.broker_transport_options(),
+        )
         self.host = EngineHost(
             self._load_engine,
             stop_checker=self._stop_reasons,
+            queue_depth=self.queue_probe,
             max_pending=settings.max_pending_requests,
             stop_poll_s=settings.stop_poll_s,
         )
@@ -72,17 +87,22 @@ class WorkerRuntime:
             ),
         )
         self.publisher = StatsPublisher(
-            self.host,
+            self.snapshot,
             self.redis,
             self.store.key("workers", hostname),
             interval_s=settings.stats_interval_s,
             metrics_port=settings.metrics_port,
             metrics_host=settings.metrics_host,
             model=Path(settings.worker_model).name,
+            device=str(self.engine_config.torch_device),
         )
 
+    def snapshot(self) -> dict[str, Any]:
+        """The engine's, the host's and the intake's numbers, for every place stats go."""
+        return {**self.host.snapshot(), **self.intake.snapshot()}
+
     def _load_engine(self) -> LLMEngine:
-        config = EngineConfig(model=self.settings.worker_model, **self.settings.engine_args())
+        config = self.engine_config
         if self.settings.fault_crash_marker:
             return FaultInjectingEngine(
                 config, self.settings.fault_crash_marker, self.settings.fault_crash_at
@@ -111,6 +131,7 @@ class WorkerRuntime:
     def close(self) -> None:
         self.publisher.close()
         self.host.close()
+        self.queue_probe.close()
         self.dispatcher.close()
         self.storage.close()
         self.redis.close()

@@ -6,6 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from jobs.service_settings import ServiceSettings
 
 
@@ -21,7 +23,11 @@ class WorkerSettings(ServiceSettings):
     shard_lease_s: int = 30
     finalize_lock_s: int = 600
 
-    # Scheduling inside one worker process.
+    # Scheduling inside one worker process. How many shards a worker takes is decided by its
+    # intake from the engine's capacity (worker/intake.py); ``shard_threads`` only bounds
+    # how many it may hold at once (unset: a quarter of max_num_seqs, so shards of four
+    # lines or more can fill the engine).
+    shard_threads: int | None = Field(default=None, ge=1)
     max_pending_requests: int = 512
     stop_poll_s: float = 0.5
 
@@ -47,6 +53,11 @@ class WorkerSettings(ServiceSettings):
     # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
     fault_crash_marker: str | None = None
     fault_crash_at: Literal["admit", "step"] = "admit"
+
+    def shard_threads_or_default(self) -> int:
+        if self.shard_threads is not None:
+            return self.shard_threads
+        return max(4, self.engine_max_num_seqs // 4)
 
     def engine_args(self) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from jobs.status import BatchStatus
 from jobs.storage import Storage, read_lines
 from jobs.store import JobStore
 from worker.engine_host import EngineHost, HostResult, Submission
+from worker.intake import NO_TICKET, IntakeTicket
 from worker.output_lines import (
     completion_of,
     error_line,
@@ -76,8 +77,11 @@ class ShardRunner:
         self.host = host
         self.limits = limits
 
-    def run(self, batch_id: str, index: int) -> str:
-        """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log."""
+    def run(self, batch_id: str, index: int, ticket: IntakeTicket = NO_TICKET) -> str:
+        """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log.
+
+        ``ticket`` tells the worker's intake how many of the shard's lines are outstanding.
+        """
         batch = self.store.load_batch(batch_id)
         if batch is None or batch.status.is_terminal or batch.status is BatchStatus.VALIDATING:
             return "skipped"
@@ -96,7 +100,7 @@ class ShardRunner:
             if deliveries > self.limits.max_deliveries:
                 outcome = self._give_up(batch, index, deliveries)
             else:
-                outcome = self._execute(batch, index)
+                outcome = self._execute(batch, index, ticket)
             write_shard_results(self.storage, batch_id, index, outcome)
             self.ledger.mark_done(batch_id, index)
         self.finalizer.try_finalize(batch.id)
@@ -148,8 +152,9 @@ class ShardRunner:
         self.ledger.add_counts(batch.id, index, failed=len(lines))
         return ShardOutcome(errors=lines)
 
-    def _execute(self, batch: BatchRecord, index: int) -> ShardOutcome:
+    def _execute(self, batch: BatchRecord, index: int, ticket: IntakeTicket) -> ShardOutcome:
         lines = self._lines(batch.id, index)
+        ticket.sized(len(lines))
         answers: list[tuple[OutputLine, bool] | None] = [None] * len(lines)
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         priority = priority_of(batch.metadata)
@@ -166,12 +171,14 @@ class ShardRunner:
                 if stopped is not None:
                     answers[position] = (self._stopped(line, stopped), False)
                     self.ledger.add_counts(batch.id, index, failed=1)
+                    ticket.answered()
                     continue
                 try:
                     request = engine_request(line.body)
                 except ValueError as exc:
                     answers[position] = (refused_line(line.custom_id, str(exc)), False)
                     self.ledger.add_counts(batch.id, index, failed=1)
+                    ticket.answered()
                     continue
                 request_id = f"{batch.id}/{index}/{position}"
                 pending.add(request_id)
@@ -189,9 +196,11 @@ class ShardRunner:
                 num_pending += 1
                 while num_pending and not results.empty():
                     self._collect(batch.id, index, lines, answers, results.get(), pending)
+                    ticket.answered()
                     num_pending -= 1
             for _ in range(num_pending):
                 self._collect(batch.id, index, lines, answers, results.get(), pending)
+                ticket.answered()
         finally:
             self.host.unwatch(batch.id)
             if pending:  # this run failed: its requests must not outlive it in the engine

@@ -36,17 +36,23 @@ class ShardTaskArgs(BaseModel):
     max_retries=None,
 )
 def run_shard(self: Task, payload: dict[str, object]) -> str:
-    """Run one shard; whatever fails (Redis, storage, a busy lease) runs again later."""
-    try:
-        args = ShardTaskArgs.model_validate(payload)
-    except ValidationError:
-        # Not ours to run, ever: acknowledge it (a failure would come back forever).
-        log.error("dropping a malformed shard message: %r", payload)
-        return "invalid"
-    try:
-        outcome = get_runtime().runner.run(args.batch_id, args.shard_index)
-    except Exception as exc:
-        raise again_later(self, exc) from exc
+    """Run one shard; whatever fails (Redis, storage, a busy lease) runs again later.
+
+    Its ticket keeps the worker's intake (worker/intake.py) told of the shard's lines, and
+    releases them when the task ends, however it ends.
+    """
+    runtime = get_runtime()
+    with runtime.intake.ticket(self.request.id) as ticket:
+        try:
+            args = ShardTaskArgs.model_validate(payload)
+        except ValidationError:
+            # Not ours to run, ever: acknowledge it (a failure would come back forever).
+            log.error("dropping a malformed shard message: %r", payload)
+            return "invalid"
+        try:
+            outcome = runtime.runner.run(args.batch_id, args.shard_index, ticket)
+        except Exception as exc:
+            raise again_later(self, exc) from exc
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome
 

@@ -27,3 +27,19 @@ def test_step_phases_add_up_and_context_tokens_count_the_kv_read(
     data = stats.as_dict()
     assert data["time_forward_s"] == stats.phase_times.forward_s
     assert data["num_cuda_graph_steps"] == 0
+
+
+def test_generated_tokens_count_the_token_sampled_at_the_end_of_prefill(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    llm = LLM(str(tiny_model_dirs["llama"]), device="cpu", num_kv_blocks=64, block_size=4)
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    outputs = llm.generate([[5] * 10, [6] * 3], params, use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [4, 4]
+    stats = llm.engine.stats
+    assert stats.num_generated_tokens == 8
+    # 13 prompt positions in the prefill step, then each decode step reads back one
+    # sampled token per request (3 steps x 2): prompt work excludes those.
+    assert stats.num_prompt_tokens == 13
+    assert stats.num_batched_tokens == 13 + 6
+    assert stats.mean_tokens_per_step == 19 / 4

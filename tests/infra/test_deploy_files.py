@@ -163,3 +163,21 @@ def test_k8s_services_select_their_pods_and_probes_exist(k8s: list[dict[str, Any
     api = by_kind(k8s, "Deployment")["kvbatch-api"]["spec"]["template"]["spec"]["containers"][0]
     routes = {getattr(route, "path", None) for route in health_router.routes}
     assert api["readinessProbe"]["httpGet"]["path"] in routes
+
+
+def test_workers_everywhere_take_their_shard_intake_from_the_engine(
+    compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """No launcher pins a thread count: each worker derives it (and when to take the next
+    shard) from its engine, so batches are full out of the box."""
+    k8s_worker = by_kind(k8s, "Deployment")["kvbatch-worker"]["spec"]["template"]["spec"]
+    commands = [compose["services"]["worker"]["command"], k8s_worker["containers"][0]["args"]]
+    for argv in commands:
+        assert "--concurrency" not in argv
+        assert build_parser().parse_args(argv).concurrency is None
+    assert build_parser().parse_args(["up"]).concurrency is None
+    settings = WorkerSettings()
+    assert settings.shard_threads_or_default() == settings.engine_max_num_seqs // 4
+    small = WorkerSettings(engine_max_num_seqs=8, shard_threads=None)
+    assert small.shard_threads_or_default() == 4
+    assert WorkerSettings(shard_threads=3).shard_threads_or_default() == 3

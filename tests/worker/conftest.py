@@ -35,7 +35,8 @@ class Stack:
     def client(self) -> OpenAI:
         return self.server.client()
 
-    def start_worker(self, concurrency: int = 4) -> WorkerProcess:
+    def start_worker(self, concurrency: int | None = 4) -> WorkerProcess:
+        """A worker process; ``concurrency=None`` starts it as ``kvbatch worker`` does."""
         name = f"w{len(self.workers)}-{secrets.token_hex(3)}@test"
         env = service_env(self.settings, **self.worker_settings)
         worker = WorkerProcess(env, name, self.tmp / f"{name}.log", concurrency)

@@ -40,9 +40,18 @@ def service_env(settings: Settings, **worker: object) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``python -m celery -A worker.app worker --pool threads`` as a child process."""
+    """``python -m celery -A worker.app worker --pool threads`` as a child process, or, with
+    ``concurrency=None``, ``kvbatch worker --beat`` exactly as deployments start it;
+    ``cpu`` runs it on that core alone."""
 
-    def __init__(self, env: dict[str, str], name: str, log_path: Path, concurrency: int = 4):
+    def __init__(
+        self,
+        env: dict[str, str],
+        name: str,
+        log_path: Path,
+        concurrency: int | None = 4,
+        cpu: int | None = None,
+    ):
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -62,6 +71,12 @@ class WorkerProcess:
             "--without-gossip",
             "--beat",
         ]
+        if concurrency is None:
+            model = env["KVBATCH_WORKER_MODEL"]
+            argv = [sys.executable, "-m", "infra.cli", "worker", "--model", model]
+            argv += ["--hostname", name, "--beat"]
+        if cpu is not None:  # pinned to one core (benchmarks: one worker per "device")
+            argv = ["taskset", "--cpu-list", str(cpu), *argv]
         # Its own process group: the embedded beat is a child process, and a SIGKILL of the
         # worker alone would leave it running.
         self.process = subprocess.Popen(

@@ -1,0 +1,50 @@
+"""Worker stats where operators look: the Redis hash and Prometheus, engine load included."""
+
+from __future__ import annotations
+
+import secrets
+import urllib.request
+
+import redis
+
+from tests.api.conftest import REDIS_URL, free_port
+from worker.engine_load import EngineLoad
+from worker.intake import ShardIntake
+from worker.monitoring import StatsPublisher
+
+
+def test_occupancy_waste_and_intake_reach_the_stats_hash_and_prometheus() -> None:
+    load = EngineLoad(capacity=4)
+    load.idle_began(now=0.0)
+    load.queue_seen(3, now=0.5)
+    load.idle_ended(now=1.0)
+    load.step(1.0, 2.0, 2)
+    intake = ShardIntake(capacity=4, max_shards=8)
+    intake.received("t", is_shard=True)
+    intake.sized("t", 3)
+
+    def snapshot() -> dict[str, float]:
+        return {**load.snapshot(), **intake.snapshot()}
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    key = f"test-monitoring-{secrets.token_hex(4)}:workers:w"
+    port = free_port()
+    publisher = StatsPublisher(snapshot, client, key, interval_s=60, metrics_port=port)
+    publisher.start()
+    try:
+        publisher.publish()
+        published = client.hgetall(key)
+        assert float(published["engine_idle_with_queued_work_s"]) == 1.0
+        assert float(published["engine_request_seconds"]) == 2.0
+        assert float(published["intake_outstanding"]) == 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert "kvbatch_worker_engine_occupancy " in text
+        assert "kvbatch_worker_engine_occupancy_now 0.5" in text
+        assert "kvbatch_worker_engine_idle_with_queued_work_s_total 1.0" in text
+        assert "kvbatch_worker_engine_request_seconds_total 2.0" in text
+        assert "kvbatch_worker_engine_capacity 4.0" in text
+        assert "kvbatch_worker_intake_watermark 7.0" in text
+    finally:
+        publisher.close()
+        client.delete(key)
