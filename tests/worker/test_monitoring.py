@@ -29,7 +29,9 @@ def test_occupancy_waste_and_intake_reach_the_stats_hash_and_prometheus() -> Non
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     key = f"test-monitoring-{secrets.token_hex(4)}:workers:w"
     port = free_port()
-    publisher = StatsPublisher(snapshot, client, key, interval_s=60, metrics_port=port)
+    publisher = StatsPublisher(
+        snapshot, client, key, interval_s=60, metrics_port=port, model="m", device="cpu"
+    )
     publisher.start()
     try:
         publisher.publish()
@@ -39,12 +41,15 @@ def test_occupancy_waste_and_intake_reach_the_stats_hash_and_prometheus() -> Non
         assert float(published["intake_outstanding"]) == 3
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             text = reply.read().decode()
-        assert "kvbatch_worker_engine_occupancy " in text
-        assert "kvbatch_worker_engine_occupancy_now 0.5" in text
-        assert "kvbatch_worker_engine_idle_with_queued_work_s_total 1.0" in text
-        assert "kvbatch_worker_engine_request_seconds_total 2.0" in text
-        assert "kvbatch_worker_engine_capacity 4.0" in text
-        assert "kvbatch_worker_intake_watermark 7.0" in text
+        assert 'kvbatch_worker_engine_occupancy{device="cpu",model="m"} ' in text
+        assert 'kvbatch_worker_engine_occupancy_now{device="cpu",model="m"} 0.5' in text
+        assert (
+            'kvbatch_worker_engine_idle_with_queued_work_s_total{device="cpu",model="m"} 1.0'
+            in text
+        )
+        assert 'kvbatch_worker_engine_request_seconds_total{device="cpu",model="m"} 2.0' in text
+        assert 'kvbatch_worker_engine_capacity{device="cpu",model="m"} 4.0' in text
+        assert 'kvbatch_worker_intake_watermark{device="cpu",model="m"} 7.0' in text
     finally:
         publisher.close()
         client.delete(key)
