@@ -344,7 +344,10 @@ class EngineHost:
         ran += [o.request_id for o in outputs]
         self._record_step({self._inflight[r].batch_id for r in ran if r in self._inflight})
         for output in outputs:
-            self._resolve(HostResult(output.request_id, output=output))
+            if output.error is not None:
+                self._resolve(HostResult(output.request_id, failed=output.error))
+            else:
+                self._resolve(HostResult(output.request_id, output=output))
 
     def _isolate(self, engine: LLMEngine, exc: Exception) -> None:
         """A step failed: abort everything in flight and rerun it in halves (see above)."""
