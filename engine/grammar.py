@@ -102,8 +102,8 @@ class GrammarCache:
 def _grammar(params: StructuredOutputsParams) -> xgr.Grammar:
     if params.kind == "json":
         return xgr.Grammar.from_json_schema(json.dumps(params.json), any_whitespace=False)
-    if params.kind == "json_object":
-        return xgr.Grammar.builtin_json_grammar()
+    if params.kind == "json_object":  # OpenAI's JSON mode: an object, not any JSON value
+        return xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=False)
     if params.kind == "regex":
         assert params.regex is not None
         return xgr.Grammar.from_regex(params.regex)
@@ -126,10 +126,11 @@ class _Matcher:
 
 @dataclass(slots=True)
 class GrammarBitmask:
-    """Allowed tokens of this step's constrained rows: ``bitmask[j]`` for row ``rows[j]``."""
+    """Allowed tokens of this step's constrained rows (the other rows of ``bitmask`` are
+    never read)."""
 
     rows: list[int]
-    bitmask: Tensor  # [len(rows), ceil(vocab_size / 32)] int32, bit set = allowed
+    bitmask: Tensor  # [num_sampled, ceil(vocab_size / 32)] int32, bit set = allowed
 
     def apply(self, logits: Tensor) -> None:
         """Set every disallowed token of the constrained rows to -inf, in place."""
@@ -178,10 +179,10 @@ class StructuredOutputs:
         if not rows:
             return None
         start = time.perf_counter()
-        bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
-        for j, i in enumerate(rows):
+        bitmask = xgr.allocate_token_bitmask(len(requests), self.vocab_size)
+        for i in rows:
             state = self._synced(requests[i])
-            state.matcher.fill_next_token_bitmask(bitmask, j)
+            state.matcher.fill_next_token_bitmask(bitmask, i)
         stats = self.stats
         stats.num_mask_steps += 1
         stats.num_masked_rows += len(rows)

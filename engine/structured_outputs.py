@@ -45,7 +45,7 @@ class StructuredOutputsParams:
     grammar: str | None = None
     # Where the constraint came from (``response_format.json_schema.schema``), for messages.
     origin: str = ""
-    key: str = field(init=False, default="")  # canonical hash: one compile per distinct key
+    _key: str = field(init=False, default="", repr=False)
 
     def __post_init__(self) -> None:
         kinds = [
@@ -73,7 +73,13 @@ class StructuredOutputsParams:
                 raise StructuredOutputsError(
                     f"{self.origin}: the schema is not valid JSON: {exc}"
                 ) from exc
-        self.key = hashlib.sha256(self.canonical_spec().encode()).hexdigest()
+
+    @property
+    def key(self) -> str:
+        """The canonical hash: one compile per distinct key (check the bounds first)."""
+        if not self._key:
+            self._key = hashlib.sha256(self.canonical_spec().encode()).hexdigest()
+        return self._key
 
     @property
     def kind(self) -> str:
