@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from jobs.limits import Limits
 from jobs.lines import EMBEDDINGS_URL, INPUT_LINE, SUPPORTED_ENDPOINTS
+from jobs.output_schema import SharedSchema
 from jobs.request_bodies import check_bounds
 
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -51,6 +52,7 @@ class LineChecker:
         self.endpoint = endpoint
         self.limits = limits
         self.model: str | None = None
+        self.shared_schema = SharedSchema()  # the one json_schema of every line, if any
         self._custom_ids: set[str] = set()
 
     def check(self, line_no: int, raw: bytes | None) -> LineIssue | None:
@@ -156,4 +158,5 @@ class LineChecker:
         if bound is not None:
             param, message = bound
             return LineIssue("invalid_request", message, line_no, f"body.{param}")
+        self.shared_schema.note(line.body)
         return None
