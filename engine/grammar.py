@@ -18,6 +18,7 @@ compiled grammar is shared read-only by every matcher of every request using tha
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -114,8 +115,12 @@ def _grammar(params: StructuredOutputsParams) -> xgr.Grammar:
 
 
 def _first_line(exc: Exception) -> str:
+    """The grammar engine's message without its C++ log prefix (time, source file, line)."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
+    return _LOG_PREFIX.sub("", text.splitlines()[0])[:500]
+
+
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 @dataclass(slots=True)
