@@ -9,10 +9,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.limits import Limits
+from jobs.line_check import LineChecker
 from jobs.lines import parse_input_line
 from jobs.output_schema import SharedSchema, arrow_type
 from jobs.parquet import jsonl_to_parquet
 from jobs.storage import LocalStorage, WriterScope
+from tests.api.conftest import MODEL
 from tests.api.helpers import chat_line
 from tests.extraction_corpus import INVOICE_SCHEMA, STAFF_SCHEMA
 
@@ -102,3 +105,18 @@ def test_parquet_output_gets_a_typed_parsed_column(tmp_path: Path) -> None:
         None,
         None,
     ]
+
+
+def test_sample_extraction_batch_is_valid_with_one_schema() -> None:
+    """``infra/samples/invoice_extraction.jsonl`` passes intake and yields a typed column."""
+    sample = Path(__file__).resolve().parents[2] / "infra/samples/invoice_extraction.jsonl"
+    checker = LineChecker("/v1/chat/completions", Limits(served_models=frozenset({MODEL})))
+    lines = sample.read_bytes().splitlines()
+    assert len(lines) >= 8
+    for line_no, raw in enumerate(lines, start=1):
+        assert checker.check(line_no, raw) is None
+    text = checker.shared_schema.schema_text
+    assert text is not None
+    parsed_type = arrow_type(json.loads(text))
+    assert pa.types.is_struct(parsed_type)
+    assert pa.types.is_list(parsed_type.field("items").type)
