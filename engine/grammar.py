@@ -150,11 +150,18 @@ class StructuredOutputs:
     cache: GrammarCache
     vocab_size: int
     _matchers: dict[RequestId, _Matcher] = field(default_factory=dict)
+    # Fills the rows of a step's bitmask on several threads (half the cores by default).
+    _batch: xgr.BatchGrammarMatcher = field(default_factory=xgr.BatchGrammarMatcher)
     _compiled: dict[RequestId, xgr.CompiledGrammar] = field(default_factory=dict)
 
     @property
     def stats(self) -> GrammarStats:
         return self.cache.stats
+
+    @property
+    def active(self) -> bool:
+        """Whether any request in the engine is constrained."""
+        return bool(self._matchers)
 
     def start(self, request: Request, compiled: xgr.CompiledGrammar) -> None:
         """Give ``request`` its own matcher over a (shared) compiled grammar."""
@@ -185,9 +192,8 @@ class StructuredOutputs:
             return None
         start = time.perf_counter()
         bitmask = xgr.allocate_token_bitmask(len(requests), self.vocab_size)
-        for i in rows:
-            state = self._synced(requests[i])
-            state.matcher.fill_next_token_bitmask(bitmask, i)
+        matchers = [self._synced(requests[i]).matcher for i in rows]
+        self._batch.batch_fill_next_token_bitmask(matchers, bitmask, indices=rows)
         stats = self.stats
         stats.num_mask_steps += 1
         stats.num_masked_rows += len(rows)

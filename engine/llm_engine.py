@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from engine.config import EngineConfig
@@ -101,6 +101,7 @@ class LLMEngine:
         self._schema_bounds = StructuredOutputsBounds(
             max_schema_bytes=config.max_schema_bytes, max_schema_depth=config.max_schema_depth
         )
+        self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-mask")
         # Groups whose grammar is still compiling: outside the scheduler until it is ready.
         self._compiling: list[tuple[_RequestGroup, Future[CompiledGrammar]]] = []
 
@@ -122,6 +123,7 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
         text, token_ids = self._tokenize(prompt)
         self._validate(token_ids, params)
+        compiling = self._grammar_future(params)
         group = _RequestGroup(request_id, text, token_ids)
         parent: Request | None = None
         arrival = float(next(self._arrivals))
@@ -143,7 +145,6 @@ class LLMEngine:
             sample = _Sample(request, detok, [] if params.logprobs is not None else None)
             group.samples.append(sample)
             self._samples[request.request_id] = (group, sample)
-        compiling = self._grammar_future(params)
         self._groups[request_id] = group
         if compiling is None:
             self._schedule_group(group, None)
@@ -221,10 +222,14 @@ class LLMEngine:
         scheduled_at = time.perf_counter()
         inputs = self.runner.prepare(plan)
         prepared_at = time.perf_counter()
+        sampled_requests = plan.sampled_requests
+        masking = None
+        if self.structured is not None and self.structured.active:
+            # The grammar masks are filled on the CPU while the device runs the forward pass.
+            masking = self._mask_thread.submit(self.structured.fill_bitmask, sampled_requests)
         logits = self.runner.forward(inputs)
         forwarded_at = time.perf_counter()
-        sampled_requests = plan.sampled_requests
-        allowed = self.structured.fill_bitmask(sampled_requests) if self.structured else None
+        allowed = masking.result() if masking is not None else None
         sampled = (
             self.sampler.sample(logits, sampled_requests, allowed)
             if sampled_requests
