@@ -131,7 +131,7 @@ def compare_engines(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     xgr_info = xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab_size)
-    llg_tok = llguidance.hf.from_tokenizer(hf, n_vocab=vocab_size)
+    llg_tok = llguidance.hf.from_tokenizer(hf, n_vocab=vocab_size)  # type: ignore[arg-type]
     results: dict[str, Any] = {}
     for name, schema in SCHEMAS.items():
         tokens = hf.encode(json.dumps(examples[name]), add_special_tokens=False)

@@ -74,10 +74,11 @@ def _output_line(custom_id: str, content: str) -> bytes:
 
 def test_parquet_output_gets_a_typed_parsed_column(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
-    good = {
+    item = {"description": "hammer", "quantity": 2, "unit_price": 12}
+    good: dict[str, Any] = {
         "invoice_number": "INV-1",
         "vendor": {"name": "Acme", "country": "Germany"},
-        "items": [{"description": "hammer", "quantity": 2, "unit_price": 12}],
+        "items": [item],
         "total": 24,
     }
     cut = '{"invoice_number": "INV-2", "vendor": {"na'  # a max_tokens cut
@@ -96,8 +97,8 @@ def test_parquet_output_gets_a_typed_parsed_column(tmp_path: Path) -> None:
     assert rows[0]["parsed"] == {
         **good,
         "total": 24.0,
-        "items": [{**good["items"][0], "unit_price": 12.0}],
-    }  # type: ignore[dict-item]
+        "items": [{**item, "unit_price": 12.0}],
+    }
     assert [r["parsed"] for r in rows[1:]] == [None, None]
     assert [r["content"] for r in rows] == [json.dumps(good), cut, wrong]
     assert table.column("parsed").combine_chunks().field("vendor").field("name").to_pylist() == [
