@@ -41,31 +41,34 @@ class SharedSchema:
     """Follows the lines of a file: the schema all of them share, if they share exactly one."""
 
     def __init__(self) -> None:
-        self._text: str | None = None
+        self._text: str | None = None  # the first line's schema, in its own key order
+        self._canonical: str | None = None  # sorted keys: equal schemas compare equal
         self._mixed = False
 
     def note(self, body: RequestBody) -> None:
         if self._mixed:
             return
-        text = _schema_text(body)
-        if text is None or (self._text is not None and text != self._text):
+        schema = _schema_of(body)
+        canonical = None if schema is None else json.dumps(schema, sort_keys=True)
+        if canonical is None or (self._canonical is not None and canonical != self._canonical):
             self._mixed = True
-            self._text = None
-        else:
-            self._text = text
+            self._text = self._canonical = None
+        elif self._canonical is None:
+            self._canonical = canonical
+            self._text = json.dumps(schema)  # column order follows the schema's properties
 
     @property
     def schema_text(self) -> str | None:
         return None if self._mixed else self._text
 
 
-def _schema_text(body: RequestBody) -> str | None:
+def _schema_of(body: RequestBody) -> dict[str, Any] | None:
     if not isinstance(body, ChatCompletionBody) or body.response_format is None:
         return None
     fmt = body.response_format
-    if fmt.type != "json_schema" or fmt.json_schema.json_schema is None:
+    if fmt.type != "json_schema":
         return None
-    return json.dumps(fmt.json_schema.json_schema, sort_keys=True, separators=(",", ":"))
+    return fmt.json_schema.json_schema
 
 
 def arrow_type(schema: Any) -> pa.DataType:

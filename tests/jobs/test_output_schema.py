@@ -33,6 +33,12 @@ def test_shared_schema_needs_every_line_to_ask_for_the_same_one() -> None:
     for _ in range(3):
         same.note(_body(response_format=_json_schema(STAFF_SCHEMA)))
     assert same.schema_text is not None and json.loads(same.schema_text) == STAFF_SCHEMA
+    # The typed column's fields come in the schema's own order.
+    assert list(json.loads(same.schema_text)["properties"]) == list(STAFF_SCHEMA["properties"])
+    reordered = SharedSchema()
+    reordered.note(_body(response_format=_json_schema(STAFF_SCHEMA)))
+    reordered.note(_body(response_format=_json_schema(dict(reversed(STAFF_SCHEMA.items())))))
+    assert reordered.schema_text == same.schema_text  # one schema, whatever the key order
     mixed = SharedSchema()
     mixed.note(_body(response_format=_json_schema(STAFF_SCHEMA)))
     mixed.note(_body(response_format=_json_schema(INVOICE_SCHEMA)))

@@ -230,15 +230,20 @@ def test_bad_schemas_are_400_lines(stack: Stack) -> None:
 
 
 def test_parquet_output_has_a_typed_parsed_column(stack: Stack) -> None:
-    docs = [d for d in DOCUMENTS if d.schema_name == "invoice"][:4]
+    """The nested invoice type is checked in tests/jobs/test_output_schema.py; here the staff
+    schema (short answers that finish on this small model) goes through the whole service."""
+    docs = [d for d in DOCUMENTS if d.schema_name == "staff"][:4]
     lines = [_extraction_line(d) for d in docs]
     lines.append({**_extraction_line(docs[0]), "custom_id": "cut"})
-    lines[-1]["body"]["max_tokens"] = 8
+    lines[-1]["body"] = {**lines[-1]["body"], "max_tokens": 8}
     batch, _, _ = _run(stack, lines, output_format="parquet")
     client = stack.client()
     assert batch.output_file_id is not None
     table = pq.read_table(io.BytesIO(client.files.content(batch.output_file_id).read()))
-    assert "parsed" in table.column_names and table.schema.field("parsed").type.num_fields == 4
+    parsed_type = table.schema.field("parsed").type
+    assert [parsed_type.field(i).name for i in range(parsed_type.num_fields)] == list(
+        SCHEMAS["staff"]["properties"]
+    )
     rows = {row["custom_id"]: row for row in table.to_pylist()}
     assert rows["cut"]["parsed"] is None and rows["cut"]["content"].startswith("{")
     parsed = 0
@@ -247,13 +252,7 @@ def test_parquet_output_has_a_typed_parsed_column(stack: Stack) -> None:
         finish = json.loads(row["response_body"])["choices"][0]["finish_reason"]
         if finish == "stop":
             parsed += 1
-            expected = json.loads(row["content"])
-            assert row["parsed"]["invoice_number"] == expected["invoice_number"]
-            assert row["parsed"]["vendor"] == expected["vendor"]
-            assert [i["quantity"] for i in row["parsed"]["items"]] == [
-                i["quantity"] for i in expected["items"]
-            ]
-            assert row["parsed"]["total"] == pytest.approx(expected["total"])
+            assert row["parsed"] == json.loads(row["content"])
         else:
             assert row["parsed"] is None
     assert parsed >= 1
