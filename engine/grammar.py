@@ -21,6 +21,7 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -57,14 +58,18 @@ class GrammarCache:
     """Compiled grammars by canonical key, compiled on a small thread pool.
 
     ``get`` returns a future at once; every request with the same key shares it, so a job of
-    50,000 lines with one schema compiles it once per worker process.
+    50,000 lines with one schema compiles it once per worker process. The ``max_entries``
+    most recently used grammars are kept (a request holds its own grammar while it runs).
     """
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, num_threads: int = 2) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, vocab_size: int, num_threads: int = 2, max_entries: int = 256
+    ) -> None:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf_tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info, max_threads=num_threads, cache_enabled=False)
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="grammar")
-        self._futures: dict[str, Future[xgr.CompiledGrammar]] = {}
+        self._futures: OrderedDict[str, Future[xgr.CompiledGrammar]] = OrderedDict()
+        self._max_entries = max_entries
         self._lock = threading.Lock()
         self.stats = GrammarStats()
 
@@ -72,10 +77,13 @@ class GrammarCache:
         with self._lock:
             future = self._futures.get(params.key)
             if future is not None:
+                self._futures.move_to_end(params.key)
                 self.stats.num_cache_hits += 1
                 return future
             future = self._pool.submit(self._compile, params)
             self._futures[params.key] = future
+            if len(self._futures) > self._max_entries:
+                self._futures.popitem(last=False)
             return future
 
     def check(self, params: StructuredOutputsParams) -> None:
@@ -87,9 +95,6 @@ class GrammarCache:
             _grammar(params)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise StructuredOutputsError(f"{params.origin}: {_first_line(exc)}") from exc
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _compile(self, params: StructuredOutputsParams) -> xgr.CompiledGrammar:
         start = time.perf_counter()

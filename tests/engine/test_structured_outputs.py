@@ -19,6 +19,7 @@ from engine import (
     StructuredOutputsError,
     StructuredOutputsParams,
 )
+from engine.grammar import GrammarCache
 from engine.request import RequestId
 from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
@@ -309,3 +310,19 @@ def test_a_thousand_levels_deep_schema_is_refused(smol: LLM) -> None:
     params = SamplingParams(structured_outputs=StructuredOutputsParams(json=_deep_schema(1000)))
     with pytest.raises(StructuredOutputsError, match="nested deeper than 64 levels"):
         smol.engine.add_request("deep", "Hello", params)
+
+
+def test_grammar_cache_compiles_once_per_schema_and_keeps_the_recent_ones(smol: LLM) -> None:
+    vocab_size = smol.engine.model_config.vocab_size
+    cache = GrammarCache(smol.get_tokenizer(), vocab_size, num_threads=1, max_entries=2)
+    a, b, c = (StructuredOutputsParams(regex=r) for r in ("a+", "b+", "c+"))
+    same_as_a = StructuredOutputsParams(regex="a+", origin="guided_regex")
+    first = cache.get(a)
+    assert cache.get(same_as_a) is first  # one key per canonical constraint
+    cache.get(b).result(timeout=60)
+    cache.get(c).result(timeout=60)  # evicts a, the least recently used
+    again = cache.get(a)
+    assert again is not first
+    again.result(timeout=60)
+    assert cache.get(c) is cache.get(c)
+    assert (cache.stats.num_compiles, cache.stats.num_cache_hits) == (4, 3)
