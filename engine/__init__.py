@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from engine.llm_engine import InvalidRequestError, LLMEngine
     from engine.outputs import CompletionOutput, RequestOutput
     from engine.sampling_params import SamplingParams, SamplingParamsError
+    from engine.structured_outputs import StructuredOutputsError, StructuredOutputsParams
 
 _EXPORTS = {
     "LLM": "engine.llm",
@@ -26,6 +27,8 @@ _EXPORTS = {
     "RequestOutput": "engine.outputs",
     "SamplingParams": "engine.sampling_params",
     "SamplingParamsError": "engine.sampling_params",
+    "StructuredOutputsError": "engine.structured_outputs",
+    "StructuredOutputsParams": "engine.structured_outputs",
 }
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "RequestOutput",
     "SamplingParams",
     "SamplingParamsError",
+    "StructuredOutputsError",
+    "StructuredOutputsParams",
 ]
 
 

@@ -43,6 +43,11 @@ class EngineConfig:
     load_format: str = "safetensors"
     enforce_eager: bool = False
     sync_step_timing: bool = True
+    # Structured outputs: the largest constraint one request may hand the grammar compiler,
+    # and the threads compiling grammars off the step loop.
+    max_schema_bytes: int = 1_000_000
+    max_schema_depth: int = 64
+    num_grammar_threads: int = 2
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -57,6 +62,10 @@ class EngineConfig:
             raise EngineConfigError(f"dtype must be auto or one of {sorted(_DTYPES)}")
         if self.load_format not in LOAD_FORMATS:
             raise EngineConfigError(f"load_format must be one of {LOAD_FORMATS}")
+        if min(self.max_schema_bytes, self.max_schema_depth, self.num_grammar_threads) < 1:
+            raise EngineConfigError(
+                "max_schema_bytes, max_schema_depth and num_grammar_threads must be positive"
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import itertools
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
+from engine.grammar import CompiledGrammar, GrammarCache, StructuredOutputs
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.request import Request, RequestId, RequestStatus
@@ -21,6 +23,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.scheduler_output import SchedulerOutput
 from engine.stats import EngineStats, StepStats, StepTimes
+from engine.structured_outputs import StructuredOutputsBounds, check_structured_outputs
 from engine.tokenizer import Tokenizer, has_tokenizer
 
 
@@ -44,6 +47,7 @@ class _RequestGroup:
     prompt: str | None
     prompt_token_ids: list[int]
     samples: list[_Sample] = field(default_factory=list)
+    error: str | None = None  # the engine could not run it (its grammar failed to compile)
 
     @property
     def finished(self) -> bool:
@@ -68,6 +72,7 @@ class _RequestGroup:
             outputs=outputs,
             finished=self.finished,
             num_cached_tokens=self.samples[0].request.num_cached_tokens,
+            error=self.error,
         )
 
 
@@ -87,6 +92,18 @@ class LLMEngine:
         self._samples: dict[RequestId, tuple[_RequestGroup, _Sample]] = {}
         self._finishing: list[_RequestGroup] = []  # groups a sample of which finished this step
         self._arrivals = itertools.count()
+        self.structured: StructuredOutputs | None = None
+        if self.tokenizer is not None:
+            cache = GrammarCache(
+                self.tokenizer, self.model_config.vocab_size, config.num_grammar_threads
+            )
+            self.structured = StructuredOutputs(cache, self.model_config.vocab_size)
+        self._schema_bounds = StructuredOutputsBounds(
+            max_schema_bytes=config.max_schema_bytes, max_schema_depth=config.max_schema_depth
+        )
+        self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-mask")
+        # Groups whose grammar is still compiling: outside the scheduler until it is ready.
+        self._compiling: list[tuple[_RequestGroup, Future[CompiledGrammar]]] = []
 
     @property
     def eos_token_id(self) -> int | None:
@@ -106,6 +123,7 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
         text, token_ids = self._tokenize(prompt)
         self._validate(token_ids, params)
+        compiling = self._grammar_future(params)
         group = _RequestGroup(request_id, text, token_ids)
         parent: Request | None = None
         arrival = float(next(self._arrivals))
@@ -128,16 +146,61 @@ class LLMEngine:
             group.samples.append(sample)
             self._samples[request.request_id] = (group, sample)
         self._groups[request_id] = group
+        if compiling is None:
+            self._schedule_group(group, None)
+        else:
+            self._compiling.append((group, compiling))
+            self._start_compiled()
+
+    def _grammar_future(self, params: SamplingParams) -> Future[CompiledGrammar] | None:
+        """Check a request's output constraint and start compiling it (or find it compiled)."""
+        constraint = params.structured_outputs
+        if constraint is None:
+            return None
+        if self.structured is None:
+            raise InvalidRequestError("structured outputs need a tokenizer; this model has none")
+        check_structured_outputs(constraint, self._schema_bounds)
+        self.structured.cache.check(constraint)
+        return self.structured.cache.get(constraint)
+
+    def _schedule_group(self, group: _RequestGroup, compiled: CompiledGrammar | None) -> None:
         for sample in group.samples:
+            if compiled is not None:
+                assert self.structured is not None
+                self.structured.start(sample.request, compiled)
             self.scheduler.add_request(sample.request)
+
+    def _start_compiled(self, wait_s: float = 0.0) -> None:
+        """Hand the groups whose grammar is ready to the scheduler; with ``wait_s``, first wait
+        that long for one to become ready (a step with nothing else to run)."""
+        if not self._compiling:
+            return
+        if wait_s > 0:
+            wait([f for _, f in self._compiling], timeout=wait_s, return_when=FIRST_COMPLETED)
+        still: list[tuple[_RequestGroup, Future[CompiledGrammar]]] = []
+        for group, future in self._compiling:
+            if not future.done():
+                still.append((group, future))
+            elif future.exception() is not None:
+                group.error = f"the grammar failed to compile: {future.exception()}"
+                for sample in group.samples:
+                    sample.request.status = RequestStatus.FINISHED_ABORTED
+                self._finishing.append(group)
+            else:
+                self._schedule_group(group, future.result())
+        self._compiling = still
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now, wherever it is; returns what it had produced so far."""
         group = self._groups.pop(request_id, None)
         if group is None:
             return None
+        self._compiling = [(g, f) for g, f in self._compiling if g is not group]
         ids = [s.request.request_id for s in group.samples if not s.request.status.is_finished]
         self.scheduler.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
+        for sample in group.samples:  # those still compiling never reached the scheduler
+            if not sample.request.status.is_finished:
+                sample.request.status = RequestStatus.FINISHED_ABORTED
         self._forget(group)
         return group.to_output()
 
@@ -151,17 +214,24 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; return the user requests that finished in it."""
         start = time.perf_counter()
+        self._start_compiled()
         plan = self.scheduler.schedule()
         if plan.is_empty:
+            self._start_compiled(wait_s=0.01)  # only compiling requests: wait, do not spin
             return self._pop_finished()
         scheduled_at = time.perf_counter()
         inputs = self.runner.prepare(plan)
         prepared_at = time.perf_counter()
+        sampled_requests = plan.sampled_requests
+        masking = None
+        if self.structured is not None and self.structured.active:
+            # The grammar masks are filled on the CPU while the device runs the forward pass.
+            masking = self._mask_thread.submit(self.structured.fill_bitmask, sampled_requests)
         logits = self.runner.forward(inputs)
         forwarded_at = time.perf_counter()
-        sampled_requests = plan.sampled_requests
+        allowed = masking.result() if masking is not None else None
         sampled = (
-            self.sampler.sample(logits, sampled_requests)
+            self.sampler.sample(logits, sampled_requests, allowed)
             if sampled_requests
             else SamplerOutput(token_ids=[], logprobs=[])
         )
@@ -185,6 +255,8 @@ class LLMEngine:
 
     def _postprocess(self, request: Request, token_id: int, logprobs: TokenLogprobs | None) -> None:
         group, sample = self._samples[request.request_id]
+        if self.structured is not None:
+            self.structured.accept(request, token_id)
         if sample.logprobs is not None and logprobs is not None:
             sample.logprobs.append(logprobs)
         stop_string = sample.detokenizer.update([token_id]) if sample.detokenizer else None
@@ -221,6 +293,8 @@ class LLMEngine:
         for sample in group.samples:
             self._samples.pop(sample.request.request_id, None)
             self.sampler.release(sample.request.request_id)
+            if self.structured is not None:
+                self.structured.release(sample.request.request_id)
 
     def _record_step(
         self, plan: SchedulerOutput, num_sampled: int, times: StepTimes, used_cuda_graph: bool

@@ -27,6 +27,7 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    error: str | None = None  # set when the engine could not run the request at all
 
     @property
     def num_output_tokens(self) -> int:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.grammar import GrammarBitmask
 from engine.logits_processors import (
     PenaltyState,
     apply_logit_bias,
@@ -106,12 +107,18 @@ class Sampler:
     def release(self, request_id: str) -> None:
         self._states.pop(request_id, None)
 
-    def sample(self, logits: Tensor, requests: list[Request]) -> SamplerOutput:
+    def sample(
+        self, logits: Tensor, requests: list[Request], allowed: GrammarBitmask | None = None
+    ) -> SamplerOutput:
         """``logits`` is ``[len(requests), vocab_size]``, row i for ``requests[i]``; it is not
-        modified. Call once per token each request will actually append: a seeded request's
-        random stream advances on every call."""
+        modified. ``allowed`` masks the constrained rows before anything else (their logprobs
+        are those of the masked distribution). Call once per token each request will actually
+        append: a seeded request's random stream advances on every call."""
         assert logits.shape == (len(requests), self.vocab_size), logits.shape
         raw = logits.float()
+        if allowed is not None:
+            raw = raw.clone() if raw is logits else raw
+            allowed.apply(raw)
         processed = self._process(raw, requests)
         token_ids = self._choose(processed, requests)
         token_list = token_ids.tolist()

@@ -19,16 +19,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jobs.ids import BatchId, FileId, new_file_id, new_request_id
 from jobs.lines import LineError, OutputLine
+from jobs.output_schema import output_schema_key
 from jobs.parquet import jsonl_to_parquet
 from jobs.records import BatchRecord, FileRecord
 from jobs.results import ShardLedger, StopReason, result_key, results_prefix
 from jobs.service_stats import FinishedStats
 from jobs.shards import shard_key, shard_prefix
 from jobs.status import BatchStatus
-from jobs.storage import ObjectWriter, Storage, WriterScope, read_lines
+from jobs.storage import ObjectNotFound, ObjectWriter, Storage, WriterScope, read_lines
 from jobs.store import JobStore
 from jobs.uploads import file_storage_key
 
@@ -204,7 +206,8 @@ class BatchFinalizer:
         file_id = part.file_id
         key = file_storage_key(file_id)
         if parquet:
-            jsonl_to_parquet(self.storage, part.key, key)
+            schema = self._output_schema(batch.id) if kind == "output" else None
+            jsonl_to_parquet(self.storage, part.key, key, json_schema=schema)
         extension = "parquet" if parquet else "jsonl"
         self.store.put_file(
             FileRecord(
@@ -219,6 +222,15 @@ class BatchFinalizer:
             )
         )
         return file_id
+
+    def _output_schema(self, batch_id: str) -> dict[str, Any] | None:
+        """The schema every line shared, kept by intake for a Parquet output (or None)."""
+        try:
+            text = b"".join(self.storage.read_chunks(output_schema_key(batch_id)))
+        except ObjectNotFound:
+            return None
+        schema = json.loads(text)
+        return schema if isinstance(schema, dict) else None
 
     def _clean_up(self, batch: BatchRecord) -> None:
         self.ledger.forget(batch.id, batch.num_shards)

@@ -27,11 +27,12 @@ from jobs.dispatch import ShardDispatcher
 from jobs.ids import BatchId
 from jobs.limits import Limits
 from jobs.line_check import LineChecker, LineIssue
+from jobs.output_schema import output_schema_key
 from jobs.parquet import ParquetInputError, is_parquet, iter_parquet_lines
 from jobs.records import BatchRecord
 from jobs.shards import ShardWriter
 from jobs.status import BatchStatus
-from jobs.storage import ObjectNotFound, Storage, read_lines
+from jobs.storage import ObjectNotFound, Storage, WriterScope, read_lines
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class IntakeResult:
     num_requests: int = 0
     num_shards: int = 0
     model: str | None = None
+    json_schema: str | None = None  # the one response_format schema of every line
 
 
 class BatchIntake:
@@ -91,6 +93,11 @@ class BatchIntake:
             shards.discard()
             self._fail(batch.id, result.issues)
             return
+        if result.json_schema is not None and (batch.metadata or {}).get("output_format") == (
+            "parquet"
+        ):
+            with WriterScope(self.storage.writer(output_schema_key(batch.id))) as out:
+                out.write(result.json_schema.encode())
         started = self.store.transition(
             batch.id,
             BatchStatus.IN_PROGRESS,
@@ -151,6 +158,7 @@ class BatchIntake:
             result.issues.append(LineIssue("empty_file", "the input file has no requests"))
         result.num_shards = shards.finish() if not result.issues else 0
         result.model = checker.model
+        result.json_schema = checker.shared_schema.schema_text
         return result
 
     def _too_many(self, line_no: int) -> LineIssue:

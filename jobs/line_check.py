@@ -31,6 +31,7 @@ from jobs.lines import (
     BodyRejection,
     RejectedLine,
 )
+from jobs.output_schema import SharedSchema
 from jobs.request_bodies import ChatCompletionBody, CompletionBody, check_bounds
 
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
@@ -86,6 +87,7 @@ class LineChecker:
         self.endpoint = endpoint
         self.limits = limits
         self.model: str | None = None
+        self.shared_schema = SharedSchema()  # the one json_schema of every line, if any
         self._custom_ids: set[str] = set()
 
     def check(self, line_no: int, raw: bytes | None) -> LineIssue | RejectedLine | None:
@@ -202,6 +204,7 @@ class LineChecker:
             return rejection_of(exc)
         bound = check_bounds(parsed, self.limits)
         if bound is None:
+            self.shared_schema.note(parsed)
             return None
         param, message = bound
         return BodyRejection(code="invalid_request", message=message, param=param)

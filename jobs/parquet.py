@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.output_schema import ParsedColumn, answer_text
 from jobs.storage import Storage, WriterScope, read_lines
 from jobs.storage.base import CHUNK_BYTES
 
@@ -65,11 +66,17 @@ def iter_parquet_lines(path: Path, batch_rows: int = 1024) -> Iterator[bytes]:
             yield _row_line(row)
 
 
-def _output_row(line: bytes) -> dict[str, object]:
+def _output_row(line: bytes, parsed: ParsedColumn | None = None) -> dict[str, object]:
     record = json.loads(line)
     response = record.get("response") or {}
     error = record.get("error") or {}
+    extra: dict[str, object] = {}
+    if parsed is not None:
+        body = response.get("body")
+        text = answer_text(body) if isinstance(body, dict) else None
+        extra = {"content": text, "parsed": parsed.parse(text)}
     return {
+        **extra,
         "id": record.get("id"),
         "custom_id": record.get("custom_id"),
         "status_code": response.get("status_code"),
@@ -81,26 +88,37 @@ def _output_row(line: bytes) -> dict[str, object]:
 
 
 def jsonl_to_parquet(
-    storage: Storage, source_key: str, target_key: str, rows_per_group: int = 4096
+    storage: Storage,
+    source_key: str,
+    target_key: str,
+    rows_per_group: int = 4096,
+    json_schema: dict[str, object] | None = None,
 ) -> int:
     """Convert an output (or error) JSONL object into a Parquet object; returns row count.
 
+    With the batch's one ``json_schema``, each row also gets the answer's text (``content``)
+    and the answer parsed into a typed ``parsed`` column (see ``jobs/output_schema.py``).
     Rows are written in groups of ``rows_per_group`` to a local temporary file (Parquet
     needs a seekable sink for its footer), then streamed to storage.
     """
+    parsed = ParsedColumn(json_schema) if json_schema is not None else None
+    schema = OUTPUT_SCHEMA
+    if parsed is not None:
+        schema = schema.append(pa.field("content", pa.string()))
+        schema = schema.append(pa.field("parsed", parsed.type))
     num_rows = 0
     with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
-        with pq.ParquetWriter(tmp.name, OUTPUT_SCHEMA) as writer:
+        with pq.ParquetWriter(tmp.name, schema) as writer:
             rows: list[dict[str, object]] = []
             for line in read_lines(storage, source_key, max_line_bytes=1 << 40):
                 if line:
-                    rows.append(_output_row(line))
+                    rows.append(_output_row(line, parsed))
                 if len(rows) == rows_per_group:
-                    writer.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                     num_rows += len(rows)
                     rows.clear()
             if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 num_rows += len(rows)
         scope = WriterScope(storage.writer(target_key))
         with scope as out, open(tmp.name, "rb") as handle:

@@ -34,10 +34,48 @@ class ChatMessage(_Strict):
     name: str | None = None
 
 
-class ResponseFormat(_Strict):
-    """Only free text: the engine has no constrained decoding, so JSON modes are refused."""
-
+class TextFormat(_Strict):
     type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    """Any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Strict):
+    """OpenAI's ``json_schema``; the schema itself is checked by the engine, which knows
+    what its grammar compiler supports (a bad one is a 400 line naming the schema path)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+class StructuredOutputsBody(_Strict):
+    """vLLM's ``structured_outputs`` extra: exactly one constraint."""
+
+    json_schema: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class SamplingBody(_Strict):
@@ -63,6 +101,24 @@ class SamplingBody(_Strict):
     # Harmless in a batch: the answer is never streamed, so ``stream_options`` has no effect.
     stream: Literal[False] | None = None
     stream_options: dict[str, Any] | None = None
+    # vLLM's output constraints (at most one of them, and not with a JSON response_format).
+    structured_outputs: StructuredOutputsBody | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingBody:
+        given = self.constraint_fields
+        if len(given) > 1:
+            raise ValueError(f"give at most one output constraint, got {', '.join(given)}")
+        return self
+
+    @property
+    def constraint_fields(self) -> list[str]:
+        """The output-constraint fields this body sets."""
+        names = ("structured_outputs", "guided_json", "guided_regex", "guided_choice")
+        return [n for n in names if getattr(self, n) is not None]
 
     @field_validator("logit_bias")
     @classmethod
@@ -99,6 +155,13 @@ class ChatCompletionBody(SamplingBody):
     store: bool | None = None
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
+
+    @property
+    def constraint_fields(self) -> list[str]:
+        given = super().constraint_fields
+        if self.response_format is not None and self.response_format.type != "text":
+            given.append("response_format")
+        return given
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionBody:

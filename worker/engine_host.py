@@ -368,7 +368,10 @@ class EngineHost:
         self.load.step(started, time.monotonic(), len(ran))
         self._record_step({self._inflight[r].batch_id for r in ran if r in self._inflight})
         for output in outputs:
-            self._resolve(HostResult(output.request_id, output=output))
+            if output.error is not None:
+                self._resolve(HostResult(output.request_id, failed=output.error))
+            else:
+                self._resolve(HostResult(output.request_id, output=output))
 
     def _isolate(self, engine: LLMEngine, exc: Exception) -> None:
         """A step failed: abort everything in flight and rerun it in halves (see above)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.sampling_params import SamplingParams
+from engine.structured_outputs import StructuredOutputsParams
 from jobs.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
 from worker.engine_host import ChatPrompt, PromptInput
 
@@ -41,6 +42,37 @@ def _prompt(body: RequestBody) -> PromptInput:
     return ChatPrompt(messages)
 
 
+def _constraint(body: RequestBody) -> StructuredOutputsParams | None:
+    """The body's output constraint, named by the field it came from (for error messages)."""
+    if isinstance(body, ChatCompletionBody) and body.response_format is not None:
+        fmt = body.response_format
+        if fmt.type == "json_object":
+            return StructuredOutputsParams(json_object=True, origin="response_format")
+        if fmt.type == "json_schema":
+            schema = fmt.json_schema.json_schema
+            origin = "response_format.json_schema.schema"
+            if schema is None:  # OpenAI: no schema means any JSON object
+                return StructuredOutputsParams(json_object=True, origin=origin)
+            return StructuredOutputsParams(json=schema, origin=origin)
+    if body.structured_outputs is not None:
+        so = body.structured_outputs
+        return StructuredOutputsParams(
+            json=so.json_schema,
+            json_object=bool(so.json_object),
+            regex=so.regex,
+            choice=so.choice,
+            grammar=so.grammar,
+            origin="structured_outputs",
+        )
+    if body.guided_json is not None:
+        return StructuredOutputsParams(json=body.guided_json, origin="guided_json")
+    if body.guided_regex is not None:
+        return StructuredOutputsParams(regex=body.guided_regex, origin="guided_regex")
+    if body.guided_choice is not None:
+        return StructuredOutputsParams(choice=body.guided_choice, origin="guided_choice")
+    return None
+
+
 def engine_request(body: RequestBody) -> EngineRequest:
     """Map every supported body field onto the engine; raises SamplingParamsError if invalid."""
     limit = body.token_limit
@@ -61,5 +93,6 @@ def engine_request(body: RequestBody) -> EngineRequest:
         min_tokens=body.min_tokens or 0,
         ignore_eos=bool(body.ignore_eos),
         logprobs=_num_logprobs(body),
+        structured_outputs=_constraint(body),
     )
     return EngineRequest(_prompt(body), params, fill_context=limit is None)

@@ -49,6 +49,9 @@ class WorkerSettings(ServiceSettings):
     engine_kv_cache_memory_gb: float = 1.0  # CPU
     engine_gpu_memory_utilization: float = 0.9  # CUDA
     engine_enforce_eager: bool = False  # CUDA: no graphs for decode steps
+    # Structured outputs: the largest JSON schema (bytes, nesting levels) a line may send.
+    engine_max_schema_bytes: int = 1_000_000
+    engine_max_schema_depth: int = 64
 
     # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
     fault_crash_marker: str | None = None
@@ -69,6 +72,8 @@ class WorkerSettings(ServiceSettings):
             "kv_cache_memory_gb": self.engine_kv_cache_memory_gb,
             "gpu_memory_utilization": self.engine_gpu_memory_utilization,
             "enforce_eager": self.engine_enforce_eager,
+            "max_schema_bytes": self.engine_max_schema_bytes,
+            "max_schema_depth": self.engine_max_schema_depth,
         }
 
 

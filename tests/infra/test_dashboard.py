@@ -63,7 +63,9 @@ def worker_metrics(tiny_model_dirs: dict[str, Path]) -> Iterator[str]:
     port = free_port()
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     key = f"dash-{secrets.token_hex(4)}:workers:w"
-    publisher = StatsPublisher(host.snapshot, client, key, metrics_port=port, model="llama", device="cpu")
+    publisher = StatsPublisher(
+        host.snapshot, client, key, metrics_port=port, model="llama", device="cpu"
+    )
     publisher.start()
     try:
         yield httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

@@ -55,9 +55,12 @@ def open_stack(
     tmp: Path,
     s3_url: str,
     client: redis.Redis,
+    settings_overrides: dict[str, object] | None = None,
     **worker_settings: object,
 ) -> Iterator[Stack]:
-    settings = make_settings("s3", prefix, tmp, s3_url, shard_size=16)
+    settings = make_settings(
+        "s3", prefix, tmp, s3_url, **{"shard_size": 16, **(settings_overrides or {})}
+    )
     defaults: dict[str, object] = {
         "stats_interval_s": 0.3,
         "expiry_interval_s": 2,
