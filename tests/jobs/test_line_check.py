@@ -61,6 +61,22 @@ REJECTED: list[tuple[str, str, bytes, str, str | None, str]] = [
     ),
     ("tools", CHAT, chat(tools=[]), "unsupported_parameter", "tools", "tool calling"),
     (
+        "unknown response_format",
+        CHAT,
+        chat(response_format={"type": "xml"}),
+        "invalid_request",
+        "response_format",
+        "response_format",
+    ),
+    (
+        "two output constraints",
+        CHAT,
+        chat(guided_regex="a+", guided_choice=["a"]),
+        "invalid_request",
+        None,
+        "at most one output constraint",
+    ),
+    (
         "tool_choice",
         CHAT,
         chat(tool_choice="auto"),
