@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# The project's one test command: install, lint, type-check, run every test.
-# .ci/run calls this script; so does a developer on a fresh machine.
+# The project's one test command: install the locked dependencies into a project-local
+# virtual environment, then lint, type-check and run every test. .ci/run calls this script;
+# so does a developer on a fresh machine.
+#
+# The environment is .venv/ (override with KVBATCH_VENV), created on first use and reused
+# after: what the tests import is exactly what requirements/dev.txt locks, never a package
+# the machine happened to have. Refresh the lock on purpose with `bash infra/lock.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv=${KVBATCH_VENV:-.venv}
+[ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
+py="$venv/bin/python"
 # torch first and pinned: the CPU build, never a resolver's multi-GB CUDA pick.
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev]"
-ruff check .
-ruff format --check .
-mypy
-python -m pytest -q -p no:cacheprovider "$@"
+"$py" -m pip install -q torch==2.13.0
+"$py" -m pip install -q -c requirements/dev.txt -e ".[dev]"
+"$py" -m pip check
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+"$venv/bin/mypy"
+# pytest exits 5 when it ran no test: a failure here too, never a silent pass.
+exec "$py" -m pytest -q -p no:cacheprovider "$@"

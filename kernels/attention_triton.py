@@ -18,6 +18,7 @@ so a decode with GQA still fills the rows of a matrix multiply::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -180,10 +181,29 @@ def _paged_attention_kernel(
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=q_mask)
 
 
-def _tile_rows(group: int, max_query_len: int) -> int:
-    """Rows per tile: 16 for decodes (little to share), up to 64 when prefill rows fill them."""
+@dataclass(frozen=True, slots=True)
+class AttentionTiles:
+    """The tile shape and width of one launch: the constexprs that size registers and shared
+    memory (the compile gate, ``tests/kernels/test_hopper_compile.py``, builds every one)."""
+
+    block_m: int  # tile rows: query tokens x heads of the group
+    tile_n: int  # key positions per iteration
+    head_pad: int  # head_size rounded up to a power of two >= 16
+    num_warps: int
+
+
+def attention_tiles(
+    group: int, head_size: int, max_query_len: int, max_seq_len: int
+) -> AttentionTiles:
+    """Rows: 16 for decodes (little to share), up to 64 when prefill rows fill them. Keys: up
+    to 64 per iteration. Warps: 4, except for the largest tile (64 rows, 64 keys, heads padded
+    to 128), whose share per thread overflows sm_80's 255 registers with 4 and spills."""
     wanted = triton.next_power_of_2(max(1, max_query_len) * group)
-    return max(triton.next_power_of_2(group), min(64, max(16, wanted)))
+    block_m = max(triton.next_power_of_2(group), min(64, max(16, wanted)))
+    tile_n = min(64, max(16, triton.next_power_of_2(max_seq_len)))
+    head_pad = max(16, triton.next_power_of_2(head_size))
+    num_warps = 8 if block_m * tile_n * head_pad >= 64 * 64 * 128 else 4
+    return AttentionTiles(block_m, tile_n, head_pad, num_warps)
 
 
 def _check_inputs(
@@ -249,8 +269,8 @@ def paged_attention_triton(
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     if num_tokens == 0 or num_reqs == 0:
         return out
-    block_m = _tile_rows(group, max_query_len)
-    block_q = block_m // group
+    tiles = attention_tiles(group, head_size, max_query_len, max_seq_len)
+    block_q = tiles.block_m // group
     grid = (num_tokens // block_q + num_reqs, num_kv_heads)
     _paged_attention_kernel[grid](
         out_ptr=out,
@@ -272,12 +292,13 @@ def paged_attention_triton(
         stride_bt=block_table.stride(0),
         GROUP=group,
         HEAD_SIZE=head_size,
-        HEAD_PAD=max(16, triton.next_power_of_2(head_size)),
+        HEAD_PAD=tiles.head_pad,
         BLOCK_SIZE=block_size,
-        BLOCK_M=block_m,
+        BLOCK_M=tiles.block_m,
         BLOCK_Q=block_q,
-        TILE_N=min(64, max(16, triton.next_power_of_2(max_seq_len))),
+        TILE_N=tiles.tile_n,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         UPCAST_DOT=triton.knobs.runtime.interpret and query.dtype == torch.bfloat16,
+        num_warps=tiles.num_warps,
     )
     return out
