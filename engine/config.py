@@ -43,6 +43,7 @@ class EngineConfig:
     load_format: str = "safetensors"
     enforce_eager: bool = False
     sync_step_timing: bool = True
+    pooling_type: str | None = None  # last | mean | cls; default: the model's own files
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -57,6 +58,8 @@ class EngineConfig:
             raise EngineConfigError(f"dtype must be auto or one of {sorted(_DTYPES)}")
         if self.load_format not in LOAD_FORMATS:
             raise EngineConfigError(f"load_format must be one of {LOAD_FORMATS}")
+        if self.pooling_type not in (None, "last", "mean", "cls"):
+            raise EngineConfigError("pooling_type must be last, mean or cls")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
 
