@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jobs.embedding_parquet import embeddings_to_parquet
 from jobs.ids import BatchId, FileId, new_file_id, new_request_id
-from jobs.lines import LineError, OutputLine
+from jobs.lines import EMBEDDINGS_URL, LineError, OutputLine
 from jobs.parquet import jsonl_to_parquet
 from jobs.records import BatchRecord, FileRecord
 from jobs.results import ShardLedger, StopReason, result_key, results_prefix
@@ -203,7 +204,9 @@ class BatchFinalizer:
             return None
         file_id = part.file_id
         key = file_storage_key(file_id)
-        if parquet:
+        if parquet and batch.endpoint == EMBEDDINGS_URL:
+            embeddings_to_parquet(self.storage, part.key, key)
+        elif parquet:
             jsonl_to_parquet(self.storage, part.key, key)
         extension = "parquet" if parquet else "jsonl"
         self.store.put_file(

@@ -20,13 +20,21 @@ from pydantic import ValidationError
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
 from jobs.body_refusals import refusal_of
 from jobs.line_check import rejection_of
-from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
+from jobs.lines import (
+    ChatLine,
+    CompletionLine,
+    EmbeddingLine,
+    OutputLine,
+    ResponsesLine,
+    parse_input_line,
+)
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
 from worker.engine_host import EngineHost, HostResult, Submission
 from worker.output_lines import completion_of, error_line, refused_line, success_line
-from worker.sampling import engine_request
+from worker.sampling import engine_requests
 
 MAX_LINE_BYTES = 200_000_000
 
@@ -49,7 +57,9 @@ def _location(url: str | Path) -> Iterator[tuple[Storage, str]]:
         storage.close()
 
 
-def _parse(raw: bytes | None, line_no: int) -> ChatLine | CompletionLine | OutputLine:
+def _parse(
+    raw: bytes | None, line_no: int
+) -> ChatLine | CompletionLine | ResponsesLine | OutputLine:
     """The line as a request, or (when it cannot be one) its error line."""
     if raw is None:
         return error_line(f"line-{line_no}", "line_too_long", "the line is too long")
@@ -65,12 +75,20 @@ def _parse(raw: bytes | None, line_no: int) -> ChatLine | CompletionLine | Outpu
         if refusal is not None:  # a feature we do not serve, named as the service names it
             return refused_line(custom_id, refusal.message, code=refusal.code, param=refusal.param)
     try:
-        return parse_input_line(raw)
+        parsed = parse_input_line(raw)
     except ValidationError as exc:
         rejection = rejection_of(exc)
         return refused_line(
             custom_id, rejection.message, code=rejection.code, param=rejection.param
         )
+    if isinstance(parsed, EmbeddingLine):
+        return refused_line(
+            parsed.custom_id,
+            "run-batch does not serve /v1/embeddings lines: send them through the service",
+            code="unsupported_endpoint",
+            param="url",
+        )
+    return parsed
 
 
 @dataclass(slots=True)
@@ -141,7 +159,7 @@ class _OfflineRun:
         self.writer = writer
         self.num_lines = 0
         self._results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
-        self._requests: dict[int, ChatLine | CompletionLine] = {}
+        self._requests: dict[int, ChatLine | CompletionLine | ResponsesLine] = {}
 
     def add(self, raw: bytes | None) -> None:
         """Submit one line (waiting for room in the engine), or answer it with its error."""
@@ -151,7 +169,7 @@ class _OfflineRun:
             self.writer.put(position, parsed)
             return
         try:
-            request = engine_request(parsed.body)
+            (request,) = engine_requests(parsed.body)
         except ValueError as exc:
             self.writer.put(position, refused_line(parsed.custom_id, str(exc)))
             return
@@ -182,5 +200,6 @@ class _OfflineRun:
                 position, error_line(line.custom_id, "engine_error", str(result.failed))
             )
         else:
+            assert isinstance(result.output, RequestOutput), "run-batch only generates"
             completion = completion_of(result.output, self.host.engine.tokenizer)
             self.writer.put(position, success_line(line.custom_id, line.body, completion))

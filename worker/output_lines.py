@@ -5,18 +5,22 @@ from __future__ import annotations
 import secrets
 import time
 
-from engine.outputs import RequestOutput
+from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.sampler import TokenLogprobs
 from engine.tokenizer import Tokenizer
+from jobs.embedding_bodies import EmbeddingBody
 from jobs.ids import new_request_id
 from jobs.lines import LineError, OutputLine, ResponseEnvelope
 from jobs.request_bodies import ChatCompletionBody, RequestBody
+from jobs.response_bodies import ResponsesBody
 from jobs.responses import (
     Choice,
     Completion,
     TokenLogprob,
     chat_completion_body,
+    embedding_list_body,
     error_body,
+    response_body,
     text_completion_body,
 )
 
@@ -58,9 +62,20 @@ def completion_of(output: RequestOutput, tokenizer: Tokenizer | None) -> Complet
     )
 
 
-def success_line(custom_id: str, body: RequestBody, completion: Completion) -> OutputLine:
+def success_line(
+    custom_id: str, body: RequestBody | ResponsesBody, completion: Completion
+) -> OutputLine:
     created = int(time.time())
-    if isinstance(body, ChatCompletionBody):
+    if isinstance(body, ResponsesBody):
+        payload = response_body(
+            completion,
+            response_id=f"resp_{secrets.token_hex(24)}",
+            message_id=f"msg_{secrets.token_hex(24)}",
+            model=body.model,
+            created=created,
+            request=body.model_dump(mode="json", exclude_none=True),
+        )
+    elif isinstance(body, ChatCompletionBody):
         payload = chat_completion_body(
             completion,
             response_id=f"chatcmpl-{secrets.token_hex(12)}",
@@ -74,6 +89,19 @@ def success_line(custom_id: str, body: RequestBody, completion: Completion) -> O
             model=body.model,
             created=created,
         )
+    return _line(custom_id, ResponseEnvelope(status_code=200, request_id=_req(), body=payload))
+
+
+def embedding_line(
+    custom_id: str, body: EmbeddingBody, outputs: list[PoolingRequestOutput]
+) -> OutputLine:
+    """One embeddings line's answer: every input's vector, in input order."""
+    payload = embedding_list_body(
+        [o.outputs.embedding for o in outputs],
+        model=body.model,
+        prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
+        encoding_format=body.encoding_format or "float",
+    )
     return _line(custom_id, ResponseEnvelope(status_code=200, request_id=_req(), body=payload))
 
 
