@@ -3,6 +3,10 @@
 A user request with ``n > 1`` becomes ``n`` engine requests (``<id>#0 .. <id>#n-1``); the
 first is the parent whose prompt blocks the others share. The engine returns one
 ``RequestOutput`` per user request once all of its samples have finished.
+
+A request with ``PoolingParams`` is an embedding: prefill only, in the same steps as the
+generation requests; the pooler folds each of its chunks' hidden states in, and the step its
+last chunk runs it finishes (its KV blocks freed) and comes back as a ``PoolingRequestOutput``.
 """
 
 from __future__ import annotations

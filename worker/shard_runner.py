@@ -23,25 +23,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from engine.llm_engine import InvalidRequestError
-from engine.outputs import PoolingRequestOutput, RequestOutput
 from jobs.admission import priority_of
 from jobs.embedding_bodies import EmbeddingBody
 from jobs.finalize import BatchFinalizer
-from jobs.lines import OutputLine, RejectedLine, RequestLine, ShardLine, parse_shard_line
+from jobs.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
 from jobs.records import BatchRecord
-from jobs.results import ShardLedger, ShardOutcome, StopReason, write_shard_results
+from jobs.results import ShardLedger, ShardOutcome, write_shard_results
 from jobs.shards import shard_key
 from jobs.status import BatchStatus
 from jobs.storage import Storage, read_lines
 from jobs.store import JobStore
 from worker.engine_host import EngineHost, HostResult, Submission
-from worker.output_lines import (
-    completion_of,
-    embedding_line,
-    error_line,
-    refused_line,
-    success_line,
-)
+from worker.output_lines import error_line, line_answer, refused_line, stopped_line
 from worker.sampling import engine_requests
 
 log = logging.getLogger(__name__)
@@ -251,49 +244,11 @@ class ShardRunner:
             return
         line = run.lines[position]
         assert not isinstance(line, RejectedLine), "a rejected line is never submitted"
-        answer, counts = self._answer(line, [p for p in parts if p is not None])
-        run.answers[position] = answer
+        answer = line_answer(line, [p for p in parts if p is not None], self.host.engine.tokenizer)
+        run.answers[position] = (answer.line, answer.ok)
         del run.parts[position]
-        self.ledger.add_counts(batch_id, index, **counts)
-
-    def _answer(
-        self, line: RequestLine, results: list[HostResult]
-    ) -> tuple[tuple[OutputLine, bool], dict[str, int]]:
-        """A line's answer from its parts' results, and what it adds to the shard's counts.
-        One part that did not succeed makes the whole line's answer, as an endpoint that
-        refuses one input of a request refuses the request."""
-        for number, result in enumerate(results):
-            where = f"input {number}: " if len(results) > 1 else ""
-            if result.stopped is not None:
-                return (self._stopped(line, result.stopped), False), {"failed": 1}
-            if result.refused is not None:
-                param = "input" if isinstance(line.body, EmbeddingBody) else None
-                refused = refused_line(line.custom_id, f"{where}{result.refused}", param=param)
-                return (refused, False), {"failed": 1}
-            if result.failed is not None or result.output is None:
-                error = error_line(
-                    line.custom_id, "engine_error", f"{where}{result.failed or 'no output'}"
-                )
-                return (error, False), {"failed": 1}
-        outputs = [r.output for r in results]
-        if isinstance(line.body, EmbeddingBody):
-            pooled = [o for o in outputs if isinstance(o, PoolingRequestOutput)]
-            assert len(pooled) == len(outputs), "an embeddings line runs pooling requests"
-            tokens = sum(len(o.prompt_token_ids) for o in pooled)
-            answer = embedding_line(line.custom_id, line.body, pooled)
-            return (answer, True), {"completed": 1, "input_tokens": tokens}
-        (output,) = outputs
-        assert isinstance(output, RequestOutput), "a generation line runs a generation request"
-        completion = completion_of(output, self.host.engine.tokenizer)
-        answer = success_line(line.custom_id, line.body, completion)
-        return (answer, True), {
-            "completed": 1,
-            "input_tokens": completion.prompt_tokens,
-            "cached_tokens": completion.cached_tokens,
-            "output_tokens": completion.completion_tokens,
-        }
+        self.ledger.add_counts(batch_id, index, **answer.counts)
 
     @staticmethod
     def _stopped(line: ShardLine, reason: str) -> OutputLine:
-        stop = StopReason(reason)
-        return error_line(line.custom_id, stop.code, stop.message)
+        return stopped_line(line.custom_id, reason)
