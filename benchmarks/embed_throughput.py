@@ -8,9 +8,10 @@ length (what sentence-transformers' ``encode`` does to cut padding). The engine 
 same token ids through ``LLM(runner="pooling").embed``: no padding, chunked prefill under
 its token budget. Throughput is input tokens/s (real tokens, not padding); the result, with
 the ratio and the worst cosine between the engine's and transformers' vectors, goes to
-``benchmarks/results/embed_throughput_<device>.json``.
+``benchmarks/results/embed_throughput_<device>.json``. With ``--rounds`` the three arms
+alternate that many times on the same texts and each rate is over the summed times.
 
-    python -m benchmarks.embed_throughput [--num-texts 1000] [--batch-size 32] [--device cpu]
+    python -m benchmarks.embed_throughput [--num-texts 1000] [--batch-size 32] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -62,21 +63,11 @@ def run_transformers(
     return time.perf_counter() - start, vectors
 
 
-def run_engine(
-    model_dir: str, texts: list[list[int]], device: str, max_num_batched_tokens: int
-) -> tuple[float, torch.Tensor, dict[str, Any]]:
-    llm = LLM(
-        model_dir,
-        runner="pooling",
-        dtype="float32",
-        device=device,
-        max_num_batched_tokens=max_num_batched_tokens,
-    )
-    llm.embed(texts[:2], use_tqdm=False)  # warm-up, as transformers' first batch is
+def run_engine(llm: LLM, texts: list[list[int]]) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     outputs = llm.embed(texts, use_tqdm=False)
     seconds = time.perf_counter() - start
-    return seconds, torch.tensor([o.outputs.embedding for o in outputs]), llm.engine.stats.as_dict()
+    return seconds, torch.tensor([o.outputs.embedding for o in outputs])
 
 
 def main() -> None:
@@ -84,6 +75,7 @@ def main() -> None:
     parser.add_argument("--num-texts", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -93,21 +85,31 @@ def main() -> None:
     texts = make_texts(tokenizer, args.num_texts, args.seed)
     num_tokens = sum(len(t) for t in texts)
 
-    engine_s, engine_vecs, stats = run_engine(
-        str(model_dir), texts, args.device, args.max_num_batched_tokens
+    llm = LLM(
+        str(model_dir),
+        runner="pooling",
+        dtype="float32",
+        device=args.device,
+        max_num_batched_tokens=args.max_num_batched_tokens,
     )
+    llm.embed(texts[:2], use_tqdm=False)  # warm-up
     model: Any = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(args.device).eval()
     run_transformers(model, texts[:2], 2, False, args.device)  # warm-up
-    plain_s, plain_vecs = run_transformers(model, texts, args.batch_size, False, args.device)
-    sorted_s, sorted_vecs = run_transformers(model, texts, args.batch_size, True, args.device)
+    # The arms alternate round by round, so the shared machine's drift hits each alike.
+    times: dict[str, list[float]] = {"engine": [], "plain": [], "sorted": []}
+    for _ in range(args.rounds):
+        engine_s, engine_vecs = run_engine(llm, texts)
+        plain_s, plain_vecs = run_transformers(model, texts, args.batch_size, False, args.device)
+        sorted_s, sorted_vecs = run_transformers(model, texts, args.batch_size, True, args.device)
+        for name, seconds in [("engine", engine_s), ("plain", plain_s), ("sorted", sorted_s)]:
+            times[name].append(seconds)
+    stats = llm.engine.stats.as_dict()
     cosine = min(
         float(F.cosine_similarity(engine_vecs, reference, dim=-1).min())
         for reference in (plain_vecs, sorted_vecs)
     )
-    rates = {
-        name: num_tokens / s
-        for name, s in [("engine", engine_s), ("plain", plain_s), ("sorted", sorted_s)]
-    }
+    rates = {name: num_tokens * args.rounds / sum(t) for name, t in times.items()}
+    engine_s, plain_s, sorted_s = (sum(times[n]) for n in ("engine", "plain", "sorted"))
     result = {
         "workload": {
             "model": "SmolLM2-135M-Instruct (fp32), last-token pooling, L2-normalized",
@@ -116,7 +118,9 @@ def main() -> None:
             "text_len_range": [min(map(len, texts)), max(map(len, texts))],
             "transformers_batch_size": args.batch_size,
             "engine_max_num_batched_tokens": args.max_num_batched_tokens,
+            "rounds": args.rounds,
         },
+        "seconds_per_round": times,
         "engine": {"seconds": engine_s, "input_tokens_per_s": rates["engine"]},
         "transformers_batched": {"seconds": plain_s, "input_tokens_per_s": rates["plain"]},
         "transformers_length_sorted": {"seconds": sorted_s, "input_tokens_per_s": rates["sorted"]},
