@@ -61,6 +61,7 @@ class Settings(ServiceSettings):
     max_file_bytes: int = 200_000_000
     max_n: int = 8
     max_tokens: int = 4096
+    max_embedding_inputs: int = 2048  # inputs one /v1/embeddings line may carry, as OpenAI
     max_errors_reported: int = 100
     shard_size: int = 256
     max_json_body_bytes: int = 1_000_000
@@ -102,6 +103,7 @@ class Settings(ServiceSettings):
             max_line_bytes=self.max_line_bytes,
             max_n=self.max_n,
             max_tokens=self.max_tokens,
+            max_embedding_inputs=self.max_embedding_inputs,
             max_errors_reported=self.max_errors_reported,
             shard_size=self.shard_size,
             served_models=frozenset(self.models),

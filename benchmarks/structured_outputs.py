@@ -25,6 +25,7 @@ import torch
 from benchmarks.common import write_result
 from engine import LLMEngine, SamplingParams, StructuredOutputsParams
 from engine.config import EngineConfig
+from engine.outputs import RequestOutput
 from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
 
@@ -42,7 +43,8 @@ def _run_arm(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams
         full = step is not None and step.num_sampled == len(prompts)
         if full and step is not None and step.num_batched_tokens == len(prompts):
             decode_s.append(elapsed)
-    texts = [o.outputs[0].text for o in sorted(outputs, key=lambda o: int(o.request_id[1:]))]
+    generated = [o for o in outputs if isinstance(o, RequestOutput)]
+    texts = [o.outputs[0].text for o in sorted(generated, key=lambda o: int(o.request_id[1:]))]
     return {"decode_steps": len(decode_s), "decode_s": sum(decode_s), "texts": texts}
 
 

@@ -47,6 +47,7 @@ from benchmarks.roofline import (
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.models.model_config import ModelConfig
+from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats, StepTimes
 
@@ -108,6 +109,7 @@ def run_engine(engine: LLMEngine, workload: Workload) -> EngineRun:
     while engine.has_unfinished_requests():
         num_steps = engine.stats.num_steps
         for output in engine.step():
+            assert isinstance(output, RequestOutput)
             produced += len(output.outputs[0].token_ids)
         if engine.stats.num_steps > num_steps:
             assert engine.stats.last_step is not None

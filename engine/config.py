@@ -48,6 +48,7 @@ class EngineConfig:
     max_schema_bytes: int = 1_000_000
     max_schema_depth: int = 64
     num_grammar_threads: int = 2
+    pooling_type: str | None = None  # last | mean | cls; default: the model's own files
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -66,6 +67,8 @@ class EngineConfig:
             raise EngineConfigError(
                 "max_schema_bytes, max_schema_depth and num_grammar_threads must be positive"
             )
+        if self.pooling_type not in (None, "last", "mean", "cls"):
+            raise EngineConfigError("pooling_type must be last, mean or cls")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
 

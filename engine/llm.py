@@ -8,8 +8,9 @@ from typing import Any
 from tqdm import tqdm
 
 from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
+from engine.llm_engine import EngineOutput, LLMEngine
+from engine.outputs import PoolingRequestOutput, RequestOutput
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 
@@ -17,10 +18,20 @@ Prompt = str | list[int]
 ChatMessages = list[dict[str, Any]]
 
 
-class LLM:
-    """Runs a whole list of prompts through one engine and returns their outputs in order."""
+RUNNERS = ("generate", "pooling")
 
-    def __init__(self, model: str, **engine_args: Any) -> None:
+
+class LLM:
+    """Runs a whole list of prompts through one engine and returns their outputs in order.
+
+    ``runner="pooling"`` makes it an embedding model (``embed``); the engine underneath is the
+    same one, and an engine serving generation takes embedding requests in the same steps.
+    """
+
+    def __init__(self, model: str, runner: str = "generate", **engine_args: Any) -> None:
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+        self.runner = runner
         self.engine = LLMEngine(EngineConfig(model=str(model), **engine_args))
 
     def get_tokenizer(self) -> Tokenizer:
@@ -36,23 +47,46 @@ class LLM:
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Generate for each prompt (text, or token ids); one ``RequestOutput`` per prompt."""
-        if isinstance(prompts, str) or (
-            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompt_list: list[Prompt] = list(prompts)  # type: ignore[arg-type]
+        if self.runner != "generate":
+            raise ValueError("this LLM was made with runner='pooling': use embed()")
+        prompt_list = _prompt_list(prompts)
         params_list = self._params_for(prompt_list, sampling_params)
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError("priority must have one entry per prompt")
+        self._submit(prompt_list, params_list, priority)
+        outputs = self._run(len(prompt_list), use_tqdm, "generate")
+        return [o for o in outputs if isinstance(o, RequestOutput)]
+
+    def embed(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: PoolingParams | None = None,
+        use_tqdm: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """Embed each prompt (text, or token ids): prefill only, pooled as the model says;
+        one ``PoolingRequestOutput`` per prompt, its vector in ``.outputs.embedding``."""
+        if self.runner != "pooling":
+            raise ValueError("embed() needs an LLM made with runner='pooling'")
+        prompt_list = _prompt_list(prompts)
+        params = pooling_params or PoolingParams()
+        self._submit(prompt_list, [params] * len(prompt_list), None)
+        outputs = self._run(len(prompt_list), use_tqdm, "embed")
+        return [o for o in outputs if isinstance(o, PoolingRequestOutput)]
+
+    def _submit(
+        self,
+        prompts: list[Prompt],
+        params: Sequence[SamplingParams | PoolingParams],
+        priority: Sequence[int] | None,
+    ) -> None:
         try:
-            for i, (prompt, params) in enumerate(zip(prompt_list, params_list, strict=True)):
-                self.engine.add_request(str(i), prompt, params, priority[i] if priority else 0)
+            for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+                self.engine.add_request(str(i), prompt, p, priority[i] if priority else 0)
         except ValueError:
             # All or nothing: a refused prompt leaves no half-submitted call in the engine.
-            for i in range(len(prompt_list)):
+            for i in range(len(prompts)):
                 self.engine.abort_request(str(i))
             raise
-        return self._run(len(prompt_list), use_tqdm)
 
     def chat(
         self,
@@ -82,11 +116,9 @@ class LLM:
             )
         return list(sampling_params)
 
-    def _run(self, num_requests: int, use_tqdm: bool) -> list[RequestOutput]:
-        results: dict[str, RequestOutput] = {}
-        with tqdm(
-            total=num_requests, desc="generate", unit="req", disable=not use_tqdm
-        ) as progress:
+    def _run(self, num_requests: int, use_tqdm: bool, desc: str) -> list[EngineOutput]:
+        results: dict[str, EngineOutput] = {}
+        with tqdm(total=num_requests, desc=desc, unit="req", disable=not use_tqdm) as progress:
             while self.engine.has_unfinished_requests():
                 finished = self.engine.step()
                 for output in finished:
@@ -100,3 +132,12 @@ class LLM:
                     )
                     progress.update(len(finished))
         return [results[str(i)] for i in range(num_requests)]
+
+
+def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """One prompt (text or a token-id list) or a sequence of them, as a list of prompts."""
+    if isinstance(prompts, str) or (
+        isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+    ):
+        return [prompts]  # type: ignore[list-item]
+    return list(prompts)  # type: ignore[arg-type]

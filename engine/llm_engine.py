@@ -3,6 +3,10 @@
 A user request with ``n > 1`` becomes ``n`` engine requests (``<id>#0 .. <id>#n-1``); the
 first is the parent whose prompt blocks the others share. The engine returns one
 ``RequestOutput`` per user request once all of its samples have finished.
+
+A request with ``PoolingParams`` is an embedding: prefill only, in the same steps as the
+generation requests; the pooler folds each of its chunks' hidden states in, and the step its
+last chunk runs it finishes (its KV blocks freed) and comes back as a ``PoolingRequestOutput``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.grammar import CompiledGrammar, GrammarCache, StructuredOutputs
 from engine.model_runner import ModelRunner
-from engine.outputs import CompletionOutput, RequestOutput
+from engine.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
+from engine.pooler import Pooler, PoolingConfig
+from engine.pooling_params import PoolingParams
 from engine.request import Request, RequestId, RequestStatus
 from engine.sampler import Sampler, SamplerOutput, TokenLogprobs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
-from engine.scheduler_output import SchedulerOutput
+from engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from engine.stats import EngineStats, StepStats, StepTimes
 from engine.structured_outputs import StructuredOutputsBounds, check_structured_outputs
 from engine.tokenizer import Tokenizer, has_tokenizer
@@ -76,6 +82,25 @@ class _RequestGroup:
         )
 
 
+@dataclass(slots=True)
+class _PoolingGroup:
+    """An embedding request: one prefill-only engine request, pooled when its last chunk runs."""
+
+    request: Request
+    prompt: str | None
+
+    def to_output(self, embedding: list[float]) -> PoolingRequestOutput:
+        return PoolingRequestOutput(
+            request_id=self.request.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=self.request.prompt_token_ids,
+            outputs=PoolingOutput(embedding),
+        )
+
+
+EngineOutput = RequestOutput | PoolingRequestOutput
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -104,6 +129,9 @@ class LLMEngine:
         self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-mask")
         # Groups whose grammar is still compiling: outside the scheduler until it is ready.
         self._compiling: list[tuple[_RequestGroup, Future[CompiledGrammar]]] = []
+        self.pooling_config = PoolingConfig.from_model_dir(config.model, config.pooling_type)
+        self.pooler = Pooler(self.pooling_config)
+        self._pooling: dict[str, _PoolingGroup] = {}
 
     @property
     def eos_token_id(self) -> int | None:
@@ -115,13 +143,17 @@ class LLMEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         priority: int = 0,
     ) -> None:
-        """Queue a request; raises ``InvalidRequestError`` for one that could never run."""
-        if request_id in self._groups:
+        """Queue a request (to generate, or to embed with ``PoolingParams``); raises
+        ``InvalidRequestError`` for one that could never run."""
+        if request_id in self._groups or request_id in self._pooling:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
         text, token_ids = self._tokenize(prompt)
+        if isinstance(params, PoolingParams):
+            self._add_pooling(request_id, text, token_ids, params, priority)
+            return
         self._validate(token_ids, params)
         compiling = self._grammar_future(params)
         group = _RequestGroup(request_id, text, token_ids)
@@ -190,8 +222,36 @@ class LLMEngine:
                 self._schedule_group(group, future.result())
         self._compiling = still
 
+    def _add_pooling(
+        self,
+        request_id: str,
+        text: str | None,
+        token_ids: list[int],
+        params: PoolingParams,
+        priority: int,
+    ) -> None:
+        self._validate_pooling(token_ids, params)
+        request = Request(
+            request_id=RequestId(request_id),
+            prompt_token_ids=list(token_ids),
+            sampling_params=SamplingParams(max_tokens=1),
+            arrival_time=float(next(self._arrivals)),
+            priority=priority,
+            pooling_params=params,
+        )
+        self._pooling[request_id] = _PoolingGroup(request, text)
+        self.scheduler.add_request(request)
+
     def abort_request(self, request_id: str) -> RequestOutput | None:
-        """Stop a request now, wherever it is; returns what it had produced so far."""
+        """Stop a request now, wherever it is; returns what it had produced so far (nothing
+        for an embedding request)."""
+        pooling = self._pooling.pop(request_id, None)
+        if pooling is not None:
+            self.scheduler.finish_requests(
+                [pooling.request.request_id], RequestStatus.FINISHED_ABORTED
+            )
+            self.pooler.release(pooling.request.request_id)
+            return None
         group = self._groups.pop(request_id, None)
         if group is None:
             return None
@@ -205,20 +265,20 @@ class LLMEngine:
         return group.to_output()
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._groups)
+        return bool(self._groups or self._pooling)
 
     def reset_prefix_cache(self) -> None:
         """Drop every cached prompt block (raises while requests run)."""
         self.scheduler.kv_cache.pool.reset_cache()
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[EngineOutput]:
         """Run one engine step; return the user requests that finished in it."""
         start = time.perf_counter()
         self._start_compiled()
         plan = self.scheduler.schedule()
         if plan.is_empty:
             self._start_compiled(wait_s=0.01)  # only compiling requests: wait, do not spin
-            return self._pop_finished()
+            return [*self._pop_finished()]
         scheduled_at = time.perf_counter()
         inputs = self.runner.prepare(plan)
         prepared_at = time.perf_counter()
@@ -227,7 +287,12 @@ class LLMEngine:
         if self.structured is not None and self.structured.active:
             # The grammar masks are filled on the CPU while the device runs the forward pass.
             masking = self._mask_thread.submit(self.structured.fill_bitmask, sampled_requests)
-        logits = self.runner.forward(inputs)
+        pooling_chunks = _pooling_chunks(plan)
+        if pooling_chunks:
+            logits, hidden = self.runner.forward_pooling(inputs)
+            self.pooler.add_chunks(pooling_chunks, hidden)
+        else:
+            logits = self.runner.forward(inputs)
         forwarded_at = time.perf_counter()
         allowed = masking.result() if masking is not None else None
         sampled = (
@@ -241,7 +306,7 @@ class LLMEngine:
             sampled_requests, sampled.token_ids, sampled.logprobs, strict=True
         ):
             self._postprocess(request, token_id, logprobs)
-        finished = self._pop_finished()
+        finished: list[EngineOutput] = [*self._pop_finished(), *self._pop_pooled(pooling_chunks)]
         end = time.perf_counter()
         times = StepTimes(
             schedule_s=scheduled_at - start,
@@ -288,6 +353,28 @@ class LLMEngine:
                 done.append(group)
         self._finishing.clear()
         return [g.to_output() for g in done]
+
+    def _pop_pooled(
+        self, chunks: list[tuple[ScheduledRequest, slice]]
+    ) -> list[PoolingRequestOutput]:
+        """Embedding requests whose last chunk ran this step: pooled, and finished at once so
+        that their KV blocks go back to the pool before the next step."""
+        done = []
+        for scheduled, _ in chunks:
+            request = scheduled.request
+            if request.status is not RequestStatus.RUNNING:  # aborted meanwhile
+                continue
+            if request.num_computed_tokens < request.num_prompt_tokens:
+                continue
+            group = self._pooling.pop(request.request_id)
+            self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+            assert request.pooling_params is not None
+            embedding = self.pooler.finish(
+                request.request_id, request.num_prompt_tokens, request.pooling_params.dimensions
+            )
+            self.stats.num_finished_requests += 1
+            done.append(group.to_output(embedding))
+        return done
 
     def _forget(self, group: _RequestGroup) -> None:
         for sample in group.samples:
@@ -358,6 +445,43 @@ class LLMEngine:
         if any(not 0 <= t < vocab for t in [*params.stop_token_ids, *params.logit_bias]):
             raise InvalidRequestError(f"stop_token_ids and logit_bias keys must be in [0, {vocab})")
 
+    def _validate_pooling(self, token_ids: list[int], params: PoolingParams) -> None:
+        if not token_ids:
+            raise InvalidRequestError("the input is empty")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise InvalidRequestError(f"input token ids must be in [0, {vocab})")
+        if len(token_ids) > self.max_model_len:
+            raise InvalidRequestError(
+                f"the input has {len(token_ids)} tokens, over the model's context length of "
+                f"{self.max_model_len} tokens"
+            )
+        blocks_needed = -(-(len(token_ids) + 1) // self.config.block_size)
+        if blocks_needed > self.runner.num_kv_blocks:
+            raise InvalidRequestError(
+                f"an input of {len(token_ids)} tokens needs {blocks_needed} KV blocks but the "
+                f"cache has only {self.runner.num_kv_blocks}"
+            )
+        self.check_dimensions(params.dimensions)
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """Refuse ``dimensions`` for a model not trained for Matryoshka truncation, or
+        outside what it was trained for."""
+        if dimensions is None:
+            return
+        allowed = self.pooling_config.matryoshka_dimensions
+        if allowed is None:
+            raise InvalidRequestError(
+                "this model does not support matryoshka representation: dimensions cannot be set"
+            )
+        hidden = self.model_config.hidden_size
+        if dimensions > hidden or (allowed and dimensions not in allowed):
+            raise InvalidRequestError(
+                f"dimensions must be one of {list(allowed)}"
+                if allowed
+                else f"dimensions must be at most {hidden}"
+            )
+
     def _child_params(self, params: SamplingParams, index: int) -> SamplingParams:
         """Sample ``index`` of ``n``: its own seed (seed + index) and every model EOS as a stop."""
         extra_eos = [t for t in self.model_config.eos_token_ids if t != self.eos_token_id]
@@ -366,3 +490,15 @@ class LLMEngine:
             stop_ids = [*stop_ids, *(t for t in extra_eos if t not in stop_ids)]
         seed = None if params.seed is None else params.seed + index
         return replace(params, n=1, seed=seed, stop_token_ids=stop_ids)
+
+
+def _pooling_chunks(plan: SchedulerOutput) -> list[tuple[ScheduledRequest, slice]]:
+    """The pooling requests' chunks of a step with their rows in the step's flat tokens."""
+    chunks = []
+    offset = 0
+    for scheduled in plan.scheduled:
+        end = offset + scheduled.num_new_tokens
+        if scheduled.request.pooling_params is not None:
+            chunks.append((scheduled, slice(offset, end)))
+        offset = end
+    return chunks

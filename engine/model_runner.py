@@ -99,6 +99,14 @@ class ModelRunner:
             torch.cuda.current_stream(self.device).synchronize()
         return logits
 
+    @torch.inference_mode()
+    def forward_pooling(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """An eager step that also returns every token's final hidden state: fp32 logits
+        ``[num_sampled, vocab_size]`` and ``[num_tokens, hidden_size]`` for the pooler."""
+        assert inputs.graph_size is None, "pooling chunks are never sampled, so never graphed"
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv_caches)
+        return self.model.compute_logits(hidden[inputs.logits_indices]), hidden
+
     def _forward_eager(self, inputs: ModelInputs, kv_caches: list[KVCache]) -> torch.Tensor:
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, kv_caches)
         return self.model.compute_logits(hidden[inputs.logits_indices])

@@ -32,3 +32,19 @@ class RequestOutput:
     @property
     def num_output_tokens(self) -> int:
         return sum(len(o.token_ids) for o in self.outputs)
+
+
+@dataclass(slots=True)
+class PoolingOutput:
+    embedding: list[float]
+
+
+@dataclass(slots=True)
+class PoolingRequestOutput:
+    """One embedding request's result, in vLLM's shape: ``output.outputs.embedding``."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: PoolingOutput
+    finished: bool = True

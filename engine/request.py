@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 
 RequestId = NewType("RequestId", str)
@@ -57,6 +58,7 @@ class Request:
     arrival_time: float = 0.0
     priority: int = 0  # lower runs first, then FCFS by arrival
     parent: Request | None = None
+    pooling_params: PoolingParams | None = None  # set: prefill only, pooled, never sampled
     token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first schedule

@@ -215,7 +215,9 @@ class Scheduler:
         while index < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[index]
             parent = request.parent
-            if parent is None or parent.status.is_finished:
+            if request.pooling_params is not None:
+                computed = []  # pooling needs every prompt position's hidden state
+            elif parent is None or parent.status.is_finished:
                 computed = self.kv_cache.get_computed_blocks(request)
             elif parent.num_computed_tokens >= parent.num_prompt_tokens:
                 computed = self.kv_cache.get_forked_blocks(request)
@@ -246,7 +248,7 @@ class Scheduler:
             token_ids=request.token_ids[start:end],
             start_position=start,
             block_ids=block_ids,
-            sample=end == request.num_tokens,
+            sample=end == request.num_tokens and request.pooling_params is None,
         )
 
     def _preempt(self, request: Request) -> None:

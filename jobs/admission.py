@@ -6,7 +6,7 @@ import re
 
 from jobs.errors import JobsError
 from jobs.limits import Limits
-from jobs.lines import EMBEDDINGS_URL, SUPPORTED_ENDPOINTS
+from jobs.lines import SUPPORTED_ENDPOINTS
 
 _WINDOW = re.compile(r"^([1-9][0-9]*)([smh])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
@@ -30,12 +30,6 @@ def window_seconds(completion_window: str, limits: Limits) -> int:
 
 
 def check_endpoint(endpoint: str) -> None:
-    if endpoint == EMBEDDINGS_URL:
-        raise JobsError(
-            "/v1/embeddings is not supported: the served models are generative",
-            param="endpoint",
-            code="unsupported_endpoint",
-        )
     if endpoint not in SUPPORTED_ENDPOINTS:
         raise JobsError(
             f"endpoint must be one of {', '.join(SUPPORTED_ENDPOINTS)}, got {endpoint!r}",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.lines import CHAT_URL, BodyRejection
+from jobs.lines import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL, BodyRejection
+from jobs.response_bodies import UNSERVED_FIELDS
 
 _TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call")
 
@@ -42,6 +43,10 @@ def refusal_of(url: str, body: dict[str, Any]) -> BodyRejection | None:
         )
     if url == CHAT_URL:
         return _tools(body, model) or _content_parts(body.get("messages"), model)
+    if url == RESPONSES_URL:
+        return _responses_features(body)
+    if url == EMBEDDINGS_URL:
+        return None
     return _completion_features(body)
 
 
@@ -82,4 +87,44 @@ def _completion_features(body: dict[str, Any]) -> BodyRejection | None:
     best_of = body.get("best_of")
     if best_of is not None and best_of != 1:
         return _unsupported("best_of", "best_of is not supported: use n")
+    return None
+
+
+def _responses_features(body: dict[str, Any]) -> BodyRejection | None:
+    """The first Responses feature of ``body`` we do not serve, or None."""
+    model = body.get("model")
+    for name, reason in UNSERVED_FIELDS.items():
+        if body.get(name) not in (None, False, [], {}):
+            return BodyRejection(
+                code="unsupported_parameter", message=f"{name}: {reason} ({model})", param=name
+            )
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("json_object", "json_schema"):
+        return BodyRejection(
+            code="unsupported_value",
+            message=f"text.format {kind} (structured output) is not supported by model {model}",
+            param="text.format.type",
+        )
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind not in (None, "message"):
+            return BodyRejection(
+                code="unsupported_value",
+                message=f"input items of type {kind!r} are not supported: send messages",
+                param=f"input.{i}.type",
+            )
+        parts = item.get("content")
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
+            ptype = part.get("type") if isinstance(part, dict) else None
+            if ptype not in ("input_text", "output_text"):
+                return BodyRejection(
+                    code="unsupported_value",
+                    message=f"{ptype} content is not supported by model {model}: send input_text",
+                    param=f"input.{i}.content.{j}",
+                )
     return None

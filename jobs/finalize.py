@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.embedding_parquet import embeddings_to_parquet
 from jobs.ids import BatchId, FileId, new_file_id, new_request_id
-from jobs.lines import LineError, OutputLine
+from jobs.lines import EMBEDDINGS_URL, LineError, OutputLine
 from jobs.output_schema import output_schema_key
 from jobs.parquet import jsonl_to_parquet
 from jobs.records import BatchRecord, FileRecord
@@ -205,7 +206,9 @@ class BatchFinalizer:
             return None
         file_id = part.file_id
         key = file_storage_key(file_id)
-        if parquet:
+        if parquet and batch.endpoint == EMBEDDINGS_URL and kind == "output":
+            embeddings_to_parquet(self.storage, part.key, key)
+        elif parquet:
             schema = self._output_schema(batch.id) if kind == "output" else None
             jsonl_to_parquet(self.storage, part.key, key, json_schema=schema)
         extension = "parquet" if parquet else "jsonl"

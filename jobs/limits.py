@@ -15,6 +15,7 @@ class Limits:
     max_n: int = 8
     max_tokens: int = 4096
     max_stop_sequences: int = 4
+    max_embedding_inputs: int = 2048  # inputs in one /v1/embeddings line
     max_errors_reported: int = 100
     shard_size: int = 256
     max_metadata_pairs: int = 16

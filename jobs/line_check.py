@@ -23,16 +23,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from jobs.body_refusals import refusal_of
+from jobs.embedding_bodies import EmbeddingBody, check_embedding_bounds
 from jobs.limits import Limits
 from jobs.lines import (
     CHAT_URL,
+    COMPLETIONS_URL,
     EMBEDDINGS_URL,
+    RESPONSES_URL,
     SUPPORTED_ENDPOINTS,
     BodyRejection,
     RejectedLine,
 )
 from jobs.output_schema import SharedSchema
 from jobs.request_bodies import ChatCompletionBody, CompletionBody, check_bounds
+from jobs.response_bodies import ResponsesBody
 
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 MAX_CUSTOM_ID_CHARS = 512
@@ -80,6 +84,16 @@ def rejection_of(exc: ValidationError) -> BodyRejection:
     message = str(first["msg"]).removeprefix("Value error, ")
     where = f"{param}: " if param and not message.startswith(param) else ""
     return BodyRejection(code="invalid_request", message=f"{where}{message}", param=param)
+
+
+_BODY_MODELS: dict[
+    str, type[ChatCompletionBody | CompletionBody | EmbeddingBody | ResponsesBody]
+] = {
+    CHAT_URL: ChatCompletionBody,
+    COMPLETIONS_URL: CompletionBody,
+    EMBEDDINGS_URL: EmbeddingBody,
+    RESPONSES_URL: ResponsesBody,
+}
 
 
 class LineChecker:
@@ -144,13 +158,6 @@ class LineChecker:
         return self._check_url(line_no, obj["url"])
 
     def _check_url(self, line_no: int, url: Any) -> LineIssue | None:
-        if url == EMBEDDINGS_URL:
-            return LineIssue(
-                "unsupported_endpoint",
-                "/v1/embeddings is not supported by the served models",
-                line_no,
-                "url",
-            )
         if url not in SUPPORTED_ENDPOINTS:
             return LineIssue("invalid_url", f"unsupported url: {url!r}", line_no, "url")
         if url != self.endpoint:
@@ -197,14 +204,31 @@ class LineChecker:
         refusal = refusal_of(url, body)
         if refusal is not None:
             return refusal
-        model = ChatCompletionBody if url == CHAT_URL else CompletionBody
+        model = _BODY_MODELS[url]
         try:
             parsed = model.model_validate(body)
         except ValidationError as exc:
             return rejection_of(exc)
-        bound = check_bounds(parsed, self.limits)
+        if isinstance(parsed, EmbeddingBody):
+            bound = check_embedding_bounds(parsed, self.limits)
+        elif isinstance(parsed, ResponsesBody):
+            bound = None
+            if (
+                parsed.max_output_tokens is not None
+                and parsed.max_output_tokens > self.limits.max_tokens
+            ):
+                bound = (
+                    "max_output_tokens",
+                    (
+                        f"max_output_tokens must be at most {self.limits.max_tokens}, "
+                        f"got {parsed.max_output_tokens}"
+                    ),
+                )
+        else:
+            bound = check_bounds(parsed, self.limits)
         if bound is None:
-            self.shared_schema.note(parsed)
+            if isinstance(parsed, ChatCompletionBody | CompletionBody):
+                self.shared_schema.note(parsed)
             return None
         param, message = bound
         return BodyRejection(code="invalid_request", message=message, param=param)

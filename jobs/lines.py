@@ -11,12 +11,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from jobs.embedding_bodies import EmbeddingBody
 from jobs.request_bodies import ChatCompletionBody, CompletionBody
+from jobs.response_bodies import ResponsesBody
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
-SUPPORTED_ENDPOINTS = (CHAT_URL, COMPLETIONS_URL)
+RESPONSES_URL = "/v1/responses"
+SUPPORTED_ENDPOINTS = (CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL)
 
 
 class _LineBase(BaseModel):
@@ -36,11 +39,22 @@ class CompletionLine(_LineBase):
     body: CompletionBody
 
 
-InputLine = Annotated[ChatLine | CompletionLine, Field(discriminator="url")]
-INPUT_LINE = TypeAdapter[ChatLine | CompletionLine](InputLine)
+class EmbeddingLine(_LineBase):
+    url: Literal["/v1/embeddings"]
+    body: EmbeddingBody
 
 
-def parse_input_line(raw: bytes | str) -> ChatLine | CompletionLine:
+class ResponsesLine(_LineBase):
+    url: Literal["/v1/responses"]
+    body: ResponsesBody
+
+
+RequestLine = ChatLine | CompletionLine | EmbeddingLine | ResponsesLine
+InputLine = Annotated[RequestLine, Field(discriminator="url")]
+INPUT_LINE = TypeAdapter[RequestLine](InputLine)
+
+
+def parse_input_line(raw: bytes | str) -> RequestLine:
     """Parse one request line that already passed validation."""
     return INPUT_LINE.validate_python(json.loads(raw))
 
@@ -66,7 +80,7 @@ class RejectedLine(BaseModel):
     rejection: BodyRejection
 
 
-ShardLine = ChatLine | CompletionLine | RejectedLine
+ShardLine = RequestLine | RejectedLine
 _SHARD_LINE = TypeAdapter[ShardLine](InputLine | RejectedLine)
 
 

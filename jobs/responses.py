@@ -1,13 +1,17 @@
 """Response bodies of the endpoints a batch line calls, built from plain values.
 
 The worker turns the engine's outputs into these records; this module only knows the
-OpenAI shapes (``chat.completion``, ``text_completion``, error bodies), never the engine.
+OpenAI shapes (``chat.completion``, ``text_completion``, ``response``, embedding
+lists, error bodies), never the engine.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(slots=True)
@@ -142,3 +146,90 @@ def error_body(
 ) -> dict[str, Any]:
     """An OpenAI error body, as an HTTP 4xx response carries it."""
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def response_body(
+    completion: Completion,
+    *,
+    response_id: str,
+    message_id: str,
+    model: str,
+    created: int,
+    request: dict[str, Any],
+) -> dict[str, Any]:
+    """A ``response`` object, as ``POST /v1/responses`` returns it, for one text answer.
+
+    ``request`` holds the settings the caller sent (instructions, temperature, top_p,
+    max_output_tokens, metadata, user, text); the object echoes them, as OpenAI's does.
+    A text cut by ``max_output_tokens`` makes the response ``incomplete``.
+    """
+    choice = completion.choices[0]
+    cut = choice.finish_reason == "length"
+    status = "incomplete" if cut else "completed"
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "model": model,
+        "output": [
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "status": status,
+                "content": [{"type": "output_text", "text": choice.text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": completion.prompt_tokens,
+            "input_tokens_details": {
+                "cached_tokens": completion.cached_tokens,
+                "cache_write_tokens": 0,
+            },
+            "output_tokens": completion.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "temperature": request.get("temperature", 1.0),
+        "top_p": request.get("top_p", 1.0),
+        "text": request.get("text") or {"format": {"type": "text"}},
+        "metadata": request.get("metadata") or {},
+        "user": request.get("user"),
+        "parallel_tool_calls": False,
+        "tool_choice": "none",
+        "tools": [],
+        "previous_response_id": None,
+        "reasoning": None,
+        "store": False,
+        "truncation": "disabled",
+        "background": False,
+    }
+
+
+def embedding_list_body(
+    vectors: list[list[float]], *, model: str, prompt_tokens: int, encoding_format: str
+) -> dict[str, Any]:
+    """A ``list`` of ``embedding`` objects, as ``POST /v1/embeddings`` returns it, in input
+    order. ``base64`` is each vector's little-endian float32 bytes, as the SDK decodes them."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _base64_floats(v) if encoding_format == "base64" else v,
+            }
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
+from engine.outputs import PoolingRequestOutput, RequestOutput
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 from worker.engine_load import EngineLoad, QueueDepth, watch_queue
 
@@ -57,7 +58,7 @@ class HostResult:
     """How a submission ended: an engine output, a refusal, a stop, or an engine failure."""
 
     request_id: str
-    output: RequestOutput | None = None
+    output: RequestOutput | PoolingRequestOutput | None = None
     refused: str | None = None  # the engine can never run it (a 400 for the caller)
     stopped: str | None = None  # the batch's stop reason
     failed: str | None = None  # the engine broke while running it
@@ -69,7 +70,7 @@ class Submission:
     request_id: str
     batch_id: str
     prompt: PromptInput
-    params: SamplingParams
+    params: SamplingParams | PoolingParams  # pooling: an embedding, in the same steps
     sink: Callable[[HostResult], None]
     priority: int = 0
     fill_context: bool = False  # max_tokens becomes the rest of the model's context
@@ -298,7 +299,7 @@ class EngineHost:
         try:
             prompt = self._prompt_ids(submission.prompt)
             params = submission.params
-            if submission.fill_context:
+            if submission.fill_context and isinstance(params, SamplingParams):
                 params = replace(params, max_tokens=max(1, engine.max_model_len - len(prompt)))
             engine.add_request(submission.request_id, prompt, params, submission.priority)
         except ValueError as exc:
@@ -368,7 +369,7 @@ class EngineHost:
         self.load.step(started, time.monotonic(), len(ran))
         self._record_step({self._inflight[r].batch_id for r in ran if r in self._inflight})
         for output in outputs:
-            if output.error is not None:
+            if isinstance(output, RequestOutput) and output.error is not None:
                 self._resolve(HostResult(output.request_id, failed=output.error))
             else:
                 self._resolve(HostResult(output.request_id, output=output))

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Literal
 
 from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
+from engine.llm_engine import EngineOutput, LLMEngine
 from engine.outputs import RequestOutput
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 
 CrashPoint = Literal["admit", "step"]
@@ -37,7 +38,7 @@ class FaultInjectingEngine(LLMEngine):
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         priority: int = 0,
     ) -> None:
         text = prompt
@@ -49,7 +50,7 @@ class FaultInjectingEngine(LLMEngine):
             self._marked.add(request_id)
         super().add_request(request_id, prompt, params, priority)
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[EngineOutput]:
         running = {r.request_id.partition("#")[0] for r in self.scheduler.running}
         if marked := running & self._marked:
             raise InjectedEngineFault(f"injected engine fault in a step with {sorted(marked)}")

@@ -19,14 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
+from engine.llm_engine import InvalidRequestError, LLMEngine
 from jobs.body_refusals import refusal_of
+from jobs.embedding_bodies import EmbeddingBody
 from jobs.line_check import rejection_of
-from jobs.lines import ChatLine, CompletionLine, OutputLine, parse_input_line
+from jobs.lines import OutputLine, RequestLine, parse_input_line
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
 from worker.engine_host import EngineHost, HostResult, Submission
-from worker.output_lines import completion_of, error_line, refused_line, success_line
-from worker.sampling import engine_request
+from worker.output_lines import error_line, line_answer, refused_line
+from worker.sampling import engine_requests
 
 MAX_LINE_BYTES = 200_000_000
 
@@ -49,7 +50,7 @@ def _location(url: str | Path) -> Iterator[tuple[Storage, str]]:
         storage.close()
 
 
-def _parse(raw: bytes | None, line_no: int) -> ChatLine | CompletionLine | OutputLine:
+def _parse(raw: bytes | None, line_no: int) -> RequestLine | OutputLine:
     """The line as a request, or (when it cannot be one) its error line."""
     if raw is None:
         return error_line(f"line-{line_no}", "line_too_long", "the line is too long")
@@ -136,12 +137,17 @@ def run_batch(
 
 
 class _OfflineRun:
+    """Lines in flight: each line's request (one, or one per input of an embeddings line)
+    results, until the last of them is in and the line can be answered."""
+
     def __init__(self, host: EngineHost, writer: _InOrderWriter) -> None:
         self.host = host
         self.writer = writer
         self.num_lines = 0
         self._results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
-        self._requests: dict[int, ChatLine | CompletionLine] = {}
+        self._lines: dict[int, RequestLine] = {}
+        self._parts: dict[int, list[HostResult | None]] = {}
+        self._origin: dict[str, tuple[int, int]] = {}
 
     def add(self, raw: bytes | None) -> None:
         """Submit one line (waiting for room in the engine), or answer it with its error."""
@@ -151,36 +157,41 @@ class _OfflineRun:
             self.writer.put(position, parsed)
             return
         try:
-            request = engine_request(parsed.body)
+            requests = engine_requests(parsed.body)
+            if isinstance(parsed.body, EmbeddingBody):
+                self.host.engine.check_dimensions(parsed.body.dimensions)
         except ValueError as exc:
-            self.writer.put(position, refused_line(parsed.custom_id, str(exc)))
+            param = "dimensions" if isinstance(exc, InvalidRequestError) else None
+            self.writer.put(position, refused_line(parsed.custom_id, str(exc), param=param))
             return
-        self._requests[position] = parsed
-        submission = Submission(
-            str(position),
-            "offline",
-            request.prompt,
-            request.params,
-            self._results.put,
-            fill_context=request.fill_context,
-        )
-        self.host.submit(submission)
-        while not self._results.empty():
-            self._answer(self._results.get())
+        self._lines[position] = parsed
+        self._parts[position] = [None] * len(requests)
+        for part, request in enumerate(requests):
+            request_id = f"{position}/{part}"
+            self._origin[request_id] = (position, part)
+            submission = Submission(
+                request_id,
+                "offline",
+                request.prompt,
+                request.params,
+                self._results.put,
+                fill_context=request.fill_context,
+            )
+            self.host.submit(submission)
+            while not self._results.empty():
+                self._collect(self._results.get())
 
     def finish(self) -> None:
-        while self._requests:
-            self._answer(self._results.get())
+        while self._origin:
+            self._collect(self._results.get())
 
-    def _answer(self, result: HostResult) -> None:
-        position = int(result.request_id)
-        line = self._requests.pop(position)
-        if result.refused is not None:
-            self.writer.put(position, refused_line(line.custom_id, result.refused))
-        elif result.output is None or result.failed is not None:
-            self.writer.put(
-                position, error_line(line.custom_id, "engine_error", str(result.failed))
-            )
-        else:
-            completion = completion_of(result.output, self.host.engine.tokenizer)
-            self.writer.put(position, success_line(line.custom_id, line.body, completion))
+    def _collect(self, result: HostResult) -> None:
+        position, part = self._origin.pop(result.request_id)
+        parts = self._parts[position]
+        parts[part] = result
+        if any(p is None for p in parts):
+            return
+        del self._parts[position]
+        line = self._lines.pop(position)
+        results = [p for p in parts if p is not None]
+        self.writer.put(position, line_answer(line, results, self.host.engine.tokenizer).line)

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 
-from engine.outputs import RequestOutput
+from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.sampler import TokenLogprobs
 from engine.tokenizer import Tokenizer
+from jobs.embedding_bodies import EmbeddingBody
 from jobs.ids import new_request_id
-from jobs.lines import LineError, OutputLine, RejectedLine, ResponseEnvelope
+from jobs.lines import LineError, OutputLine, RejectedLine, RequestLine, ResponseEnvelope
 from jobs.request_bodies import ChatCompletionBody, RequestBody
+from jobs.response_bodies import ResponsesBody
 from jobs.responses import (
     Choice,
     Completion,
     TokenLogprob,
     chat_completion_body,
+    embedding_list_body,
     error_body,
+    response_body,
     text_completion_body,
 )
+from jobs.results import StopReason
+from worker.engine_host import HostResult
 
 
 def _token_text(tokenizer: Tokenizer | None, token_id: int) -> str:
@@ -58,9 +65,20 @@ def completion_of(output: RequestOutput, tokenizer: Tokenizer | None) -> Complet
     )
 
 
-def success_line(custom_id: str, body: RequestBody, completion: Completion) -> OutputLine:
+def success_line(
+    custom_id: str, body: RequestBody | ResponsesBody, completion: Completion
+) -> OutputLine:
     created = int(time.time())
-    if isinstance(body, ChatCompletionBody):
+    if isinstance(body, ResponsesBody):
+        payload = response_body(
+            completion,
+            response_id=f"resp_{secrets.token_hex(24)}",
+            message_id=f"msg_{secrets.token_hex(24)}",
+            model=body.model,
+            created=created,
+            request=body.model_dump(mode="json", exclude_none=True),
+        )
+    elif isinstance(body, ChatCompletionBody):
         payload = chat_completion_body(
             completion,
             response_id=f"chatcmpl-{secrets.token_hex(12)}",
@@ -74,6 +92,19 @@ def success_line(custom_id: str, body: RequestBody, completion: Completion) -> O
             model=body.model,
             created=created,
         )
+    return _line(custom_id, ResponseEnvelope(status_code=200, request_id=_req(), body=payload))
+
+
+def embedding_line(
+    custom_id: str, body: EmbeddingBody, outputs: list[PoolingRequestOutput]
+) -> OutputLine:
+    """One embeddings line's answer: every input's vector, in input order."""
+    payload = embedding_list_body(
+        [o.outputs.embedding for o in outputs],
+        model=body.model,
+        prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
+        encoding_format=body.encoding_format or "float",
+    )
     return _line(custom_id, ResponseEnvelope(status_code=200, request_id=_req(), body=payload))
 
 
@@ -99,6 +130,56 @@ def error_line(custom_id: str, code: str, message: str) -> OutputLine:
     return OutputLine(
         id=new_request_id(), custom_id=custom_id, error=LineError(code=code, message=message)
     )
+
+
+def stopped_line(custom_id: str, reason: str) -> OutputLine:
+    """A request its batch's stop (cancel, expiry, withdrawal) ended before its answer."""
+    stop = StopReason(reason)
+    return error_line(custom_id, stop.code, stop.message)
+
+
+@dataclass(slots=True)
+class LineAnswer:
+    line: OutputLine
+    ok: bool  # a 200 for the output file; else the error file
+    counts: dict[str, int]  # what the line adds to its batch's counts and usage
+
+
+def line_answer(
+    line: RequestLine, results: list[HostResult], tokenizer: Tokenizer | None
+) -> LineAnswer:
+    """A line's answer from the results of its engine requests (one, or one per input of an
+    embeddings line). One part that did not succeed makes the whole line's answer, as an
+    endpoint that refuses one input of a request refuses the request."""
+    failed = {"failed": 1}
+    for number, result in enumerate(results):
+        where = f"input {number}: " if len(results) > 1 else ""
+        if result.stopped is not None:
+            return LineAnswer(stopped_line(line.custom_id, result.stopped), False, failed)
+        if result.refused is not None:
+            param = "input" if isinstance(line.body, EmbeddingBody) else None
+            refused = refused_line(line.custom_id, f"{where}{result.refused}", param=param)
+            return LineAnswer(refused, False, failed)
+        if result.failed is not None or result.output is None:
+            message = f"{where}{result.failed or 'no output'}"
+            return LineAnswer(error_line(line.custom_id, "engine_error", message), False, failed)
+    outputs = [r.output for r in results]
+    if isinstance(line.body, EmbeddingBody):
+        pooled = [o for o in outputs if isinstance(o, PoolingRequestOutput)]
+        assert len(pooled) == len(outputs), "an embeddings line runs pooling requests"
+        tokens = sum(len(o.prompt_token_ids) for o in pooled)
+        answer = embedding_line(line.custom_id, line.body, pooled)
+        return LineAnswer(answer, True, {"completed": 1, "input_tokens": tokens})
+    (output,) = outputs
+    assert isinstance(output, RequestOutput), "a generation line runs a generation request"
+    completion = completion_of(output, tokenizer)
+    counts = {
+        "completed": 1,
+        "input_tokens": completion.prompt_tokens,
+        "cached_tokens": completion.cached_tokens,
+        "output_tokens": completion.completion_tokens,
+    }
+    return LineAnswer(success_line(line.custom_id, line.body, completion), True, counts)
 
 
 def _req() -> str:

@@ -1,4 +1,5 @@
-"""A batch line's request body as an engine request: the prompt and its SamplingParams.
+"""A batch line's request body as engine requests: each prompt and its SamplingParams
+(or PoolingParams, for an embedding: one engine request per input).
 
 Defaults follow OpenAI, not the engine: ``temperature`` 1, ``top_p`` 1, ``n`` 1, and no
 ``max_tokens`` means "the rest of the context" (the engine host fills it in once the prompt
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import StructuredOutputsParams
+from jobs.embedding_bodies import EmbeddingBody
 from jobs.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
+from jobs.response_bodies import ResponsesBody
 from worker.engine_host import ChatPrompt, PromptInput
 
 
 @dataclass(slots=True)
 class EngineRequest:
     prompt: PromptInput
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     fill_context: bool  # no max_tokens given: generate up to the rest of the context
 
 
@@ -96,3 +100,30 @@ def engine_request(body: RequestBody) -> EngineRequest:
         structured_outputs=_constraint(body),
     )
     return EngineRequest(_prompt(body), params, fill_context=limit is None)
+
+
+def responses_request(body: ResponsesBody) -> EngineRequest:
+    """A Responses line: its messages through the chat template, one sample."""
+    params = SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        max_tokens=body.max_output_tokens or 1,
+    )
+    return EngineRequest(
+        ChatPrompt(body.messages()), params, fill_context=body.max_output_tokens is None
+    )
+
+
+def embedding_requests(body: EmbeddingBody) -> list[EngineRequest]:
+    """An embeddings line: one prefill-only request per input, in input order."""
+    params = PoolingParams(dimensions=body.dimensions)
+    return [EngineRequest(item, params, fill_context=False) for item in body.inputs]
+
+
+def engine_requests(body: RequestBody | EmbeddingBody | ResponsesBody) -> list[EngineRequest]:
+    """Every engine request one line's body makes; raises ValueError for a bad value."""
+    if isinstance(body, EmbeddingBody):
+        return embedding_requests(body)
+    if isinstance(body, ResponsesBody):
+        return [responses_request(body)]
+    return [engine_request(body)]

@@ -20,13 +20,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from engine.llm_engine import InvalidRequestError
 from jobs.admission import priority_of
+from jobs.embedding_bodies import EmbeddingBody
 from jobs.finalize import BatchFinalizer
 from jobs.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
 from jobs.records import BatchRecord
-from jobs.results import ShardLedger, ShardOutcome, StopReason, write_shard_results
+from jobs.results import ShardLedger, ShardOutcome, write_shard_results
 from jobs.shards import shard_key
 from jobs.status import BatchStatus
 from jobs.storage import Storage, read_lines
@@ -34,13 +36,13 @@ from jobs.store import JobStore
 from worker.engine_host import EngineHost, HostResult, Submission
 from worker.intake import NO_TICKET, IntakeTicket
 from worker.output_lines import (
-    completion_of,
     error_line,
+    line_answer,
     refused_line,
     rejected_line,
-    success_line,
+    stopped_line,
 )
-from worker.sampling import engine_request
+from worker.sampling import engine_requests
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,24 @@ class ShardLimits:
     max_deliveries: int = 5
     lease_s: int = 30
     max_line_bytes: int = 2_000_000
+
+
+@dataclass(slots=True)
+class _ShardRun:
+    """One run of a shard: each line's answer, and the engine requests still out.
+
+    A line makes one engine request, or one per input (an embeddings line); ``origin`` maps
+    each request in flight to its line and part, ``parts`` holds a line's results until the
+    last of them is in.
+    """
+
+    lines: list[ShardLine]
+    answers: list[tuple[OutputLine, bool] | None] = field(init=False)
+    parts: dict[int, list[HostResult | None]] = field(default_factory=dict)
+    origin: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.answers = [None] * len(self.lines)
 
 
 class ShardRunner:
@@ -155,104 +175,89 @@ class ShardRunner:
     def _execute(self, batch: BatchRecord, index: int, ticket: IntakeTicket) -> ShardOutcome:
         lines = self._lines(batch.id, index)
         ticket.sized(len(lines))
-        answers: list[tuple[OutputLine, bool] | None] = [None] * len(lines)
+        run = _ShardRun(lines)
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         priority = priority_of(batch.metadata)
         self.host.watch(batch.id)
-        pending: set[str] = set()  # submitted, not yet collected
         try:
             num_pending = 0
             for position, line in enumerate(lines):
                 if isinstance(line, RejectedLine):  # its body failed validation at intake
-                    answers[position] = (rejected_line(line), False)
+                    run.answers[position] = (rejected_line(line), False)
                     self.ledger.add_counts(batch.id, index, failed=1)
+                    ticket.answered()
                     continue
                 stopped = self.host.stop_reason(batch.id)
                 if stopped is not None:
-                    answers[position] = (self._stopped(line, stopped), False)
+                    run.answers[position] = (self._stopped(line, stopped), False)
                     self.ledger.add_counts(batch.id, index, failed=1)
                     ticket.answered()
                     continue
                 try:
-                    request = engine_request(line.body)
+                    requests = engine_requests(line.body)
+                    if isinstance(line.body, EmbeddingBody):
+                        self.host.engine.check_dimensions(line.body.dimensions)
                 except ValueError as exc:
-                    answers[position] = (refused_line(line.custom_id, str(exc)), False)
+                    param = "dimensions" if isinstance(exc, InvalidRequestError) else None
+                    refused = refused_line(line.custom_id, str(exc), param=param)
+                    run.answers[position] = (refused, False)
                     self.ledger.add_counts(batch.id, index, failed=1)
                     ticket.answered()
                     continue
-                request_id = f"{batch.id}/{index}/{position}"
-                pending.add(request_id)
-                self.host.submit(
-                    Submission(
-                        request_id=request_id,
-                        batch_id=batch.id,
-                        prompt=request.prompt,
-                        params=request.params,
-                        sink=results.put,
-                        priority=priority,
-                        fill_context=request.fill_context,
+                run.parts[position] = [None] * len(requests)
+                for part, request in enumerate(requests):
+                    request_id = f"{batch.id}/{index}/{position}/{part}"
+                    run.origin[request_id] = (position, part)
+                    self.host.submit(
+                        Submission(
+                            request_id=request_id,
+                            batch_id=batch.id,
+                            prompt=request.prompt,
+                            params=request.params,
+                            sink=results.put,
+                            priority=priority,
+                            fill_context=request.fill_context,
+                        )
                     )
-                )
-                num_pending += 1
-                while num_pending and not results.empty():
-                    self._collect(batch.id, index, lines, answers, results.get(), pending)
-                    ticket.answered()
-                    num_pending -= 1
+                    num_pending += 1
+                    while num_pending and not results.empty():
+                        if self._collect(batch.id, index, run, results.get()):
+                            ticket.answered()
+                        num_pending -= 1
             for _ in range(num_pending):
-                self._collect(batch.id, index, lines, answers, results.get(), pending)
-                ticket.answered()
+                if self._collect(batch.id, index, run, results.get()):
+                    ticket.answered()
         finally:
             self.host.unwatch(batch.id)
-            if pending:  # this run failed: its requests must not outlive it in the engine
-                self.host.withdraw(pending)
+            if run.origin:  # this run failed: its requests must not outlive it in the engine
+                self.host.withdraw(set(run.origin))
         outcome = ShardOutcome()
-        for answer in answers:
+        for answer in run.answers:
             assert answer is not None, "every line of the shard has an answer"
             line_out, ok = answer
             (outcome.outputs if ok else outcome.errors).append(line_out)
         return outcome
 
-    def _collect(
-        self,
-        batch_id: str,
-        index: int,
-        lines: list[ShardLine],
-        answers: list[tuple[OutputLine, bool] | None],
-        result: HostResult,
-        pending: set[str],
-    ) -> None:
-        pending.discard(result.request_id)
+    def _collect(self, batch_id: str, index: int, run: _ShardRun, result: HostResult) -> bool:
+        """File one engine result under its line; answer the line once all its parts are in
+        (and say whether this result did)."""
         if result.interrupted:
             # Not an answer: the shard must not be marked done; its task fails and the
             # shard runs again (a retry, or the broker's redelivery).
             raise ShardInterrupted(f"{batch_id}/{index}: the worker is shutting down")
-        position = int(result.request_id.rpartition("/")[2])
-        line = lines[position]
+        position, part = run.origin.pop(result.request_id)
+        parts = run.parts[position]
+        parts[part] = result
+        if any(p is None for p in parts):
+            return False
+        line = run.lines[position]
         assert not isinstance(line, RejectedLine), "a rejected line is never submitted"
-        if result.stopped is not None:
-            answers[position] = (self._stopped(line, result.stopped), False)
-        elif result.refused is not None:
-            answers[position] = (refused_line(line.custom_id, result.refused), False)
-        elif result.failed is not None or result.output is None:
-            answers[position] = (
-                error_line(line.custom_id, "engine_error", result.failed or "no output"),
-                False,
-            )
-        else:
-            completion = completion_of(result.output, self.host.engine.tokenizer)
-            answers[position] = (success_line(line.custom_id, line.body, completion), True)
-            self.ledger.add_counts(
-                batch_id,
-                index,
-                completed=1,
-                input_tokens=completion.prompt_tokens,
-                cached_tokens=completion.cached_tokens,
-                output_tokens=completion.completion_tokens,
-            )
-            return
-        self.ledger.add_counts(batch_id, index, failed=1)
+        answer = line_answer(line, [p for p in parts if p is not None], self.host.engine.tokenizer)
+        run.answers[position] = (answer.line, answer.ok)
+        del run.parts[position]
+        self.ledger.add_counts(batch_id, index, **answer.counts)
+        return True
 
     @staticmethod
     def _stopped(line: ShardLine, reason: str) -> OutputLine:
-        stop = StopReason(reason)
-        return error_line(line.custom_id, stop.code, stop.message)
+        return stopped_line(line.custom_id, reason)

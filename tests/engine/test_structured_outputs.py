@@ -20,6 +20,7 @@ from engine import (
     StructuredOutputsParams,
 )
 from engine.grammar import GrammarCache
+from engine.outputs import RequestOutput
 from engine.request import RequestId
 from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
@@ -242,6 +243,7 @@ def test_a_compiling_grammar_does_not_hold_up_the_batch(smol: LLM) -> None:
         release.set()
         while engine.has_unfinished_requests():
             for output in engine.step():
+                assert isinstance(output, RequestOutput)
                 assert output.request_id == "slow"
                 assert output.outputs[0].finish_reason == "stop"
                 assert isinstance(json.loads(output.outputs[0].text)["ok"], bool)

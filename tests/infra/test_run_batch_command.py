@@ -50,3 +50,43 @@ def test_run_batch_errors_default_beside_the_output(
     summary = capsys.readouterr().out
     assert "1 lines answered" in summary and "0 failed" in summary
     assert (tmp_path / "out.errors.jsonl").read_text() == ""
+
+
+def test_run_batch_serves_embeddings_and_responses(
+    tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mixed files are the service's business (one url per batch); run-batch answers each
+    line by its own url, with the same bodies the service writes."""
+    from engine import LLM
+
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    errors = tmp_path / "bad.jsonl"
+    model = str(smollm2_dir)
+    texts = ["first text", "second, longer text than the first"]
+
+    def line(custom_id: str, url: str, **body: object) -> dict[str, object]:
+        return {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": url,
+            "body": {"model": model, **body},
+        }
+
+    lines = [
+        line("emb", "/v1/embeddings", input=texts),
+        line("resp", "/v1/responses", input="Say hi.", max_output_tokens=3, temperature=0),
+        line("dims", "/v1/embeddings", input="x", dimensions=4),
+    ]
+    source.write_bytes(to_jsonl(lines))
+    argv = ["run-batch", "-i", str(source), "-o", str(target), "--model", model]
+    assert main([*argv, "--errors", str(errors)]) == 0
+    assert "2 lines answered" in capsys.readouterr().out
+    emb, resp = [json.loads(raw) for raw in target.read_text().splitlines()]
+    expected = LLM(model, runner="pooling").embed(texts, use_tqdm=False)
+    for item, want in zip(emb["response"]["body"]["data"], expected, strict=True):
+        assert item["embedding"] == pytest.approx(want.outputs.embedding, abs=1e-5)
+    body = resp["response"]["body"]
+    assert body["object"] == "response" and body["status"] == "incomplete"
+    assert body["usage"]["output_tokens"] == 3
+    (refused,) = [json.loads(raw) for raw in errors.read_text().splitlines()]
+    assert refused["response"]["body"]["error"]["param"] == "dimensions"

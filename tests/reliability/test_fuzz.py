@@ -22,7 +22,7 @@ from jobs.limits import Limits
 from jobs.line_check import LineChecker, LineIssue
 from jobs.lines import RejectedLine, parse_input_line, parse_shard_line
 from tests.api.conftest import MODEL, LiveServer
-from worker.sampling import engine_request
+from worker.sampling import engine_requests
 
 LIMITS = Limits(
     max_requests_per_file=1000,
@@ -119,7 +119,7 @@ def test_what_intake_accepts_the_worker_can_run(line: dict[str, Any]) -> None:
         return
     parsed = parse_input_line(raw)
     with contextlib.suppress(ValueError):  # a per-line 400 in the error file, by design
-        engine_request(parsed.body)
+        engine_requests(parsed.body)
 
 
 def fuzz_operation(operation: Any, url: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
 from worker.engine_host import EngineHost, HostResult, Submission
 
 
@@ -71,9 +72,9 @@ def test_batches_from_threads_share_steps_and_match_offline(
         use_tqdm=False,
     )
     for results in outcome.values():
-        assert [r.output.outputs[0].token_ids for r in results if r.output] == [
-            e.outputs[0].token_ids for e in expected
-        ]
+        assert [
+            r.output.outputs[0].token_ids for r in results if isinstance(r.output, RequestOutput)
+        ] == [e.outputs[0].token_ids for e in expected]
     stats = host.snapshot()
     assert stats["num_multi_batch_steps"] >= 1 and stats["max_batches_in_step"] >= 2
     assert stats["num_batches_served"] == 3 and stats["num_pending"] == 0
@@ -99,7 +100,7 @@ def test_default_max_tokens_fills_the_context(host: EngineHost) -> None:
     )
     result = results.get(timeout=120)
     output = result.output
-    assert output is not None, result
+    assert isinstance(output, RequestOutput), result
     assert len(output.prompt_token_ids) + len(output.outputs[0].token_ids) == 1024
 
 
@@ -136,7 +137,10 @@ def test_withdrawn_requests_leave_the_engine_and_their_ids_can_run_again(
     gone = [abandoned.get(timeout=60) for _ in ids]
     assert {r.request_id for r in gone} == ids
     assert all(r.stopped == "withdrawn" for r in gone)
-    assert all(r.output is None or len(r.output.outputs[0].token_ids) < 200 for r in gone)
+    assert all(
+        not isinstance(r.output, RequestOutput) or len(r.output.outputs[0].token_ids) < 200
+        for r in gone
+    )
 
     rerun = run_batch(host, "w", 4, max_tokens=3)  # the same ids: w/0/0 .. w/0/3
     assert [r.request_id for r in rerun] == [f"w/0/{i}" for i in range(4)]
