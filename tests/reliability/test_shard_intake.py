@@ -101,7 +101,7 @@ def test_the_most_urgent_shard_is_taken_when_the_engine_has_room(
         low = submit(stack, long_lines("low", 12 * 8, max_tokens=24), priority=9)
         while stats(stack, worker).get("num_resolved", 0) < 8:
             time.sleep(0.05)
-        urgent = submit(stack, long_lines("urgent", 8, max_tokens=8), priority=0)
+        urgent = submit(stack, long_lines("urgent", 8, max_tokens=8), priority=1)
         client = stack.client()
         done = wait_batch(client, urgent, {"completed", "failed"}, timeout_s=120)
         assert done.status == "completed", done
