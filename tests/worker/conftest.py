@@ -79,14 +79,19 @@ def open_stack(
 
 @pytest.fixture(scope="module")
 def stack(
+    request: pytest.FixtureRequest,
     session_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
     s3_endpoint: str,
     redis_client: redis.Redis,
 ) -> Iterator[Stack]:
-    """The API, S3 and one worker process (4 shard threads), for a whole test module."""
+    """The API, S3 and one worker process, for a whole test module.
+
+    A module's ``STACK_SETTINGS`` (a dict, optional) overrides the service settings.
+    """
     tmp = tmp_path_factory.mktemp("worker-stack")
     prefix = f"{session_prefix}:{secrets.token_hex(2)}"
-    with open_stack(prefix, tmp, s3_endpoint, redis_client) as live:
+    overrides = getattr(request.module, "STACK_SETTINGS", None)
+    with open_stack(prefix, tmp, s3_endpoint, redis_client, settings_overrides=overrides) as live:
         live.start_worker()
         yield live

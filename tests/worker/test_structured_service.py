@@ -5,40 +5,23 @@ from __future__ import annotations
 
 import io
 import json
-import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
 import pyarrow.parquet as pq
 import pytest
-import redis
 
 from tests.api.conftest import MODEL
 from tests.api.helpers import jsonl
 from tests.extraction_corpus import DOCUMENTS, SCHEMAS, Document, extraction_messages
-from tests.worker.conftest import Stack, open_stack
+from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once, result_lines, wait_batch
 
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = {"review": 60, "invoice": 130, "staff": 60}
 BIG_LINE_BYTES = 12_000_000  # room for a 10 MB schema, which the schema bound then refuses
-
-
-@pytest.fixture(scope="module")
-def stack(
-    session_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    s3_endpoint: str,
-    redis_client: redis.Redis,
-) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("structured-stack")
-    prefix = f"{session_prefix}:{secrets.token_hex(2)}"
-    overrides: dict[str, object] = {"max_line_bytes": BIG_LINE_BYTES}
-    with open_stack(prefix, tmp, s3_endpoint, redis_client, settings_overrides=overrides) as live:
-        live.start_worker()
-        yield live
+STACK_SETTINGS = {"max_line_bytes": BIG_LINE_BYTES}  # read by the module's ``stack`` fixture
 
 
 def _line(custom_id: str, url: str = "/v1/chat/completions", **body: Any) -> dict[str, Any]:
