@@ -80,6 +80,7 @@ def open_stack(
 @pytest.fixture(scope="module")
 def stack(
     request: pytest.FixtureRequest,
+    smollm2_dir: Path,  # the worker loads it: fetched first when this module runs alone
     session_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
     s3_endpoint: str,
