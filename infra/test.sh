@@ -19,4 +19,4 @@ py="$venv/bin/python"
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"
 # pytest exits 5 when it ran no test: a failure here too, never a silent pass.
-exec "$py" -m pytest -q -p no:cacheprovider "$@"
+exec "$py" -m pytest -q -p no:cacheprovider --durations=30 "$@"

@@ -8,6 +8,8 @@ The engine here holds 8 sequences and shards have 8 lines, so a worker's waterma
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -79,7 +81,15 @@ def test_a_full_worker_leaves_shards_in_the_queue_and_a_second_worker_runs_them(
         assert max(held) <= 3, held
         assert max(depths) >= 12 - 3, "the shards the worker cannot start soon stay in Redis"
 
-        second = stack.start_worker(concurrency=None)
+        # The first worker is frozen while the second starts, so the shards it left in Redis
+        # are still there when the second is ready, however slow its start-up is.
+        os.killpg(first.process.pid, signal.SIGSTOP)
+        try:
+            left_in_queue = queue_depth(stack)
+            second = stack.start_worker(concurrency=None)
+        finally:
+            os.killpg(first.process.pid, signal.SIGCONT)
+        assert left_in_queue >= 12 - 3 - 3, "three shards done and at most three held"
         batch = wait_batch(stack.client(), batch_id, {"completed", "failed"}, timeout_s=180)
         assert batch.status == "completed", batch
         outputs, errors = result_lines(stack.client(), batch)
