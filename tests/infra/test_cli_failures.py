@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.cli import build_parser
-from infra.redis_server import free_port, port_is_free
+from infra.harness.redis_server import free_port, port_is_free
 from tests.infra.test_cli import SUBCOMMANDS
 from tests.worker.service import REPO
 
