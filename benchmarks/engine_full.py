@@ -49,8 +49,9 @@ from api.settings import Settings
 from benchmarks.common import write_result
 from benchmarks.service_vs_offline import lines, run_offline, run_service
 from engine import LLM, SamplingParams
-from tests.api.conftest import REDIS_URL, free_port, make_settings, run_server
-from tests.worker.service import SMOLLM2, WorkerProcess, service_env, wait_worker_ready
+from infra.harness.redis_server import free_port
+from infra.harness.service import REDIS_URL, SMOLLM2, make_settings, run_server
+from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
 
 SALTS = iter("ABCDEFGHIJKLMNOPQRSTUVXYZabcdefghijklmnopqrstuvwxyz")  # W: the warm-up's
 DEFAULT_SHARD_SIZE = int(Settings.model_fields["shard_size"].default)

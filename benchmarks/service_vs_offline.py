@@ -34,14 +34,10 @@ from moto.server import ThreadedMotoServer
 
 from benchmarks.common import write_result
 from engine import LLM, SamplingParams
-from tests.api.conftest import REDIS_URL, free_port, make_settings, run_server
-from tests.api.helpers import chat_line, jsonl
-from tests.worker.service import (
-    SMOLLM2,
-    WorkerProcess,
-    service_env,
-    wait_worker_ready,
-)
+from infra.harness.batches import chat_line, jsonl
+from infra.harness.redis_server import free_port
+from infra.harness.service import REDIS_URL, SMOLLM2, make_settings, run_server
+from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
 
 
 def prompts(count: int, salt: str) -> list[str]:

@@ -26,7 +26,7 @@ from benchmarks.common import write_result
 from engine import LLMEngine, SamplingParams, StructuredOutputsParams
 from engine.config import EngineConfig
 from engine.outputs import RequestOutput
-from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
+from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
 
 def _run_arm(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> dict[str, Any]:

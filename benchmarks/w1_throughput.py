@@ -50,35 +50,9 @@ from engine.models.model_config import ModelConfig
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats, StepTimes
+from infra.harness.workloads import Workload, make_w1
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    prompts: list[list[int]]
-    max_tokens: list[int]
-    temperature: float = 0.6
-
-    @property
-    def num_output_tokens(self) -> int:
-        return sum(self.max_tokens)
-
-    def head(self, count: int) -> Workload:
-        return Workload(self.prompts[:count], self.max_tokens[:count], self.temperature)
-
-
-def make_w1(
-    num_seqs: int = 256, min_len: int = 100, max_len: int = 1024, max_token_id: int = 10000
-) -> Workload:
-    """nano-vllm's ``bench.py`` draws, in this order, from ``random.seed(0)``."""
-    rng = random.Random(0)
-    prompts = [
-        [rng.randint(0, max_token_id) for _ in range(rng.randint(min_len, max_len))]
-        for _ in range(num_seqs)
-    ]
-    max_tokens = [rng.randint(min_len, max_len) for _ in range(num_seqs)]
-    return Workload(prompts, max_tokens)
 
 
 @dataclass(slots=True)

@@ -22,7 +22,6 @@ from pathlib import Path
 from rich.console import Console
 
 from api.settings import Settings
-from infra.model_command import resolve_model
 from infra.harness.process import ManagedProcess
 from infra.harness.readiness import http_ok, ping_workers, wait_until
 from infra.harness.redis_server import (
@@ -33,6 +32,7 @@ from infra.harness.redis_server import (
     start_redis,
     with_port,
 )
+from infra.model_command import resolve_model
 from infra.stack_config import StackConfig
 
 DEV_TENANT = "dev"

@@ -22,7 +22,7 @@ from engine import (
 from engine.grammar import GrammarCache
 from engine.outputs import RequestOutput
 from engine.request import RequestId
-from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
+from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
 MAX_TOKENS = {"review": 60, "invoice": 130, "staff": 60}
 

@@ -14,8 +14,8 @@ import pytest
 
 from infra.cli import build_parser
 from infra.harness.redis_server import free_port, port_is_free
+from infra.harness.service import REPO
 from tests.infra.test_cli import SUBCOMMANDS
-from tests.worker.service import REPO
 
 
 def kvbatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

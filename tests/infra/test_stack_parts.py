@@ -12,7 +12,13 @@ import psutil
 import pytest
 
 from infra.harness.process import ManagedProcess
-from infra.harness.redis_server import free_port, own_redis_port, port_is_free, redis_answers, with_port
+from infra.harness.redis_server import (
+    free_port,
+    own_redis_port,
+    port_is_free,
+    redis_answers,
+    with_port,
+)
 from infra.sample_batch import BATCH_FILE, chat_batch_lines, read_prompts, to_jsonl
 from jobs.lines import parse_input_line
 

@@ -10,13 +10,13 @@ import pytest
 import redis
 
 from api.resources import Resources
+from infra.harness.batches import chat_line, jsonl, wait_settled
+from infra.harness.service import make_settings, run_server
 from jobs.ids import FileId, TenantId, new_batch_id, new_file_id
 from jobs.records import BatchRecord
 from jobs.service_settings import ServiceSettings
 from jobs.status import BatchStatus
 from jobs.store import InvalidCursor, JobStore
-from tests.api.conftest import make_settings, run_server
-from tests.api.helpers import chat_line, jsonl, wait_settled
 
 TENANT = TenantId("t")
 

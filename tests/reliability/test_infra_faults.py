@@ -13,9 +13,10 @@ import httpx
 import pytest
 import redis
 
-from tests.api.conftest import LiveServer, make_settings
+from infra.harness.redis_server import RedisServer
+from infra.harness.service import ApiProcess, LiveServer, make_settings
 from tests.reliability.conftest import FAST_WORKER, fast_stack, long_lines, submit
-from tests.reliability.processes import ApiProcess, RedisServer, TcpProxy
+from tests.reliability.processes import TcpProxy
 from tests.reliability.test_worker_faults import assert_complete, wait_submitted
 from tests.worker.conftest import Stack
 
