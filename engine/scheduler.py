@@ -95,9 +95,7 @@ class Scheduler:
                 f"prompt has {request.num_prompt_tokens} tokens, more than the model's "
                 f"max_model_len={self.max_model_len}"
             )
-        max_len = min(
-            request.num_prompt_tokens + request.sampling_params.max_tokens, self.max_model_len
-        )
+        max_len = min(request.num_prompt_tokens + request.max_tokens, self.max_model_len)
         if cdiv(max_len, self.block_size) > self.kv_cache.pool.num_blocks:
             raise ValueError(
                 f"prompt plus max_tokens needs {cdiv(max_len, self.block_size)} KV blocks, "

@@ -38,11 +38,6 @@ from jobs.uploads import file_storage_key
 log = logging.getLogger(__name__)
 
 OUTPUT_FILE_TTL_S = 30 * 24 * 3600
-_ENDS = {
-    None: BatchStatus.COMPLETED,
-    StopReason.CANCELLED: BatchStatus.CANCELLED,
-    StopReason.EXPIRED: BatchStatus.EXPIRED,
-}
 
 
 @dataclass(slots=True)
@@ -131,7 +126,7 @@ class BatchFinalizer:
             "completed": str(output.num_lines),
             "failed": str(errors.num_lines),
         }
-        target = _ENDS[stop]
+        target = stop.status if stop is not None else BatchStatus.COMPLETED
         ended = self.store.transition(batch.id, target, now, fields)
         if ended is None and target is BatchStatus.COMPLETED:
             # A cancel landed while finalizing: every request ran, so the files stand as is.

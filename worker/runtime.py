@@ -19,7 +19,6 @@ from jobs.dispatch import ShardDispatcher
 from jobs.finalize import BatchFinalizer
 from jobs.results import ShardLedger, StopReason
 from jobs.service_settings import open_redis, open_storage
-from jobs.status import BatchStatus
 from jobs.store import JobStore
 from jobs.watchdog import ShardWatchdog
 from worker.engine_host import EngineHost
@@ -29,8 +28,6 @@ from worker.monitoring import StatsPublisher
 from worker.queue_probe import QueueProbe
 from worker.settings import WorkerSettings, get_worker_settings
 from worker.shard_runner import ShardLimits, ShardRunner
-
-_ENDED = {BatchStatus.CANCELLED: StopReason.CANCELLED, BatchStatus.EXPIRED: StopReason.EXPIRED}
 
 
 class WorkerRuntime:
@@ -117,7 +114,7 @@ class WorkerRuntime:
             if batch is None:
                 reasons[batch_id] = StopReason.CANCELLED.value
                 continue
-            reason = _ENDED.get(batch.status) or self.finalizer.stop_reason(batch)
+            reason = StopReason.of_status(batch.status) or self.finalizer.stop_reason(batch)
             if reason is StopReason.EXPIRED:
                 self.ledger.request_stop(batch.id, reason)  # the finalizer then ends it expired
             if reason is not None:
