@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from jobs.dispatch import ShardDispatcher
 from jobs.finalize import BatchFinalizer
@@ -54,7 +53,7 @@ class WorkerRuntime:
         self.watchdog = ShardWatchdog(
             self.store, self.ledger, self.dispatcher, silence_s=2 * settings.visibility_timeout_s
         )
-        self.engine_config = EngineConfig(model=settings.worker_model, **settings.engine_args())
+        self.engine_config = settings.engine_config()
         # The pool's size and the consumer's wake-up are set by the consumer's bootstep.
         self.intake = ShardIntake(
             self.engine_config.max_num_seqs, settings.shard_threads_or_default()
