@@ -37,16 +37,6 @@ class SchedulerStats:
     prefix_cache_hits: int
     num_preemptions: int
 
-    @property
-    def kv_cache_usage(self) -> float:
-        return self.num_used_blocks / (self.num_used_blocks + self.num_free_blocks)
-
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return (
-            self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
-        )
-
 
 class Scheduler:
     """Owns the waiting and running queues and the KV-cache manager.
