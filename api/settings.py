@@ -17,8 +17,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from jobs.admission import ALL_PRIORITIES
 from jobs.limits import Limits
+from jobs.pipeline.admission import ALL_PRIORITIES
 from jobs.service_settings import ServiceSettings
 
 

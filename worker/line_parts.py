@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from engine.llm_engine import InvalidRequestError, LLMEngine
 from engine.tokenizer import Tokenizer
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.lines import OutputLine, RequestLine
+from jobs.wire.embedding_bodies import EmbeddingBody
+from jobs.wire.lines import OutputLine, RequestLine
+from worker.engine_requests import EngineRequest, engine_requests
 from worker.host_records import HostResult
 from worker.output_lines import LineAnswer, line_answer, refused_line
-from worker.sampling import EngineRequest, engine_requests
 
 
 @dataclass(frozen=True, slots=True)

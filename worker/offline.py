@@ -20,10 +20,10 @@ from pydantic import ValidationError
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from jobs.body_refusals import refusal_of
-from jobs.line_check import rejection_of
-from jobs.lines import OutputLine, RequestLine, parse_input_line
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
+from jobs.wire.body_refusals import refusal_of
+from jobs.wire.line_check import rejection_of
+from jobs.wire.lines import OutputLine, RequestLine, parse_input_line
 from worker.engine_host import EngineHost
 from worker.host_records import HostResult, Submission
 from worker.line_parts import PendingLines, requests_of

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.sampler import TokenLogprobs
 from engine.tokenizer import Tokenizer
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.ids import new_request_id
-from jobs.lines import LineError, OutputLine, RejectedLine, RequestLine, ResponseEnvelope
-from jobs.request_bodies import ChatCompletionBody, RequestBody
-from jobs.response_bodies import ResponsesBody
-from jobs.responses import (
+from jobs.state.ids import new_request_id
+from jobs.state.shard_ledger import StopReason
+from jobs.wire.embedding_bodies import EmbeddingBody
+from jobs.wire.lines import LineError, OutputLine, RejectedLine, RequestLine, ResponseEnvelope
+from jobs.wire.request_bodies import ChatCompletionBody, RequestBody
+from jobs.wire.response_bodies import ResponsesBody
+from jobs.wire.responses import (
     Choice,
     Completion,
     TokenLogprob,
@@ -24,7 +25,6 @@ from jobs.responses import (
     response_body,
     text_completion_body,
 )
-from jobs.results import StopReason
 from worker.host_records import Failed, Finished, HostResult, Interrupted, Refused, Stopped
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.llm_engine import LLMEngine
-from jobs.dispatch import ShardDispatcher
-from jobs.finalize import BatchFinalizer
-from jobs.results import ShardLedger, StopReason
+from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.finalize import BatchFinalizer
+from jobs.pipeline.watchdog import ShardWatchdog
 from jobs.service_settings import open_redis, open_storage
-from jobs.store import JobStore
-from jobs.watchdog import ShardWatchdog
+from jobs.state.shard_ledger import ShardLedger, StopReason
+from jobs.state.store import JobStore
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
 from worker.intake import ShardIntake

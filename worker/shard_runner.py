@@ -22,21 +22,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from jobs.admission import priority_of
-from jobs.finalize import BatchFinalizer
-from jobs.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
-from jobs.records import BatchRecord
-from jobs.results import ShardLedger, ShardOutcome, write_shard_results
-from jobs.shards import shard_key
-from jobs.status import BatchStatus
+from jobs.pipeline.admission import priority_of
+from jobs.pipeline.finalize import BatchFinalizer
+from jobs.pipeline.shards import shard_key
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger, ShardOutcome, write_shard_results
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import Storage, read_lines
-from jobs.store import JobStore
+from jobs.wire.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
 from worker.engine_host import EngineHost
+from worker.engine_requests import EngineRequest
 from worker.host_records import HostResult, Interrupted, Submission
 from worker.intake import NO_TICKET, IntakeTicket
 from worker.line_parts import PendingLines, requests_of
 from worker.output_lines import error_line, rejected_line, stopped_line
-from worker.sampling import EngineRequest
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ShardRunner:
             self.finalizer.try_finalize(batch.id)
             return "already_done"
         with self._lease(batch_id, index):
-            self.ledger.mark_seen(batch_id, [index], time.time())  # for jobs/watchdog.py
+            self.ledger.mark_seen(batch_id, [index], time.time())  # for jobs/pipeline/watchdog.py
             deliveries = self.ledger.record_delivery(batch_id, index)
             if self.ledger.finalizer_held(batch_id):
                 return "finalizing"

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ResourcesDep, SettingsDep, StoreDep, TenantDep
-from jobs.batches import cancel_batch, create_batch
 from jobs.errors import JobsError, NotFound
-from jobs.objects import BatchObject, ListPage
-from jobs.store import InvalidCursor
+from jobs.pipeline.batches import cancel_batch, create_batch
+from jobs.state.store import InvalidCursor
+from jobs.wire.objects import BatchObject, ListPage
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

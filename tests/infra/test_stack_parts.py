@@ -20,7 +20,7 @@ from infra.harness.redis_server import (
     with_port,
 )
 from infra.sample_batch import BATCH_FILE, chat_batch_lines, read_prompts, to_jsonl
-from jobs.lines import parse_input_line
+from jobs.wire.lines import parse_input_line
 
 
 def test_with_port_keeps_database_and_password() -> None:

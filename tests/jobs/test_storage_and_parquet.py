@@ -12,8 +12,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from infra.harness.redis_server import free_port
-from jobs.parquet import jsonl_to_parquet
 from jobs.storage import LocalStorage, ObjectNotFound, S3Storage, Storage, WriterScope, read_lines
+from jobs.storage.parquet import jsonl_to_parquet
 from jobs.storage.s3 import MIN_PART_BYTES
 
 

@@ -12,12 +12,12 @@ import redis
 from api.resources import Resources
 from infra.harness.batches import chat_line, jsonl, wait_settled
 from infra.harness.service import make_settings, run_server
-from jobs.ids import FileId, TenantId, new_batch_id, new_file_id
-from jobs.records import BatchRecord
-from jobs.results import ShardLedger
 from jobs.service_settings import ServiceSettings
-from jobs.status import ALLOWED_TRANSITIONS, BatchStatus
-from jobs.store import InvalidCursor, JobStore
+from jobs.state.ids import FileId, TenantId, new_batch_id, new_file_id
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger
+from jobs.state.status import ALLOWED_TRANSITIONS, BatchStatus
+from jobs.state.store import InvalidCursor, JobStore
 
 TENANT = TenantId("t")
 

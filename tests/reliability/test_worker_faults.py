@@ -12,7 +12,7 @@ import pytest
 
 from infra.harness.batches import chat_line, result_lines, wait_batch
 from infra.harness.workers import WorkerProcess, worker_stats
-from jobs.dispatch import ShardDispatcher
+from jobs.pipeline.dispatch import ShardDispatcher
 from tests.reliability.conftest import long_lines, submit
 from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once

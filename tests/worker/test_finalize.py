@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 import redis
 
-from jobs.finalize import BatchFinalizer
-from jobs.ids import BatchId, FileId, TenantId
-from jobs.lines import OutputLine
-from jobs.records import BatchRecord
-from jobs.results import ShardLedger, ShardOutcome, write_shard_results
-from jobs.shards import ShardWriter
-from jobs.status import BatchStatus
+from jobs.pipeline.finalize import BatchFinalizer
+from jobs.pipeline.shards import ShardWriter
+from jobs.state.ids import BatchId, FileId, TenantId
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger, ShardOutcome, write_shard_results
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import LocalStorage, read_lines
-from jobs.store import JobStore
+from jobs.wire.lines import OutputLine
 
 Parts = tuple[JobStore, ShardLedger, LocalStorage, BatchFinalizer]
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from infra.harness.service import REDIS_URL
-from jobs.dispatch import ShardDispatcher
+from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.service_settings import PRIORITY_STEPS
 from worker.engine_load import EngineLoad
 from worker.intake import ShardIntake

@@ -10,7 +10,7 @@ picks up whatever was in flight.
                          (cancelled meanwhile: shards deleted, nothing dispatched)
 
 A line whose body the endpoint would refuse is not a file-level issue: it goes into its
-shard as its rejection (jobs/lines.py ``RejectedLine``) and the worker answers it with a 400.
+shard as its rejection (jobs/wire/lines.py ``RejectedLine``) and the worker answers it with a 400.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from jobs.admission import priority_of
-from jobs.dispatch import ShardDispatcher
-from jobs.ids import BatchId
 from jobs.limits import Limits
-from jobs.line_check import LineChecker, LineIssue
-from jobs.output_schema import output_schema_key
-from jobs.parquet import ParquetInputError, is_parquet, iter_parquet_lines
-from jobs.records import BatchRecord
-from jobs.shards import ShardWriter
-from jobs.status import BatchStatus
+from jobs.pipeline.admission import priority_of
+from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.shards import ShardWriter
+from jobs.state.ids import BatchId
+from jobs.state.records import BatchRecord
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import ObjectNotFound, Storage, WriterScope, read_lines
-from jobs.store import JobStore
+from jobs.storage.parquet import ParquetInputError, is_parquet, iter_parquet_lines
+from jobs.wire.line_check import LineChecker, LineIssue
+from jobs.wire.output_schema import output_schema_key
 
 log = logging.getLogger(__name__)
 

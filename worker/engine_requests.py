@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import StructuredOutputsParams
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
-from jobs.response_bodies import ResponsesBody
+from jobs.wire.embedding_bodies import EmbeddingBody
+from jobs.wire.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
+from jobs.wire.response_bodies import ResponsesBody
 from worker.host_records import ChatPrompt, PromptInput
 
 

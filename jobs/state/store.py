@@ -21,9 +21,9 @@ from typing import Any, Generic, TypeVar
 
 import redis
 
-from jobs.ids import BatchId, TenantId
-from jobs.records import BatchRecord, FileRecord
-from jobs.status import BatchStatus, sources_of
+from jobs.state.ids import BatchId, TenantId
+from jobs.state.records import BatchRecord, FileRecord
+from jobs.state.status import BatchStatus, sources_of
 
 R = TypeVar("R", FileRecord, BatchRecord)
 

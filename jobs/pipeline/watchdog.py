@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from jobs.admission import priority_of
-from jobs.results import ShardLedger
-from jobs.status import BatchStatus
-from jobs.store import JobStore
+from jobs.pipeline.admission import priority_of
+from jobs.state.shard_ledger import ShardLedger
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -21,19 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.embedding_parquet import embeddings_to_parquet
-from jobs.ids import BatchId, FileId, new_file_id, new_request_id
-from jobs.lines import EMBEDDINGS_URL, LineError, OutputLine
-from jobs.output_schema import output_schema_key
-from jobs.parquet import jsonl_to_parquet
-from jobs.records import BatchRecord, FileRecord
-from jobs.results import ShardLedger, StopReason, result_key, results_prefix
-from jobs.service_stats import FinishedStats
-from jobs.shards import shard_key, shard_prefix
-from jobs.status import BatchStatus
+from jobs.pipeline.shards import shard_key, shard_prefix
+from jobs.pipeline.uploads import file_storage_key
+from jobs.state.ids import BatchId, FileId, new_file_id, new_request_id
+from jobs.state.records import BatchRecord, FileRecord
+from jobs.state.service_stats import FinishedStats
+from jobs.state.shard_ledger import ShardLedger, StopReason, result_key, results_prefix
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import ObjectNotFound, ObjectWriter, Storage, WriterScope, read_lines
-from jobs.store import JobStore
-from jobs.uploads import file_storage_key
+from jobs.storage.embedding_parquet import embeddings_to_parquet
+from jobs.storage.parquet import jsonl_to_parquet
+from jobs.wire.lines import EMBEDDINGS_URL, LineError, OutputLine
+from jobs.wire.output_schema import output_schema_key
 
 log = logging.getLogger(__name__)
 

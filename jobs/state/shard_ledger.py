@@ -27,11 +27,11 @@ from typing import Any
 
 import redis
 
-from jobs.lines import OutputLine
-from jobs.records import COUNTER_FIELDS
-from jobs.status import BatchStatus
+from jobs.state.records import COUNTER_FIELDS
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import Storage, WriterScope
-from jobs.store import JobStore
+from jobs.wire.lines import OutputLine
 
 BOOKKEEPING_TTL_S = 7 * 24 * 3600
 
