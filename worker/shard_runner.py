@@ -68,22 +68,14 @@ class _ShardRun:
         self.answers = [None] * len(self.lines)
 
 
+@dataclass(slots=True)
 class ShardRunner:
-    def __init__(
-        self,
-        store: JobStore,
-        ledger: ShardLedger,
-        storage: Storage,
-        finalizer: BatchFinalizer,
-        host: EngineHost,
-        limits: ShardLimits,
-    ) -> None:
-        self.store = store
-        self.ledger = ledger
-        self.storage = storage
-        self.finalizer = finalizer
-        self.host = host
-        self.limits = limits
+    store: JobStore
+    ledger: ShardLedger
+    storage: Storage
+    finalizer: BatchFinalizer
+    host: EngineHost
+    limits: ShardLimits
 
     def run(self, batch_id: str, index: int, ticket: IntakeTicket = NO_TICKET) -> str:
         """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log.

@@ -50,20 +50,13 @@ class IntakeResult:
     json_schema: str | None = None  # the one response_format schema of every line
 
 
+@dataclass(slots=True)
 class BatchIntake:
-    def __init__(
-        self,
-        store: JobStore,
-        storage: Storage,
-        dispatcher: ShardDispatcher,
-        limits: Limits,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.storage = storage
-        self.dispatcher = dispatcher
-        self.limits = limits
-        self._clock = clock
+    store: JobStore
+    storage: Storage
+    dispatcher: ShardDispatcher
+    limits: Limits
+    clock: Callable[[], float] = time.time
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
@@ -78,7 +71,7 @@ class BatchIntake:
             self.store.release_intake(batch_id)
 
     def _now(self) -> int:
-        return int(self._clock())
+        return int(self.clock())
 
     def _intake(self, batch: BatchRecord) -> None:
         shards = ShardWriter(self.storage, batch.id, self.limits.shard_size)
