@@ -41,12 +41,6 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
-    request_id: Hashable
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class Stopped:
     request_id: Hashable
     reason: str
@@ -54,9 +48,21 @@ class Stopped:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
+class _Message:
     request_id: Hashable
     message: str
+
+
+class Refused(_Message):
+    """The engine can never run it: ``message`` says why, for the caller's 400."""
+
+    __slots__ = ()
+
+
+class Failed(_Message):
+    """The engine broke while running it: ``message`` is the engine's error."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

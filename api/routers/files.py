@@ -88,13 +88,7 @@ def list_files(
         )
     except InvalidCursor as exc:
         raise JobsError(f"'after' names no file: {exc}", param="after") from exc
-    data = [r.to_public() for r in page.items]
-    return ListPage[FileObject](
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=page.has_more,
-    )
+    return ListPage[FileObject].of([r.to_public() for r in page.items], page.has_more)
 
 
 @router.get("/{file_id}", response_model=FileObject)

@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import redis
 import uvicorn
 from moto.server import ThreadedMotoServer
 from openai import OpenAI
@@ -100,6 +102,34 @@ def moto_s3() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@dataclass(slots=True)
+class PrivateStack:
+    """A benchmark's private service on the shared Redis, with moto S3 running: its settings,
+    scratch folder, key prefix and a Redis client; :meth:`close` deletes its keys and stops
+    moto."""
+
+    settings: Settings
+    tmp: Path
+    prefix: str
+    redis: redis.Redis
+    _resources: contextlib.ExitStack
+
+    @classmethod
+    def open(cls, **overrides: object) -> PrivateStack:
+        resources = contextlib.ExitStack()
+        endpoint = resources.enter_context(moto_s3())
+        tmp = Path(tempfile.mkdtemp(prefix="kvbatch-bench-"))
+        prefix = f"kvbatch-bench-{secrets.token_hex(4)}"
+        settings = make_settings("s3", prefix, tmp, endpoint, **overrides)
+        client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        return cls(settings, tmp, prefix, client, resources)
+
+    def close(self) -> None:
+        for key in self.redis.scan_iter(match=f"{self.prefix}*", count=1000):
+            self.redis.delete(key)
+        self._resources.close()
 
 
 def api_env(settings: Settings) -> dict[str, str]:
