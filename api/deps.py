@@ -16,9 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import APIError
 from api.resources import Resources
 from api.settings import Settings
-from jobs.ids import TenantId
+from jobs.state.ids import TenantId
+from jobs.state.store import JobStore
 from jobs.storage import Storage
-from jobs.store import JobStore
 
 _bearer = HTTPBearer(auto_error=False, description="An API key; each key is one tenant.")
 

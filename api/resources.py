@@ -10,13 +10,13 @@ import redis
 
 from api.service_metrics import ServiceCollector
 from api.settings import Settings
-from jobs.dispatch import ShardDispatcher
-from jobs.ids import BatchId
-from jobs.intake import BatchIntake
+from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.intake import BatchIntake
 from jobs.service_settings import open_storage
-from jobs.service_stats import QueueProbe
+from jobs.state.ids import BatchId
+from jobs.state.service_stats import QueueProbe
+from jobs.state.store import JobStore
 from jobs.storage import Storage
-from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

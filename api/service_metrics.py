@@ -2,7 +2,7 @@
 
 HTTP counters say how the API is used; these say how the service is doing: batches by
 status, shards waiting in the broker by priority and how long the oldest has waited, and
-lines and tokens per model and tenant over finished batches (jobs/service_stats.py).
+lines and tokens per model and tenant over finished batches (jobs/state/service_stats.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobs.service_stats import FinishedStats, QueueProbe
-from jobs.status import BatchStatus
-from jobs.store import JobStore
+from jobs.state.service_stats import FinishedStats, QueueProbe
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,15 @@ or a JSON object; ``KVBATCH_MODELS`` maps served model names to model directorie
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from jobs.admission import ALL_PRIORITIES
 from jobs.limits import Limits
+from jobs.pipeline.admission import ALL_PRIORITIES
 from jobs.service_settings import ServiceSettings
 
 
@@ -46,6 +47,19 @@ def _pairs(value: Any, separator: str) -> dict[str, str]:
     return pairs
 
 
+_LIMITS = Limits()
+_LIMIT_SETTINGS = (
+    "max_requests_per_file",
+    "max_file_bytes",
+    "max_line_bytes",
+    "max_n",
+    "max_tokens",
+    "max_embedding_inputs",
+    "max_errors_reported",
+    "shard_size",
+)
+
+
 class Settings(ServiceSettings):
     """The API's settings: the shared service settings plus keys, served models and limits."""
 
@@ -57,13 +71,14 @@ class Settings(ServiceSettings):
     priority_range: str = "1-9"
     tenant_priorities: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
-    max_requests_per_file: int = 50_000
-    max_file_bytes: int = 200_000_000
-    max_n: int = 8
-    max_tokens: int = 4096
-    max_embedding_inputs: int = 2048  # inputs one /v1/embeddings line may carry, as OpenAI
-    max_errors_reported: int = 100
-    shard_size: int = 256
+    # Limits (defaults: jobs/limits.py); max_line_bytes is a shared service setting.
+    max_requests_per_file: int = _LIMITS.max_requests_per_file
+    max_file_bytes: int = _LIMITS.max_file_bytes
+    max_n: int = _LIMITS.max_n
+    max_tokens: int = _LIMITS.max_tokens
+    max_embedding_inputs: int = _LIMITS.max_embedding_inputs
+    max_errors_reported: int = _LIMITS.max_errors_reported
+    shard_size: int = _LIMITS.shard_size
     max_json_body_bytes: int = 1_000_000
     batch_file_ttl_s: int = 30 * 24 * 3600
     intake_threads: int = 2
@@ -97,17 +112,9 @@ class Settings(ServiceSettings):
         return _priority_range(self.tenant_priorities.get(tenant, self.priority_range))
 
     def limits(self) -> Limits:
-        return Limits(
-            max_requests_per_file=self.max_requests_per_file,
-            max_file_bytes=self.max_file_bytes,
-            max_line_bytes=self.max_line_bytes,
-            max_n=self.max_n,
-            max_tokens=self.max_tokens,
-            max_embedding_inputs=self.max_embedding_inputs,
-            max_errors_reported=self.max_errors_reported,
-            shard_size=self.shard_size,
-            served_models=frozenset(self.models),
-        )
+        """The limits this API enforces: the defaults, overridden by these settings."""
+        values = {name: getattr(self, name) for name in _LIMIT_SETTINGS}
+        return replace(_LIMITS, **values, served_models=frozenset(self.models))
 
 
 @lru_cache

@@ -28,7 +28,7 @@ from benchmarks.common import write_result
 from engine import LLM
 from engine.model_fetch import fetch_model
 from engine.tokenizer import Tokenizer
-from tests.engine.prompts import CORPUS
+from infra.harness.workloads import CORPUS
 
 
 def make_texts(tokenizer: Tokenizer, num_texts: int, seed: int) -> list[list[int]]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,14 +42,13 @@ from typing import Any
 
 import redis
 import torch
-from moto.server import ThreadedMotoServer
 
 from api.settings import Settings
 from benchmarks.common import write_result
 from benchmarks.service_vs_offline import lines, run_offline, run_service
 from engine import LLM, SamplingParams
-from tests.api.conftest import REDIS_URL, free_port, make_settings, run_server
-from tests.worker.service import SMOLLM2, WorkerProcess, service_env, wait_worker_ready
+from infra.harness.service import SMOLLM2, PrivateStack, run_server
+from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
 
 SALTS = iter("ABCDEFGHIJKLMNOPQRSTUVXYZabcdefghijklmnopqrstuvwxyz")  # W: the warm-up's
 DEFAULT_SHARD_SIZE = int(Settings.model_fields["shard_size"].default)
@@ -196,15 +194,8 @@ def main() -> None:
         [[{"role": "user", "content": "warm up"}]], SamplingParams(max_tokens=2), use_tqdm=False
     )
 
-    tmp = Path(tempfile.mkdtemp(prefix="kvbatch-bench-"))
-    prefix = f"kvbatch-bench-{secrets.token_hex(4)}"
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    client_redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    base = make_settings(
-        "s3", prefix, tmp, f"http://127.0.0.1:{port}", shard_size=DEFAULT_SHARD_SIZE
-    )
+    private = PrivateStack.open(shard_size=DEFAULT_SHARD_SIZE)
+    tmp, prefix, client_redis, base = private.tmp, private.prefix, private.redis, private.settings
     key_prefix = base.key_prefix
     env = service_env(base, beat_schedule_path=tmp / "beat", stats_interval_s=0.25)
     if args.threads:
@@ -248,9 +239,7 @@ def main() -> None:
                 scale_api = servers[args.scale_shard_size]
                 scale = run_scale(args, env, tmp, client_redis, key_prefix, scale_api, capacity)
     finally:
-        for key in client_redis.scan_iter(match=f"{prefix}*", count=1000):
-            client_redis.delete(key)
-        moto.stop()
+        private.close()
 
     biggest = f"shards_{max(args.shard_sizes)}"
     offline_s = sum(r["seconds"] for r in arms["offline"])

@@ -24,7 +24,7 @@ from benchmarks.common import write_result
 from engine import LLM, SamplingParams
 from engine.model_fetch import fetch_model
 from engine.tokenizer import Tokenizer
-from tests.engine.prompts import CORPUS
+from infra.harness.workloads import CORPUS
 
 
 def make_workload(

@@ -22,26 +22,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
-
-import redis
-from moto.server import ThreadedMotoServer
 
 from benchmarks.common import write_result
 from engine import LLM, SamplingParams
-from tests.api.conftest import REDIS_URL, free_port, make_settings, run_server
-from tests.api.helpers import chat_line, jsonl
-from tests.worker.service import (
-    SMOLLM2,
-    WorkerProcess,
-    service_env,
-    wait_worker_ready,
-)
+from infra.harness.batches import chat_line, jsonl
+from infra.harness.service import SMOLLM2, PrivateStack, run_server
+from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
 
 
 def prompts(count: int, salt: str) -> list[str]:
@@ -135,14 +124,12 @@ def main() -> None:
     )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
 
-    tmp = Path(tempfile.mkdtemp(prefix="kvbatch-bench-"))
-    prefix = f"kvbatch-bench-{secrets.token_hex(4)}"
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    client_redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    settings = make_settings(
-        "s3", prefix, tmp, f"http://127.0.0.1:{port}", shard_size=max(args.requests, 256)
+    private = PrivateStack.open(shard_size=max(args.requests, 256))
+    tmp, prefix, client_redis, settings = (
+        private.tmp,
+        private.prefix,
+        private.redis,
+        private.settings,
     )
     worker = None
     offline: list[float] = []
@@ -180,9 +167,7 @@ def main() -> None:
     finally:
         if worker is not None:
             worker.stop()
-        for key in client_redis.scan_iter(match=f"{prefix}*", count=1000):
-            client_redis.delete(key)
-        moto.stop()
+        private.close()
 
     result = {
         "model": SMOLLM2.name,

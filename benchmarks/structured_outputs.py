@@ -18,7 +18,7 @@ import argparse
 import json
 import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -26,13 +26,13 @@ from benchmarks.common import write_result
 from engine import LLMEngine, SamplingParams, StructuredOutputsParams
 from engine.config import EngineConfig
 from engine.outputs import RequestOutput
-from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
+from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
 
 def _run_arm(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> dict[str, Any]:
     engine.reset_prefix_cache()
     for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, params)
+        engine.add_request(i, prompt, params)
     decode_s: list[float] = []
     outputs = []
     while engine.has_unfinished_requests():
@@ -44,7 +44,7 @@ def _run_arm(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams
         if full and step is not None and step.num_batched_tokens == len(prompts):
             decode_s.append(elapsed)
     generated = [o for o in outputs if isinstance(o, RequestOutput)]
-    texts = [o.outputs[0].text for o in sorted(generated, key=lambda o: int(o.request_id[1:]))]
+    texts = [o.outputs[0].text for o in sorted(generated, key=lambda o: cast(int, o.request_id))]
     return {"decode_steps": len(decode_s), "decode_s": sum(decode_s), "texts": texts}
 
 

@@ -15,18 +15,16 @@ import json
 import os
 import platform
 import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import redis
 from openai import OpenAI
+
+from infra.harness.service import ApiProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,33 +69,11 @@ class RssSampler(threading.Thread):
             time.sleep(self.interval_s)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    code = f"from api.server import serve; serve('127.0.0.1', {port})"
-    server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("the API server did not start")
-
-
 def run(num_lines: int, line_bytes: int) -> dict[str, object]:
     prefix = f"kvbatch-bench-{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="kvbatch-bench-") as tmp:
         input_path = Path(tmp) / "input.jsonl"
         size = write_input(input_path, num_lines, line_bytes)
-        port = free_port()
         env = {
             **os.environ,
             "KVBATCH_API_KEYS": "bench-key:bench",
@@ -106,14 +82,14 @@ def run(num_lines: int, line_bytes: int) -> dict[str, object]:
             "KVBATCH_BROKER_KEY_PREFIX": f"{prefix}:broker:",
             "KVBATCH_STORAGE_DIR": str(Path(tmp) / "storage"),
         }
-        server = start_server(port, env)
-        sampler = RssSampler(server.pid)
+        server = ApiProcess(env, Path(tmp) / "api.log")
+        server.start()
+        assert server.process is not None
+        sampler = RssSampler(server.process.pid)
         sampler.start()
-        idle_rss = psutil.Process(server.pid).memory_info().rss
+        idle_rss = psutil.Process(server.process.pid).memory_info().rss
         try:
-            client = OpenAI(
-                base_url=f"http://127.0.0.1:{port}/v1", api_key="bench-key", timeout=600
-            )
+            client = OpenAI(base_url=f"{server.url}/v1", api_key="bench-key", timeout=600)
             t0 = time.perf_counter()
             with input_path.open("rb") as handle:
                 file = client.files.create(file=("input.jsonl", handle), purpose="batch")
@@ -127,8 +103,7 @@ def run(num_lines: int, line_bytes: int) -> dict[str, object]:
         finally:
             sampler.stop.set()
             sampler.join()
-            server.terminate()
-            server.wait(30)
+            server.stop()
             client_redis = redis.Redis()
             for key in client_redis.scan_iter(match=f"{prefix}*"):
                 client_redis.delete(key)

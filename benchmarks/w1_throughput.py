@@ -50,35 +50,21 @@ from engine.models.model_config import ModelConfig
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats, StepTimes
+from infra.engine_args import add_engine_arguments, engine_args
+from infra.harness.workloads import Workload, make_w1
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    prompts: list[list[int]]
-    max_tokens: list[int]
-    temperature: float = 0.6
-
-    @property
-    def num_output_tokens(self) -> int:
-        return sum(self.max_tokens)
-
-    def head(self, count: int) -> Workload:
-        return Workload(self.prompts[:count], self.max_tokens[:count], self.temperature)
-
-
-def make_w1(
-    num_seqs: int = 256, min_len: int = 100, max_len: int = 1024, max_token_id: int = 10000
-) -> Workload:
-    """nano-vllm's ``bench.py`` draws, in this order, from ``random.seed(0)``."""
-    rng = random.Random(0)
-    prompts = [
-        [rng.randint(0, max_token_id) for _ in range(rng.randint(min_len, max_len))]
-        for _ in range(num_seqs)
-    ]
-    max_tokens = [rng.randint(min_len, max_len) for _ in range(num_seqs)]
-    return Workload(prompts, max_tokens)
+# Engine flags of this benchmark (``--no-sync-step-timing`` included) and its own defaults.
+W1_ENGINE_FIELDS = (
+    "dtype",
+    "device",
+    "max_num_batched_tokens",
+    "gpu_memory_utilization",
+    "kv_cache_memory_gb",
+    "enforce_eager",
+    "sync_step_timing",
+)
+W1_ENGINE_DEFAULTS = {"max_num_batched_tokens": 16384, "kv_cache_memory_gb": 4.0}
 
 
 @dataclass(slots=True)
@@ -237,15 +223,9 @@ def main() -> None:
     parser.add_argument("--min-len", type=int, default=100)
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--max-num-seqs", type=int, default=None, help="default: --num-seqs")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--kv-cache-memory-gb", type=float, default=4.0, help="CPU only")
-    parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--no-sync-step-timing", action="store_true")
+    add_engine_arguments(parser, W1_ENGINE_FIELDS, W1_ENGINE_DEFAULTS)
     parser.add_argument("--hf-seqs", type=int, default=64, help="0 skips transformers")
     parser.add_argument("--hf-batch", type=int, default=None, help="default: --hf-seqs")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--name", default=None)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
@@ -254,15 +234,9 @@ def main() -> None:
     config = EngineConfig(
         model=str(model_dir),
         load_format="dummy",
-        device=args.device,
-        dtype=args.dtype,
         max_model_len=2 * args.max_len,
         max_num_seqs=args.max_num_seqs or args.num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        kv_cache_memory_gb=args.kv_cache_memory_gb,
-        enforce_eager=args.enforce_eager,
-        sync_step_timing=not args.no_sync_step_timing,
+        **engine_args(args, W1_ENGINE_FIELDS),
     )
     device, dtype = config.torch_device, config.torch_dtype
     vocab = ModelConfig.from_pretrained(model_dir).vocab_size

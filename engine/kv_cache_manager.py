@@ -51,9 +51,6 @@ class KVCacheManager:
     def num_used_blocks(self) -> int:
         return self.pool.num_used_blocks
 
-    def get_block_ids(self, request: Request) -> list[int]:
-        return [block.block_id for block in self.block_tables.get(request.request_id, ())]
-
     def get_computed_blocks(self, request: Request) -> list[KVBlock]:
         """The longest run of cached full blocks that prefixes ``request.token_ids``.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -81,11 +81,11 @@ class LLM:
     ) -> None:
         try:
             for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
-                self.engine.add_request(str(i), prompt, p, priority[i] if priority else 0)
+                self.engine.add_request(i, prompt, p, priority[i] if priority else 0)
         except ValueError:
             # All or nothing: a refused prompt leaves no half-submitted call in the engine.
             for i in range(len(prompts)):
-                self.engine.abort_request(str(i))
+                self.engine.abort_request(i)
             raise
 
     def chat(
@@ -117,7 +117,7 @@ class LLM:
         return list(sampling_params)
 
     def _run(self, num_requests: int, use_tqdm: bool, desc: str) -> list[EngineOutput]:
-        results: dict[str, EngineOutput] = {}
+        results: dict[Hashable, EngineOutput] = {}
         with tqdm(total=num_requests, desc=desc, unit="req", disable=not use_tqdm) as progress:
             while self.engine.has_unfinished_requests():
                 finished = self.engine.step()
@@ -131,7 +131,7 @@ class LLM:
                         refresh=False,
                     )
                     progress.update(len(finished))
-        return [results[str(i)] for i in range(num_requests)]
+        return [results[i] for i in range(num_requests)]
 
 
 def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -1,8 +1,10 @@
 """The engine loop: requests in, one schedule -> run -> sample -> postprocess step at a time.
 
-A user request with ``n > 1`` becomes ``n`` engine requests (``<id>#0 .. <id>#n-1``); the
-first is the parent whose prompt blocks the others share. The engine returns one
-``RequestOutput`` per user request once all of its samples have finished.
+A user request is named by the caller's key (any hashable: a string, a tuple, a frozen
+dataclass); its outputs carry that key back, so the caller never parses an id. A request
+with ``n > 1`` becomes ``n`` engine requests with ids of the engine's own; the first is the
+parent whose prompt blocks the others share. The engine returns one ``RequestOutput`` per
+user request once all of its samples have finished.
 
 A request with ``PoolingParams`` is an embedding: prefill only, in the same steps as the
 generation requests; the pooler folds each of its chunks' hidden states in, and the step its
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Hashable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
@@ -49,7 +52,7 @@ class _Sample:
 
 @dataclass(slots=True)
 class _RequestGroup:
-    request_id: str
+    request_id: Hashable  # the caller's key
     prompt: str | None
     prompt_token_ids: list[int]
     samples: list[_Sample] = field(default_factory=list)
@@ -86,12 +89,13 @@ class _RequestGroup:
 class _PoolingGroup:
     """An embedding request: one prefill-only engine request, pooled when its last chunk runs."""
 
+    request_id: Hashable  # the caller's key
     request: Request
     prompt: str | None
 
     def to_output(self, embedding: list[float]) -> PoolingRequestOutput:
         return PoolingRequestOutput(
-            request_id=self.request.request_id,
+            request_id=self.request_id,
             prompt=self.prompt,
             prompt_token_ids=self.request.prompt_token_ids,
             outputs=PoolingOutput(embedding),
@@ -113,10 +117,11 @@ class LLMEngine:
         self.scheduler = Scheduler(config, self.runner.num_kv_blocks, self.max_model_len)
         self.sampler = Sampler(self.model_config.vocab_size, seed=config.seed)
         self.stats = EngineStats(num_kv_blocks_total=self.runner.num_kv_blocks)
-        self._groups: dict[str, _RequestGroup] = {}
+        self._groups: dict[Hashable, _RequestGroup] = {}
         self._samples: dict[RequestId, tuple[_RequestGroup, _Sample]] = {}
         self._finishing: list[_RequestGroup] = []  # groups a sample of which finished this step
         self._arrivals = itertools.count()
+        self._owners: dict[RequestId, Hashable] = {}  # engine request -> the caller's key
         self.structured: StructuredOutputs | None = None
         if self.tokenizer is not None:
             cache = GrammarCache(
@@ -131,7 +136,7 @@ class LLMEngine:
         self._compiling: list[tuple[_RequestGroup, Future[CompiledGrammar]]] = []
         self.pooling_config = PoolingConfig.from_model_dir(config.model, config.pooling_type)
         self.pooler = Pooler(self.pooling_config)
-        self._pooling: dict[str, _PoolingGroup] = {}
+        self._pooling: dict[Hashable, _PoolingGroup] = {}
 
     @property
     def eos_token_id(self) -> int | None:
@@ -141,7 +146,7 @@ class LLMEngine:
 
     def add_request(
         self,
-        request_id: str,
+        request_id: Hashable,
         prompt: str | list[int],
         params: SamplingParams | PoolingParams,
         priority: int = 0,
@@ -154,19 +159,21 @@ class LLMEngine:
         if isinstance(params, PoolingParams):
             self._add_pooling(request_id, text, token_ids, params, priority)
             return
+        if params.max_tokens is None:  # the rest of the context (re-checked by the dataclass)
+            params = replace(params, max_tokens=max(1, self.max_model_len - len(token_ids)))
         self._validate(token_ids, params)
         compiling = self._grammar_future(params)
         group = _RequestGroup(request_id, text, token_ids)
         parent: Request | None = None
-        arrival = float(next(self._arrivals))
+        serial = next(self._arrivals)
         for i in range(params.n):
             child_params = self._child_params(params, i)
             request = Request(
-                request_id=RequestId(f"{request_id}#{i}"),
+                request_id=RequestId(f"{serial}#{i}"),
                 prompt_token_ids=list(token_ids),
                 sampling_params=child_params,
                 eos_token_id=self.eos_token_id,
-                arrival_time=arrival,
+                arrival_time=float(serial),
                 priority=priority,
                 parent=parent,
             )
@@ -177,6 +184,7 @@ class LLMEngine:
             sample = _Sample(request, detok, [] if params.logprobs is not None else None)
             group.samples.append(sample)
             self._samples[request.request_id] = (group, sample)
+            self._owners[request.request_id] = request_id
         self._groups[request_id] = group
         if compiling is None:
             self._schedule_group(group, None)
@@ -224,25 +232,27 @@ class LLMEngine:
 
     def _add_pooling(
         self,
-        request_id: str,
+        request_id: Hashable,
         text: str | None,
         token_ids: list[int],
         params: PoolingParams,
         priority: int,
     ) -> None:
         self._validate_pooling(token_ids, params)
+        serial = next(self._arrivals)
         request = Request(
-            request_id=RequestId(request_id),
+            request_id=RequestId(str(serial)),
             prompt_token_ids=list(token_ids),
             sampling_params=SamplingParams(max_tokens=1),
-            arrival_time=float(next(self._arrivals)),
+            arrival_time=float(serial),
             priority=priority,
             pooling_params=params,
         )
-        self._pooling[request_id] = _PoolingGroup(request, text)
+        self._pooling[request_id] = _PoolingGroup(request_id, request, text)
+        self._owners[request.request_id] = request_id
         self.scheduler.add_request(request)
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
+    def abort_request(self, request_id: Hashable) -> RequestOutput | None:
         """Stop a request now, wherever it is; returns what it had produced so far (nothing
         for an embedding request)."""
         pooling = self._pooling.pop(request_id, None)
@@ -251,6 +261,7 @@ class LLMEngine:
                 [pooling.request.request_id], RequestStatus.FINISHED_ABORTED
             )
             self.pooler.release(pooling.request.request_id)
+            self._owners.pop(pooling.request.request_id, None)
             return None
         group = self._groups.pop(request_id, None)
         if group is None:
@@ -266,6 +277,11 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._groups or self._pooling)
+
+    def running_request_ids(self) -> set[Hashable]:
+        """The caller keys of the requests the scheduler is running now (in the last step's
+        batch, unless they finished in it)."""
+        return {self._owners[r.request_id] for r in self.scheduler.running}
 
     def reset_prefix_cache(self) -> None:
         """Drop every cached prompt block (raises while requests run)."""
@@ -366,7 +382,7 @@ class LLMEngine:
                 continue
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue
-            group = self._pooling.pop(request.request_id)
+            group = self._pooling.pop(self._owners.pop(request.request_id))
             self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
             assert request.pooling_params is not None
             embedding = self.pooler.finish(
@@ -379,6 +395,7 @@ class LLMEngine:
     def _forget(self, group: _RequestGroup) -> None:
         for sample in group.samples:
             self._samples.pop(sample.request.request_id, None)
+            self._owners.pop(sample.request.request_id, None)
             self.sampler.release(sample.request.request_id)
             if self.structured is not None:
                 self.structured.release(sample.request.request_id)
@@ -428,6 +445,7 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in token_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        assert params.max_tokens is not None, "resolved by add_request"
         total = len(token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise InvalidRequestError(

@@ -69,14 +69,6 @@ class ModelRunner:
         per_layer = self.block_size * mc.num_kv_heads * mc.head_dim * self.dtype.itemsize
         return 2 * mc.num_layers * per_layer
 
-    @torch.inference_mode()
-    def execute(self, output: SchedulerOutput) -> torch.Tensor:
-        """``prepare`` then ``forward``: fp32 logits ``[num_sampled, vocab_size]``, one row per
-        scheduled request with ``sample=True``, in ``output.scheduled`` order."""
-        if output.is_empty:
-            return torch.empty(0, self.model_config.vocab_size, device=self.device)
-        return self.forward(self.prepare(output))
-
     def prepare(self, output: SchedulerOutput) -> ModelInputs:
         """Write a non-empty step's inputs into the buffers (padded for a CUDA graph when
         one can replay it) and start their copy to the device."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from engine.sampler import TokenLogprobs
@@ -21,7 +22,7 @@ class CompletionOutput:
 
 @dataclass(slots=True)
 class RequestOutput:
-    request_id: str
+    request_id: Hashable  # the key the caller gave ``add_request``
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
@@ -43,7 +44,7 @@ class PoolingOutput:
 class PoolingRequestOutput:
     """One embedding request's result, in vLLM's shape: ``output.outputs.embedding``."""
 
-    request_id: str
+    request_id: Hashable  # the key the caller gave ``add_request``
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: PoolingOutput

@@ -89,11 +89,17 @@ class Request:
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 
+    @property
+    def max_tokens(self) -> int:
+        limit = self.sampling_params.max_tokens
+        assert limit is not None, "the engine resolves max_tokens=None when a request enters"
+        return limit
+
     def check_token_stop(self) -> RequestStatus | None:
         """The finished state implied by the last sampled token, if any (stop strings are
         checked later, on text, by the detokenizer)."""
         params = self.sampling_params
-        if self.num_output_tokens >= params.max_tokens:
+        if self.num_output_tokens >= self.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         if self.num_output_tokens <= params.min_tokens:
             return None

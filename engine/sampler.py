@@ -36,7 +36,7 @@ from engine.logits_processors import (
     mask_tokens,
 )
 from engine.request import Request
-from engine.sampling_params import SamplingParams, SamplingParamsError
+from engine.sampling_params import SamplingParams
 from kernels import sample_gumbel, use_triton
 from kernels.sampling import MAX_SEED
 
@@ -91,18 +91,6 @@ class Sampler:
         self._shared_generators: dict[torch.device, torch.Generator] = {}
         self._kernel_seeds = torch.Generator().manual_seed(seed)  # one seed per fused draw
         self._states: dict[str, _RequestState] = {}
-
-    def validate(self, params: SamplingParams) -> None:
-        """Reject token ids the model's vocabulary does not have (call on request entry)."""
-        for name, ids in (
-            ("logit_bias", list(params.logit_bias)),
-            ("stop_token_ids", params.stop_token_ids),
-        ):
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise SamplingParamsError(
-                    f"{name} has token ids outside the vocabulary [0, {self.vocab_size}): {bad}"
-                )
 
     def release(self, request_id: str) -> None:
         self._states.pop(request_id, None)

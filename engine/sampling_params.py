@@ -34,7 +34,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     include_stop_str_in_output: bool = False
-    max_tokens: int = 16
+    max_tokens: int | None = 16  # None: up to the rest of the model's context
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None
@@ -73,9 +73,12 @@ class SamplingParams:
                 self.repetition_penalty > 0.0,
                 f"repetition_penalty must be > 0, got {self.repetition_penalty}",
             ),
-            (self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}"),
             (
-                0 <= self.min_tokens <= self.max_tokens,
+                self.max_tokens is None or self.max_tokens >= 1,
+                f"max_tokens must be at least 1, got {self.max_tokens}",
+            ),
+            (
+                0 <= self.min_tokens <= (self.max_tokens or self.min_tokens),
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}",
             ),
             (

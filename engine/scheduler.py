@@ -37,16 +37,6 @@ class SchedulerStats:
     prefix_cache_hits: int
     num_preemptions: int
 
-    @property
-    def kv_cache_usage(self) -> float:
-        return self.num_used_blocks / (self.num_used_blocks + self.num_free_blocks)
-
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return (
-            self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
-        )
-
 
 class Scheduler:
     """Owns the waiting and running queues and the KV-cache manager.
@@ -95,9 +85,7 @@ class Scheduler:
                 f"prompt has {request.num_prompt_tokens} tokens, more than the model's "
                 f"max_model_len={self.max_model_len}"
             )
-        max_len = min(
-            request.num_prompt_tokens + request.sampling_params.max_tokens, self.max_model_len
-        )
+        max_len = min(request.num_prompt_tokens + request.max_tokens, self.max_model_len)
         if cdiv(max_len, self.block_size) > self.kv_cache.pool.num_blocks:
             raise ValueError(
                 f"prompt plus max_tokens needs {cdiv(max_len, self.block_size)} KV blocks, "

@@ -7,7 +7,6 @@ stack instead embeds it in its single worker (``kvbatch worker --beat``).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 
@@ -24,10 +23,11 @@ def add_beat_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_beat(args: argparse.Namespace) -> int:
-    if args.schedule_file is not None:
-        # Read by the worker's settings when worker.app is first imported, just below.
-        os.environ["KVBATCH_BEAT_SCHEDULE_PATH"] = str(args.schedule_file)
-    from worker.beat import run_beat
+    from worker.main import run_beat
+    from worker.settings import get_worker_settings
 
-    run_beat()
+    settings = get_worker_settings()
+    if args.schedule_file is not None:
+        settings = settings.model_copy(update={"beat_schedule_path": args.schedule_file})
+    run_beat(settings)
     return 0

@@ -22,10 +22,9 @@ from pathlib import Path
 from rich.console import Console
 
 from api.settings import Settings
-from infra.model_command import resolve_model
-from infra.process import ManagedProcess
-from infra.readiness import http_ok, ping_workers, wait_until
-from infra.redis_server import (
+from infra.harness.process import ManagedProcess
+from infra.harness.readiness import http_ok, ping_workers, wait_until
+from infra.harness.redis_server import (
     free_port,
     own_redis_port,
     port_is_free,
@@ -33,6 +32,7 @@ from infra.redis_server import (
     start_redis,
     with_port,
 )
+from infra.model_command import resolve_model
 from infra.stack_config import StackConfig
 
 DEV_TENANT = "dev"

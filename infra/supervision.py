@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from infra.process import ManagedProcess
+from infra.harness.process import ManagedProcess
 
 
 @dataclass(slots=True, frozen=True)

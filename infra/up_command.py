@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 def startup_errors() -> tuple[type[Exception], ...]:
     """What a stack start raises for a user to read (imported late: they pull in the services)."""
     from engine.model_fetch import ModelFetchError
-    from infra.readiness import NotReadyError
-    from infra.redis_server import RedisServerError
+    from infra.harness.readiness import NotReadyError
+    from infra.harness.redis_server import RedisServerError
     from infra.stack import StackError
 
     return (StackError, RedisServerError, NotReadyError, ModelFetchError)

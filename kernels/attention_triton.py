@@ -32,6 +32,7 @@ from kernels.launch_checks import (
     check_same_device,
     check_shape,
     check_unit_stride,
+    strides,
 )
 
 
@@ -282,14 +283,10 @@ def paged_attention_triton(
         seq_lens_ptr=seq_lens,
         num_reqs=num_reqs,
         qk_scale=scale * math.log2(math.e),
-        stride_ot=out.stride(0),
-        stride_oh=out.stride(1),
-        stride_qt=query.stride(0),
-        stride_qh=query.stride(1),
-        stride_cb=k_cache.stride(0),
-        stride_cs=k_cache.stride(1),
-        stride_ch=k_cache.stride(2),
-        stride_bt=block_table.stride(0),
+        **strides(out, "ot oh"),
+        **strides(query, "qt qh"),
+        **strides(k_cache, "cb cs ch"),
+        **strides(block_table, "bt"),
         GROUP=group,
         HEAD_SIZE=head_size,
         HEAD_PAD=tiles.head_pad,

@@ -18,6 +18,7 @@ from kernels.launch_checks import (
     check_same_device,
     check_shape,
     check_unit_stride,
+    strides,
 )
 
 
@@ -126,13 +127,9 @@ def store_kv_cache_triton(
         k_cache_ptr=k_cache,
         v_cache_ptr=v_cache,
         slot_mapping_ptr=slot_mapping,
-        stride_kt=key.stride(0),
-        stride_kh=key.stride(1),
-        stride_vt=value.stride(0),
-        stride_vh=value.stride(1),
-        stride_cb=k_cache.stride(0),
-        stride_cs=k_cache.stride(1),
-        stride_ch=k_cache.stride(2),
+        **strides(key, "kt kh"),
+        **strides(value, "vt vh"),
+        **strides(k_cache, "cb cs ch"),
         NUM_KV_HEADS=num_kv_heads,
         HEAD_SIZE=head_size,
         BLOCK_SIZE=k_cache.shape[1],

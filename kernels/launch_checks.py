@@ -37,3 +37,9 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 def check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {shape}")
+
+
+def strides(t: torch.Tensor, names: str) -> dict[str, int]:
+    """A launcher's stride keywords for ``t``, one per leading dimension in ``names``:
+    ``strides(k_cache, "cb cs ch")`` is ``{"stride_cb": k_cache.stride(0), ...}``."""
+    return {f"stride_{name}": t.stride(dim) for dim, name in enumerate(names.split())}

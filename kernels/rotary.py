@@ -21,6 +21,7 @@ from kernels.launch_checks import (
     check_same_device,
     check_shape,
     check_unit_stride,
+    strides,
 )
 
 
@@ -198,11 +199,9 @@ def rotary_embedding_triton(
         key_ptr=key,
         positions_ptr=positions,
         cos_sin_ptr=cos_sin_cache,
-        stride_qt=query.stride(0),
-        stride_qh=query.stride(1),
-        stride_kt=key.stride(0),
-        stride_kh=key.stride(1),
-        stride_cs=cos_sin_cache.stride(0),
+        **strides(query, "qt qh"),
+        **strides(key, "kt kh"),
+        **strides(cos_sin_cache, "cs"),
         NUM_HEADS=num_heads,
         NUM_KV_HEADS=key.shape[1],
         HEADS_PAD=triton.next_power_of_2(max(num_heads, key.shape[1])),

@@ -20,7 +20,7 @@ celery_app.steps["consumer"].add(IntakeGate)
 
 
 def configure(settings: WorkerSettings) -> None:
-    """(Re)apply settings, e.g. after ``run_worker`` changed the environment."""
+    """(Re)apply settings, e.g. those ``run_worker`` installed from its command line."""
     celery_app.conf.update(celery_config(settings))
 
 

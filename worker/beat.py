@@ -1,6 +1,7 @@
 """The periodic schedule: ``kvbatch.expire_batches`` ends batches past their window.
 
-Run beat once per deployment (``kvbatch worker --beat`` embeds it, or :func:`run_beat`);
+Run beat once per deployment (``kvbatch worker --beat`` embeds it, or
+:func:`worker.main.run_beat`);
 two beats only sweep twice, which the finalizer's lock makes harmless.
 """
 
@@ -28,12 +29,3 @@ def beat_schedule(settings: WorkerSettings) -> dict[str, Any]:
             },
         }
     }
-
-
-def run_beat(loglevel: str = "INFO") -> None:
-    """Run Celery beat in this process (blocks) with the worker app's schedule."""
-    from worker.app import celery_app
-    from worker.settings import get_worker_settings
-
-    get_worker_settings().beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
-    celery_app.start(argv=["beat", f"--loglevel={loglevel}"])

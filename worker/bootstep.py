@@ -18,7 +18,7 @@ from typing import Any
 from celery import bootsteps, signals
 from celery.worker.control import inspect_command
 
-from jobs.dispatch import RUN_SHARD_TASK
+from jobs.pipeline.dispatch import RUN_SHARD_TASK
 from worker.runtime import current_runtime, get_runtime, shutdown_runtime
 
 

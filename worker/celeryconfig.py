@@ -1,7 +1,7 @@
 """Celery configuration for kvbatch workers, every reliability setting chosen on purpose.
 
 - ``task_acks_late``: a shard is acknowledged only after its results are written, so a
-  worker that dies mid-shard loses nothing; shard tasks are idempotent (jobs/results.py).
+  worker that dies mid-shard loses nothing; shard tasks are idempotent (jobs/state/shard_ledger.py).
 - ``task_reject_on_worker_lost``: a task whose worker process vanished is re-queued instead
   of acknowledged; deliveries are counted in Redis and bounded by ``max_shard_deliveries``.
 - No failure ever ends a shard task: on the Redis transport a failed late-acked task is

@@ -10,6 +10,7 @@ the worker and every other batch carry on.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Literal
 
 from engine.config import EngineConfig
@@ -32,11 +33,11 @@ class FaultInjectingEngine(LLMEngine):
         super().__init__(config)
         self.marker = marker
         self.at = at
-        self._marked: set[str] = set()
+        self._marked: set[Hashable] = set()
 
     def add_request(
         self,
-        request_id: str,
+        request_id: Hashable,
         prompt: str | list[int],
         params: SamplingParams | PoolingParams,
         priority: int = 0,
@@ -51,11 +52,12 @@ class FaultInjectingEngine(LLMEngine):
         super().add_request(request_id, prompt, params, priority)
 
     def step(self) -> list[EngineOutput]:
-        running = {r.request_id.partition("#")[0] for r in self.scheduler.running}
-        if marked := running & self._marked:
-            raise InjectedEngineFault(f"injected engine fault in a step with {sorted(marked)}")
+        if marked := self.running_request_ids() & self._marked:
+            raise InjectedEngineFault(
+                f"injected engine fault in a step with {sorted(map(str, marked))}"
+            )
         return super().step()
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
+    def abort_request(self, request_id: Hashable) -> RequestOutput | None:
         self._marked.discard(request_id)
         return super().abort_request(request_id)

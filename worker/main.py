@@ -6,11 +6,10 @@ next one is up to its intake (worker/intake.py), from the engine's capacity.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.settings import get_worker_settings
+from worker.settings import WorkerSettings, get_worker_settings, install_worker_settings
 
 
 def worker_argv(
@@ -53,9 +52,8 @@ def run_worker(
     the scheduler of ``kvbatch.expire_batches`` (run it in one process per deployment).
     Other settings come from ``KVBATCH_*`` variables (worker/settings.py).
     """
-    os.environ["KVBATCH_WORKER_MODEL"] = str(model_dir)
-    get_worker_settings.cache_clear()
-    settings = get_worker_settings()
+    settings = get_worker_settings().model_copy(update={"worker_model": str(model_dir)})
+    install_worker_settings(settings)
     from worker.app import celery_app, configure
 
     configure(settings)
@@ -69,3 +67,16 @@ def run_worker(
         loglevel=loglevel,
     )
     celery_app.worker_main(argv)
+
+
+def run_beat(settings: WorkerSettings | None = None, loglevel: str = "INFO") -> None:
+    """Run Celery beat in this process (blocks) with the worker app's schedule (once per
+    deployment; ``kvbatch worker --beat`` embeds it instead)."""
+    if settings is not None:
+        install_worker_settings(settings)
+    settings = get_worker_settings()
+    from worker.app import celery_app, configure
+
+    configure(settings)
+    settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.start(argv=["beat", f"--loglevel={loglevel}"])

@@ -19,15 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.config import EngineConfig
-from engine.llm_engine import InvalidRequestError, LLMEngine
-from jobs.body_refusals import refusal_of
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.line_check import rejection_of
-from jobs.lines import OutputLine, RequestLine, parse_input_line
+from engine.llm_engine import LLMEngine
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
-from worker.engine_host import EngineHost, HostResult, Submission
-from worker.output_lines import error_line, line_answer, refused_line
-from worker.sampling import engine_requests
+from jobs.wire.body_refusals import refusal_of
+from jobs.wire.line_check import rejection_of
+from jobs.wire.lines import OutputLine, RequestLine, parse_input_line
+from worker.engine_host import EngineHost
+from worker.host_records import HostResult, Submission
+from worker.line_parts import PendingLines, requests_of
+from worker.output_lines import error_line, refused_line
 
 MAX_LINE_BYTES = 200_000_000
 
@@ -137,17 +137,15 @@ def run_batch(
 
 
 class _OfflineRun:
-    """Lines in flight: each line's request (one, or one per input of an embeddings line)
-    results, until the last of them is in and the line can be answered."""
+    """Lines in flight until the last of their requests' results is in and the line can be
+    answered (in input order, by the writer)."""
 
     def __init__(self, host: EngineHost, writer: _InOrderWriter) -> None:
         self.host = host
         self.writer = writer
         self.num_lines = 0
         self._results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
-        self._lines: dict[int, RequestLine] = {}
-        self._parts: dict[int, list[HostResult | None]] = {}
-        self._origin: dict[str, tuple[int, int]] = {}
+        self._pending = PendingLines("offline")
 
     def add(self, raw: bytes | None) -> None:
         """Submit one line (waiting for room in the engine), or answer it with its error."""
@@ -156,42 +154,25 @@ class _OfflineRun:
         if isinstance(parsed, OutputLine):
             self.writer.put(position, parsed)
             return
-        try:
-            requests = engine_requests(parsed.body)
-            if isinstance(parsed.body, EmbeddingBody):
-                self.host.engine.check_dimensions(parsed.body.dimensions)
-        except ValueError as exc:
-            param = "dimensions" if isinstance(exc, InvalidRequestError) else None
-            self.writer.put(position, refused_line(parsed.custom_id, str(exc), param=param))
+        requests = requests_of(parsed, self.host.engine)
+        if isinstance(requests, OutputLine):
+            self.writer.put(position, requests)
             return
-        self._lines[position] = parsed
-        self._parts[position] = [None] * len(requests)
-        for part, request in enumerate(requests):
-            request_id = f"{position}/{part}"
-            self._origin[request_id] = (position, part)
+        keys = self._pending.add(position, parsed, len(requests))
+        for key, request in zip(keys, requests, strict=True):
             submission = Submission(
-                request_id,
-                "offline",
-                request.prompt,
-                request.params,
-                self._results.put,
-                fill_context=request.fill_context,
+                key, "offline", request.prompt, request.params, self._results.put
             )
             self.host.submit(submission)
             while not self._results.empty():
                 self._collect(self._results.get())
 
     def finish(self) -> None:
-        while self._origin:
+        while self._pending.pending:
             self._collect(self._results.get())
 
     def _collect(self, result: HostResult) -> None:
-        position, part = self._origin.pop(result.request_id)
-        parts = self._parts[position]
-        parts[part] = result
-        if any(p is None for p in parts):
-            return
-        del self._parts[position]
-        line = self._lines.pop(position)
-        results = [p for p in parts if p is not None]
-        self.writer.put(position, line_answer(line, results, self.host.engine.tokenizer).line)
+        done = self._pending.collect(result, self.host.engine.tokenizer)
+        if done is not None:
+            position, answer = done
+            self.writer.put(position, answer.line)

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.sampler import TokenLogprobs
 from engine.tokenizer import Tokenizer
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.ids import new_request_id
-from jobs.lines import LineError, OutputLine, RejectedLine, RequestLine, ResponseEnvelope
-from jobs.request_bodies import ChatCompletionBody, RequestBody
-from jobs.response_bodies import ResponsesBody
-from jobs.responses import (
+from jobs.state.ids import new_request_id
+from jobs.state.shard_ledger import StopReason
+from jobs.wire.embedding_bodies import EmbeddingBody
+from jobs.wire.lines import LineError, OutputLine, RejectedLine, RequestLine, ResponseEnvelope
+from jobs.wire.request_bodies import ChatCompletionBody, RequestBody
+from jobs.wire.response_bodies import ResponsesBody
+from jobs.wire.responses import (
     Choice,
     Completion,
     TokenLogprob,
@@ -24,8 +25,7 @@ from jobs.responses import (
     response_body,
     text_completion_body,
 )
-from jobs.results import StopReason
-from worker.engine_host import HostResult
+from worker.host_records import Failed, Finished, HostResult, Interrupted, Refused, Stopped
 
 
 def _token_text(tokenizer: Tokenizer | None, token_id: int) -> str:
@@ -152,18 +152,24 @@ def line_answer(
     embeddings line). One part that did not succeed makes the whole line's answer, as an
     endpoint that refuses one input of a request refuses the request."""
     failed = {"failed": 1}
+    outputs: list[RequestOutput | PoolingRequestOutput] = []
     for number, result in enumerate(results):
         where = f"input {number}: " if len(results) > 1 else ""
-        if result.stopped is not None:
-            return LineAnswer(stopped_line(line.custom_id, result.stopped), False, failed)
-        if result.refused is not None:
-            param = "input" if isinstance(line.body, EmbeddingBody) else None
-            refused = refused_line(line.custom_id, f"{where}{result.refused}", param=param)
-            return LineAnswer(refused, False, failed)
-        if result.failed is not None or result.output is None:
-            message = f"{where}{result.failed or 'no output'}"
-            return LineAnswer(error_line(line.custom_id, "engine_error", message), False, failed)
-    outputs = [r.output for r in results]
+        match result:
+            case Finished(output=output):
+                outputs.append(output)
+            case Stopped(reason=reason):
+                return LineAnswer(stopped_line(line.custom_id, reason), False, failed)
+            case Refused(message=message):
+                param = "input" if isinstance(line.body, EmbeddingBody) else None
+                refused = refused_line(line.custom_id, f"{where}{message}", param=param)
+                return LineAnswer(refused, False, failed)
+            case Failed(message=message):
+                error = error_line(line.custom_id, "engine_error", f"{where}{message}")
+                return LineAnswer(error, False, failed)
+            case Interrupted():
+                error = error_line(line.custom_id, "engine_error", f"{where}no output")
+                return LineAnswer(error, False, failed)
     if isinstance(line.body, EmbeddingBody):
         pooled = [o for o in outputs if isinstance(o, PoolingRequestOutput)]
         assert len(pooled) == len(outputs), "an embeddings line runs pooling requests"

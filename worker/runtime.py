@@ -13,15 +13,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from jobs.dispatch import ShardDispatcher
-from jobs.finalize import BatchFinalizer
-from jobs.results import ShardLedger, StopReason
+from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.finalize import BatchFinalizer
+from jobs.pipeline.watchdog import ShardWatchdog
 from jobs.service_settings import open_redis, open_storage
-from jobs.status import BatchStatus
-from jobs.store import JobStore
-from jobs.watchdog import ShardWatchdog
+from jobs.state.shard_ledger import ShardLedger, StopReason
+from jobs.state.store import JobStore
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
 from worker.intake import ShardIntake
@@ -29,8 +27,6 @@ from worker.monitoring import StatsPublisher
 from worker.queue_probe import QueueProbe
 from worker.settings import WorkerSettings, get_worker_settings
 from worker.shard_runner import ShardLimits, ShardRunner
-
-_ENDED = {BatchStatus.CANCELLED: StopReason.CANCELLED, BatchStatus.EXPIRED: StopReason.EXPIRED}
 
 
 class WorkerRuntime:
@@ -57,7 +53,7 @@ class WorkerRuntime:
         self.watchdog = ShardWatchdog(
             self.store, self.ledger, self.dispatcher, silence_s=2 * settings.visibility_timeout_s
         )
-        self.engine_config = EngineConfig(model=settings.worker_model, **settings.engine_args())
+        self.engine_config = settings.engine_config()
         # The pool's size and the consumer's wake-up are set by the consumer's bootstep.
         self.intake = ShardIntake(
             self.engine_config.max_num_seqs, settings.shard_threads_or_default()
@@ -117,7 +113,7 @@ class WorkerRuntime:
             if batch is None:
                 reasons[batch_id] = StopReason.CANCELLED.value
                 continue
-            reason = _ENDED.get(batch.status) or self.finalizer.stop_reason(batch)
+            reason = StopReason.of_status(batch.status) or self.finalizer.stop_reason(batch)
             if reason is StopReason.EXPIRED:
                 self.ledger.request_stop(batch.id, reason)  # the finalizer then ends it expired
             if reason is not None:

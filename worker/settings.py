@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
+from engine.config import EngineConfig
 from jobs.service_settings import ServiceSettings
+
+DEFAULT_MODEL = "models/smollm2-135m-instruct"
 
 
 class WorkerSettings(ServiceSettings):
     """``KVBATCH_*`` variables; ``KVBATCH_WORKER_MODEL`` is the engine's model directory."""
 
-    worker_model: str = "models/smollm2-135m-instruct"
+    model_config = SettingsConfigDict(
+        env_prefix="KVBATCH_", extra="ignore", env_nested_delimiter="_", env_nested_max_split=1
+    )
+
+    worker_model: str = DEFAULT_MODEL
 
     # Reliability (see worker/celeryconfig.py for how they are used).
     visibility_timeout_s: int = 3600
@@ -40,43 +48,47 @@ class WorkerSettings(ServiceSettings):
     metrics_port: int = 9300
     metrics_host: str = "127.0.0.1"
 
-    # Engine arguments (``EngineConfig`` fields).
-    engine_dtype: str = "auto"
-    engine_device: str = "auto"
-    engine_block_size: int = 16
-    engine_max_num_seqs: int = 256
-    engine_max_num_batched_tokens: int = 2048
-    engine_kv_cache_memory_gb: float = 1.0  # CPU
-    engine_gpu_memory_utilization: float = 0.9  # CUDA
-    engine_enforce_eager: bool = False  # CUDA: no graphs for decode steps
-    # Structured outputs: the largest JSON schema (bytes, nesting levels) a line may send.
-    engine_max_schema_bytes: int = 1_000_000
-    engine_max_schema_depth: int = 64
+    # The engine's arguments: ``EngineConfig`` itself, each field read from
+    # ``KVBATCH_ENGINE_<FIELD>`` (``KVBATCH_ENGINE_MAX_NUM_SEQS``...); its model is
+    # ``worker_model``.
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(model=DEFAULT_MODEL))
 
     # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
     fault_crash_marker: str | None = None
     fault_crash_at: Literal["admit", "step"] = "admit"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_model(cls, data: Any) -> Any:
+        """The engine section's ``model`` is ``worker_model`` (its one required field)."""
+        if isinstance(data, dict) and isinstance(data.get("engine"), dict):
+            model = data.get("worker_model", DEFAULT_MODEL)
+            data["engine"] = {"model": str(model), **data["engine"]}
+        return data
+
     def shard_threads_or_default(self) -> int:
         if self.shard_threads is not None:
             return self.shard_threads
-        return max(4, self.engine_max_num_seqs // 4)
+        return max(4, self.engine.max_num_seqs // 4)
 
-    def engine_args(self) -> dict[str, Any]:
-        return {
-            "dtype": self.engine_dtype,
-            "device": self.engine_device,
-            "block_size": self.engine_block_size,
-            "max_num_seqs": self.engine_max_num_seqs,
-            "max_num_batched_tokens": self.engine_max_num_batched_tokens,
-            "kv_cache_memory_gb": self.engine_kv_cache_memory_gb,
-            "gpu_memory_utilization": self.engine_gpu_memory_utilization,
-            "enforce_eager": self.engine_enforce_eager,
-            "max_schema_bytes": self.engine_max_schema_bytes,
-            "max_schema_depth": self.engine_max_schema_depth,
-        }
+    def engine_config(self) -> EngineConfig:
+        """The engine this worker runs: the engine section on ``worker_model``."""
+        return replace(self.engine, model=self.worker_model)
 
 
-@lru_cache
+_installed: WorkerSettings | None = None
+
+
+def install_worker_settings(settings: WorkerSettings) -> None:
+    """Make ``settings`` this process's worker settings (a command line's choices on top of
+    the environment), before the Celery app and the engine's runtime read them."""
+    global _installed
+    _installed = settings
+
+
 def get_worker_settings() -> WorkerSettings:
-    return WorkerSettings()
+    """This process's worker settings: the installed ones, else read from ``KVBATCH_*`` once."""
+    global _installed
+    if _installed is None:
+        _installed = WorkerSettings()
+    return _installed

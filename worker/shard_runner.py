@@ -22,27 +22,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from engine.llm_engine import InvalidRequestError
-from jobs.admission import priority_of
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.finalize import BatchFinalizer
-from jobs.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
-from jobs.records import BatchRecord
-from jobs.results import ShardLedger, ShardOutcome, write_shard_results
-from jobs.shards import shard_key
-from jobs.status import BatchStatus
+from jobs.pipeline.admission import priority_of
+from jobs.pipeline.finalize import BatchFinalizer
+from jobs.pipeline.shards import shard_key
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger, ShardOutcome, write_shard_results
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import Storage, read_lines
-from jobs.store import JobStore
-from worker.engine_host import EngineHost, HostResult, Submission
+from jobs.wire.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
+from worker.engine_host import EngineHost
+from worker.engine_requests import EngineRequest
+from worker.host_records import HostResult, Interrupted, Submission
 from worker.intake import NO_TICKET, IntakeTicket
-from worker.output_lines import (
-    error_line,
-    line_answer,
-    refused_line,
-    rejected_line,
-    stopped_line,
-)
-from worker.sampling import engine_requests
+from worker.line_parts import PendingLines, requests_of
+from worker.output_lines import error_line, rejected_line, stopped_line
 
 log = logging.getLogger(__name__)
 
@@ -64,38 +58,24 @@ class ShardLimits:
 
 @dataclass(slots=True)
 class _ShardRun:
-    """One run of a shard: each line's answer, and the engine requests still out.
-
-    A line makes one engine request, or one per input (an embeddings line); ``origin`` maps
-    each request in flight to its line and part, ``parts`` holds a line's results until the
-    last of them is in.
-    """
+    """One run of a shard: each line's answer, and the lines whose requests are still out."""
 
     lines: list[ShardLine]
+    pending: PendingLines
     answers: list[tuple[OutputLine, bool] | None] = field(init=False)
-    parts: dict[int, list[HostResult | None]] = field(default_factory=dict)
-    origin: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.answers = [None] * len(self.lines)
 
 
+@dataclass(slots=True)
 class ShardRunner:
-    def __init__(
-        self,
-        store: JobStore,
-        ledger: ShardLedger,
-        storage: Storage,
-        finalizer: BatchFinalizer,
-        host: EngineHost,
-        limits: ShardLimits,
-    ) -> None:
-        self.store = store
-        self.ledger = ledger
-        self.storage = storage
-        self.finalizer = finalizer
-        self.host = host
-        self.limits = limits
+    store: JobStore
+    ledger: ShardLedger
+    storage: Storage
+    finalizer: BatchFinalizer
+    host: EngineHost
+    limits: ShardLimits
 
     def run(self, batch_id: str, index: int, ticket: IntakeTicket = NO_TICKET) -> str:
         """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log.
@@ -111,7 +91,7 @@ class ShardRunner:
             self.finalizer.try_finalize(batch.id)
             return "already_done"
         with self._lease(batch_id, index):
-            self.ledger.mark_seen(batch_id, [index], time.time())  # for jobs/watchdog.py
+            self.ledger.mark_seen(batch_id, [index], time.time())  # for jobs/pipeline/watchdog.py
             deliveries = self.ledger.record_delivery(batch_id, index)
             if self.ledger.finalizer_held(batch_id):
                 return "finalizing"
@@ -175,62 +155,34 @@ class ShardRunner:
     def _execute(self, batch: BatchRecord, index: int, ticket: IntakeTicket) -> ShardOutcome:
         lines = self._lines(batch.id, index)
         ticket.sized(len(lines))
-        run = _ShardRun(lines)
+        run = _ShardRun(lines, PendingLines((batch.id, index)))
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         priority = priority_of(batch.metadata)
         self.host.watch(batch.id)
         try:
-            num_pending = 0
             for position, line in enumerate(lines):
-                if isinstance(line, RejectedLine):  # its body failed validation at intake
-                    run.answers[position] = (rejected_line(line), False)
+                requests = self._prepare(batch.id, line)
+                if isinstance(requests, OutputLine):  # rejected, stopped or refused: answered
+                    run.answers[position] = (requests, False)
                     self.ledger.add_counts(batch.id, index, failed=1)
                     ticket.answered()
                     continue
-                stopped = self.host.stop_reason(batch.id)
-                if stopped is not None:
-                    run.answers[position] = (self._stopped(line, stopped), False)
-                    self.ledger.add_counts(batch.id, index, failed=1)
-                    ticket.answered()
-                    continue
-                try:
-                    requests = engine_requests(line.body)
-                    if isinstance(line.body, EmbeddingBody):
-                        self.host.engine.check_dimensions(line.body.dimensions)
-                except ValueError as exc:
-                    param = "dimensions" if isinstance(exc, InvalidRequestError) else None
-                    refused = refused_line(line.custom_id, str(exc), param=param)
-                    run.answers[position] = (refused, False)
-                    self.ledger.add_counts(batch.id, index, failed=1)
-                    ticket.answered()
-                    continue
-                run.parts[position] = [None] * len(requests)
-                for part, request in enumerate(requests):
-                    request_id = f"{batch.id}/{index}/{position}/{part}"
-                    run.origin[request_id] = (position, part)
+                assert not isinstance(line, RejectedLine), "a rejected line makes no request"
+                keys = run.pending.add(position, line, len(requests))
+                for key, request in zip(keys, requests, strict=True):
                     self.host.submit(
                         Submission(
-                            request_id=request_id,
-                            batch_id=batch.id,
-                            prompt=request.prompt,
-                            params=request.params,
-                            sink=results.put,
-                            priority=priority,
-                            fill_context=request.fill_context,
+                            key, batch.id, request.prompt, request.params, results.put, priority
                         )
                     )
-                    num_pending += 1
-                    while num_pending and not results.empty():
-                        if self._collect(batch.id, index, run, results.get()):
-                            ticket.answered()
-                        num_pending -= 1
-            for _ in range(num_pending):
-                if self._collect(batch.id, index, run, results.get()):
-                    ticket.answered()
+                    while not results.empty():
+                        self._collect(batch.id, index, run, results.get(), ticket)
+            while run.pending.pending:
+                self._collect(batch.id, index, run, results.get(), ticket)
         finally:
             self.host.unwatch(batch.id)
-            if run.origin:  # this run failed: its requests must not outlive it in the engine
-                self.host.withdraw(set(run.origin))
+            if run.pending.pending:  # this run failed: its requests must not outlive it
+                self.host.withdraw(set(run.pending.pending))
         outcome = ShardOutcome()
         for answer in run.answers:
             assert answer is not None, "every line of the shard has an answer"
@@ -238,26 +190,27 @@ class ShardRunner:
             (outcome.outputs if ok else outcome.errors).append(line_out)
         return outcome
 
-    def _collect(self, batch_id: str, index: int, run: _ShardRun, result: HostResult) -> bool:
-        """File one engine result under its line; answer the line once all its parts are in
-        (and say whether this result did)."""
-        if result.interrupted:
+    def _prepare(self, batch_id: str, line: ShardLine) -> list[EngineRequest] | OutputLine:
+        """The line's engine requests, or its answer when it makes none."""
+        if isinstance(line, RejectedLine):  # its body failed validation at intake
+            return rejected_line(line)
+        stopped = self.host.stop_reason(batch_id)
+        if stopped is not None:
+            return stopped_line(line.custom_id, stopped)
+        return requests_of(line, self.host.engine)
+
+    def _collect(
+        self, batch_id: str, index: int, run: _ShardRun, result: HostResult, ticket: IntakeTicket
+    ) -> None:
+        """File one engine result under its line; answer the line once all its parts are in."""
+        if isinstance(result, Interrupted):
             # Not an answer: the shard must not be marked done; its task fails and the
             # shard runs again (a retry, or the broker's redelivery).
             raise ShardInterrupted(f"{batch_id}/{index}: the worker is shutting down")
-        position, part = run.origin.pop(result.request_id)
-        parts = run.parts[position]
-        parts[part] = result
-        if any(p is None for p in parts):
-            return False
-        line = run.lines[position]
-        assert not isinstance(line, RejectedLine), "a rejected line is never submitted"
-        answer = line_answer(line, [p for p in parts if p is not None], self.host.engine.tokenizer)
+        done = run.pending.collect(result, self.host.engine.tokenizer)
+        if done is None:
+            return
+        position, answer = done
         run.answers[position] = (answer.line, answer.ok)
-        del run.parts[position]
         self.ledger.add_counts(batch_id, index, **answer.counts)
-        return True
-
-    @staticmethod
-    def _stopped(line: ShardLine, reason: str) -> OutputLine:
-        return stopped_line(line.custom_id, reason)
+        ticket.answered()

@@ -8,7 +8,7 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobs.dispatch import RUN_SHARD_TASK
+from jobs.pipeline.dispatch import RUN_SHARD_TASK
 from worker.app import celery_app
 from worker.beat import EXPIRE_TASK
 from worker.runtime import get_runtime
@@ -20,7 +20,7 @@ RETRY_BACKOFF_MAX_S = 600
 
 
 class ShardTaskArgs(BaseModel):
-    """The one argument of ``kvbatch.run_shard``, as jobs/dispatch.py sends it."""
+    """The one argument of ``kvbatch.run_shard``, as jobs/pipeline/dispatch.py sends it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,7 +80,7 @@ def again_later(task: Task, exc: Exception) -> Retry | Reject:
 @celery_app.task(name=EXPIRE_TASK, acks_late=True)
 def expire_batches() -> list[str]:
     """Stop batches past their window, end every batch that can end now, and send again
-    the shards whose messages the broker lost (jobs/watchdog.py)."""
+    the shards whose messages the broker lost (jobs/pipeline/watchdog.py)."""
     runtime = get_runtime()
     ended = [status.value for status in runtime.finalizer.sweep()]
     runtime.watchdog.sweep()

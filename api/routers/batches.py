@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ResourcesDep, SettingsDep, StoreDep, TenantDep
-from jobs.batches import cancel_batch, create_batch
 from jobs.errors import JobsError, NotFound
-from jobs.objects import BatchObject, ListPage
-from jobs.store import InvalidCursor
+from jobs.pipeline.batches import cancel_batch, create_batch
+from jobs.state.store import InvalidCursor
+from jobs.wire.objects import BatchObject, ListPage
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -63,13 +63,7 @@ def list_batches(
         page = store.list_batches(tenant, after=after, limit=limit)
     except InvalidCursor as exc:
         raise JobsError(f"'after' names no batch: {exc}", param="after") from exc
-    data = [r.to_public() for r in page.items]
-    return ListPage[BatchObject](
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=page.has_more,
-    )
+    return ListPage[BatchObject].of([r.to_public() for r in page.items], page.has_more)
 
 
 @router.get("/{batch_id}", response_model=BatchObject)

@@ -13,12 +13,12 @@ from fastapi.responses import StreamingResponse
 from api.deps import ResourcesDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from api.upload import receive_upload
 from jobs.errors import JobsError, NotFound
-from jobs.ids import TenantId, new_file_id
-from jobs.objects import FileDeleted, FileObject, ListPage
-from jobs.records import FileRecord
+from jobs.pipeline.uploads import file_storage_key, new_file_record
+from jobs.state.ids import TenantId, new_file_id
+from jobs.state.records import FileRecord
+from jobs.state.store import InvalidCursor, JobStore
 from jobs.storage import ObjectNotFound, Storage
-from jobs.store import InvalidCursor, JobStore
-from jobs.uploads import file_storage_key, new_file_record
+from jobs.wire.objects import FileDeleted, FileObject, ListPage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -88,13 +88,7 @@ def list_files(
         )
     except InvalidCursor as exc:
         raise JobsError(f"'after' names no file: {exc}", param="after") from exc
-    data = [r.to_public() for r in page.items]
-    return ListPage[FileObject](
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=page.has_more,
-    )
+    return ListPage[FileObject].of([r.to_public() for r in page.items], page.has_more)
 
 
 @router.get("/{file_id}", response_model=FileObject)

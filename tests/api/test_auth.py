@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import LiveServer
-from tests.api.helpers import chat_line, jsonl, wait_settled
+from infra.harness.batches import chat_line, jsonl, wait_settled
+from infra.harness.service import LiveServer
 
 
 @pytest.mark.parametrize(

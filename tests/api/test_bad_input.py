@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import MODEL, LiveServer
-from tests.api.helpers import chat_line, jsonl, wait_settled
+from infra.harness.batches import chat_line, jsonl, wait_settled
+from infra.harness.service import MODEL, LiveServer
 
 
 def completion_line(custom_id: str, **body: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from kombu import Connection
 
-from tests.api.conftest import MODEL, LiveServer
-from tests.api.helpers import chat_line, jsonl, wait_settled
+from infra.harness.batches import chat_line, jsonl, wait_settled
+from infra.harness.service import MODEL, LiveServer
 
 
 def drain_tasks(live: LiveServer) -> list[tuple[dict[str, Any], int | None, str]]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.w1_throughput import make_w1
+from infra.harness.workloads import make_w1
 
 ROOT = Path(__file__).resolve().parents[2]
 

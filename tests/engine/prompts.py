@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import textwrap
-
 import torch
-
-# A fixed English corpus from the standard library, so real-model prompts are real text.
-CORPUS = " ".join(doc or "" for doc in (json.__doc__, argparse.__doc__, textwrap.__doc__))
 
 
 def prompt_lengths(num_prompts: int, max_len: int, seed: int = 0) -> list[int]:

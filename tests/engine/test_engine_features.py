@@ -156,6 +156,7 @@ def test_bad_requests_raise_clear_errors(tiny_model_dirs: dict[str, Path]) -> No
         ("text prompt", greedy, "no tokenizer"),
         ([1, 2, 3], SamplingParams(stop=["x"]), "tokenizer"),
         ([1, 2, 3], SamplingParams(stop_token_ids=[10**6]), "stop_token_ids"),
+        ([1, 2, 3], SamplingParams(logit_bias={10**6: 1.0}), "logit_bias"),
     ]
     for prompt, params, message in cases:
         with pytest.raises(InvalidRequestError, match=message):

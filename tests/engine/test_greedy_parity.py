@@ -16,8 +16,9 @@ import pytest
 import kernels
 from engine import LLM, SamplingParams
 from engine.tokenizer import Tokenizer
+from infra.harness.workloads import CORPUS
 from tests.engine.hf_reference import hf_greedy, load_hf_model
-from tests.engine.prompts import CORPUS, max_tokens_for, random_token_prompts, text_token_prompts
+from tests.engine.prompts import max_tokens_for, random_token_prompts, text_token_prompts
 
 NUM_PROMPTS = 48
 MAX_PROMPT_LEN = 400

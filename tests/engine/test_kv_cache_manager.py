@@ -25,6 +25,10 @@ from engine.sampling_params import SamplingParams
 _ids = itertools.count()
 
 
+def block_ids_of(manager: KVCacheManager, request: Request) -> list[int]:
+    return [block.block_id for block in manager.block_tables.get(request.request_id, ())]
+
+
 def make_request(tokens: list[int], parent: Request | None = None) -> Request:
     return Request(
         request_id=RequestId(f"r{next(_ids)}"),
@@ -228,7 +232,7 @@ class KVCacheMachine(RuleBasedStateMachine):
         manager.check_consistency()
         holders: dict[int, int] = {}
         for request in self.requests.values():
-            for block_id in manager.get_block_ids(request):
+            for block_id in block_ids_of(manager, request):
                 holders[block_id] = holders.get(block_id, 0) + 1
         for block in pool.blocks:
             assert block.ref_cnt == holders.get(block.block_id, 0)
@@ -243,7 +247,7 @@ class KVCacheMachine(RuleBasedStateMachine):
     @invariant()
     def tables_read_back_the_computed_tokens(self) -> None:
         for request in self.requests.values():
-            block_ids = self.manager.get_block_ids(request)
+            block_ids = block_ids_of(self.manager, request)
             assert len(block_ids) * self.BLOCK_SIZE >= request.num_computed_tokens
             read = [
                 self.store[block_ids[p // self.BLOCK_SIZE]][p % self.BLOCK_SIZE]

@@ -30,6 +30,14 @@ BLOCK_SIZE = 4
 ATOL = 1e-4
 
 
+def execute(runner: ModelRunner, output: SchedulerOutput) -> torch.Tensor:
+    """``prepare`` then ``forward``: fp32 logits ``[num_sampled, vocab_size]``."""
+    if output.is_empty:
+        return torch.empty(0, runner.model_config.vocab_size, device=runner.device)
+    with torch.inference_mode():
+        return runner.forward(runner.prepare(output))
+
+
 @cache
 def hf_model(model_dir: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(
@@ -78,7 +86,7 @@ def test_batched_prefills_match_hf(model_dir: Path) -> None:
     prompts = [random_tokens(n, seed) for seed, n in enumerate([1, 40, 7, 13])]
     tables = BlockTables()
     step = [chunk(f"r{i}", p, 0, tables.new(len(p))) for i, p in enumerate(prompts)]
-    logits = runner.execute(SchedulerOutput(step))
+    logits = execute(runner, SchedulerOutput(step))
     assert logits.shape == (4, 512) and logits.dtype == torch.float32
     for row, prompt in zip(logits, prompts, strict=True):
         torch.testing.assert_close(row, hf_last_logits(model_dir, prompt), atol=ATOL, rtol=0)
@@ -92,25 +100,30 @@ def test_chunked_prefill_then_decodes_match_hf(model_dir: Path) -> None:
     tables = BlockTables()
     a_blocks, b_blocks = tables.new(len(a) + 1), tables.new(len(b) + 2)
 
-    first = runner.execute(
-        SchedulerOutput([chunk("a", a[:17], 0, a_blocks, sample=False), chunk("b", b, 0, b_blocks)])
+    first = execute(
+        runner,
+        SchedulerOutput(
+            [chunk("a", a[:17], 0, a_blocks, sample=False), chunk("b", b, 0, b_blocks)]
+        ),
     )
     assert first.shape == (1, 512)
     torch.testing.assert_close(first[0], hf_last_logits(model_dir, b), atol=ATOL, rtol=0)
 
     b_next = int(first[0].argmax())
-    second = runner.execute(
-        SchedulerOutput([chunk("a", a[17:], 17, a_blocks), chunk("b", [b_next], len(b), b_blocks)])
+    second = execute(
+        runner,
+        SchedulerOutput([chunk("a", a[17:], 17, a_blocks), chunk("b", [b_next], len(b), b_blocks)]),
     )
     torch.testing.assert_close(second[0], hf_last_logits(model_dir, a), atol=ATOL, rtol=0)
     b = [*b, b_next]
     torch.testing.assert_close(second[1], hf_last_logits(model_dir, b), atol=ATOL, rtol=0)
 
     a_next, b_next = int(second[0].argmax()), int(second[1].argmax())
-    third = runner.execute(
+    third = execute(
+        runner,
         SchedulerOutput(
             [chunk("a", [a_next], len(a), a_blocks), chunk("b", [b_next], len(b), b_blocks)]
-        )
+        ),
     )
     torch.testing.assert_close(third[0], hf_last_logits(model_dir, [*a, a_next]), atol=ATOL, rtol=0)
     torch.testing.assert_close(third[1], hf_last_logits(model_dir, [*b, b_next]), atol=ATOL, rtol=0)
@@ -122,13 +135,13 @@ def test_prefix_cached_request_reads_shared_blocks(model_dir: Path) -> None:
     a, suffix = random_tokens(16, 3), random_tokens(6, 4)
     tables = BlockTables()
     a_blocks = tables.new(len(a))
-    filled = runner.execute(SchedulerOutput([chunk("a", a, 0, a_blocks, sample=False)]))
+    filled = execute(runner, SchedulerOutput([chunk("a", a, 0, a_blocks, sample=False)]))
     assert filled.shape == (0, 512)
 
     shared = 3 * BLOCK_SIZE
     b = a[:shared] + suffix
     b_blocks = a_blocks[:3] + tables.new(len(suffix))
-    logits = runner.execute(SchedulerOutput([chunk("b", suffix, shared, b_blocks)]))
+    logits = execute(runner, SchedulerOutput([chunk("b", suffix, shared, b_blocks)]))
     torch.testing.assert_close(logits[0], hf_last_logits(model_dir, b), atol=ATOL, rtol=0)
 
 
@@ -141,7 +154,7 @@ def test_bfloat16_runner_is_close_to_float32(tiny_model_dirs: dict[str, Path]) -
         assert runner.kv_caches[0].k_cache.dtype == runner.dtype
         tables = BlockTables()
         step = [chunk(f"r{i}", p, 0, tables.new(len(p))) for i, p in enumerate(prompts)]
-        results.append(runner.execute(SchedulerOutput(step)))
+        results.append(execute(runner, SchedulerOutput(step)))
     fp32, bf16 = results
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
@@ -150,7 +163,7 @@ def test_bfloat16_runner_is_close_to_float32(tiny_model_dirs: dict[str, Path]) -
 
 def test_empty_step_returns_no_rows(tiny_model_dirs: dict[str, Path]) -> None:
     runner = make_runner(tiny_model_dirs["llama"])
-    assert runner.execute(SchedulerOutput()).shape == (0, 512)
+    assert execute(runner, SchedulerOutput()).shape == (0, 512)
 
 
 def test_kv_cache_is_sized_from_the_memory_budget(tiny_model_dirs: dict[str, Path]) -> None:

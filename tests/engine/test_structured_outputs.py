@@ -21,8 +21,7 @@ from engine import (
 )
 from engine.grammar import GrammarCache
 from engine.outputs import RequestOutput
-from engine.request import RequestId
-from tests.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
+from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
 MAX_TOKENS = {"review": 60, "invoice": 130, "staff": 60}
 
@@ -193,7 +192,7 @@ def test_rollback_restores_the_mask(smol: LLM) -> None:
     structured.cache.get(params.structured_outputs).result(timeout=120)  # compiled: no wait
     prompt = tokenizer.apply_chat_template(extraction_messages(DOCUMENTS[-1]))
     engine.add_request("rollback", prompt, params)
-    request = engine.scheduler.requests[RequestId("rollback#0")]
+    (request,) = engine.scheduler.requests.values()
     before = structured.fill_bitmask([request])
     assert before is not None
     for token_id in tokenizer.encode('{"name": "A', add_special_tokens=False):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from infra.redis_server import free_port
+from infra.harness.redis_server import free_port
 
 
 def isolated_env(redis_url: str, **extra: str) -> dict[str, str]:

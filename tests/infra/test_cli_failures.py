@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from infra.cli import build_parser
-from infra.redis_server import free_port, port_is_free
+from infra.harness.redis_server import free_port, port_is_free
+from infra.harness.service import REPO
 from tests.infra.test_cli import SUBCOMMANDS
-from tests.worker.service import REPO
 
 
 def kvbatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

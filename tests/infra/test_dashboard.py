@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from tests.api.conftest import REDIS_URL, free_port, make_settings, run_server
+from infra.harness.redis_server import free_port
+from infra.harness.service import REDIS_URL, make_settings, run_server
 from worker.engine_host import EngineHost
 from worker.monitoring import StatsPublisher
 

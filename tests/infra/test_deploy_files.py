@@ -8,6 +8,7 @@ AOF, GPU requests, Flower behind auth on loopback) must really be there.
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 
 from api.routers.health import router as health_router
 from api.settings import Settings
+from engine.config import EngineConfig
 from infra.cli import build_parser
 from infra.flower_command import FlowerSettings
 from worker.settings import WorkerSettings
@@ -28,6 +30,7 @@ def known_env_names() -> set[str]:
     names = {f"KVBATCH_{name.upper()}" for name in Settings.model_fields}
     names |= {f"KVBATCH_FLOWER_{name.upper()}" for name in FlowerSettings.model_fields}
     names |= {f"KVBATCH_{name.upper()}" for name in WorkerSettings.model_fields}
+    names |= {f"KVBATCH_ENGINE_{field.name.upper()}" for field in fields(EngineConfig)}
     return names
 
 
@@ -177,7 +180,7 @@ def test_workers_everywhere_take_their_shard_intake_from_the_engine(
         assert build_parser().parse_args(argv).concurrency is None
     assert build_parser().parse_args(["up"]).concurrency is None
     settings = WorkerSettings()
-    assert settings.shard_threads_or_default() == settings.engine_max_num_seqs // 4
-    small = WorkerSettings(engine_max_num_seqs=8, shard_threads=None)
+    assert settings.shard_threads_or_default() == settings.engine.max_num_seqs // 4
+    small = WorkerSettings(engine=EngineConfig(model="m", max_num_seqs=8), shard_threads=None)
     assert small.shard_threads_or_default() == 4
     assert WorkerSettings(shard_threads=3).shard_threads_or_default() == 3

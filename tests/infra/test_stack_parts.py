@@ -11,10 +11,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.process import ManagedProcess
-from infra.redis_server import free_port, own_redis_port, port_is_free, redis_answers, with_port
+from infra.harness.process import ManagedProcess
+from infra.harness.redis_server import (
+    free_port,
+    own_redis_port,
+    port_is_free,
+    redis_answers,
+    with_port,
+)
 from infra.sample_batch import BATCH_FILE, chat_batch_lines, read_prompts, to_jsonl
-from jobs.lines import parse_input_line
+from jobs.wire.lines import parse_input_line
 
 
 def test_with_port_keeps_database_and_password() -> None:

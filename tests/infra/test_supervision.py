@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from infra.process import ManagedProcess
+from infra.harness.process import ManagedProcess
 from infra.supervision import RestartPolicy, Supervisor
 
 

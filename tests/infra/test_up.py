@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from infra.readiness import ping_workers
-from infra.redis_server import free_port, redis_answers
+from infra.harness.readiness import ping_workers
+from infra.harness.redis_server import free_port, redis_answers
 from tests.infra.stack_runner import (
     api_and_flower_ports,
     descendants,

@@ -7,9 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from api.settings import Settings
-from jobs.admission import DEFAULT_PRIORITY, check_metadata, priority_of, window_seconds
 from jobs.errors import JobsError
 from jobs.limits import Limits
+from jobs.pipeline.admission import DEFAULT_PRIORITY, check_metadata, priority_of, window_seconds
 
 LIMITS = Limits()
 

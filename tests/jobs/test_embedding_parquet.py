@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.embedding_parquet import embeddings_to_parquet
-from jobs.responses import embedding_list_body, error_body
 from jobs.storage import LocalStorage, WriterScope
+from jobs.storage.embedding_parquet import embeddings_to_parquet
+from jobs.wire.responses import embedding_list_body, error_body
 
 
 def _write(storage: LocalStorage, key: str, lines: list[dict]) -> None:

@@ -12,9 +12,9 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.responses import Response
 
 from jobs.limits import Limits
-from jobs.line_check import LineChecker
-from jobs.lines import EmbeddingLine, RejectedLine, ResponsesLine, parse_shard_line
-from jobs.responses import Choice, Completion, embedding_list_body, response_body
+from jobs.wire.line_check import LineChecker
+from jobs.wire.lines import EmbeddingLine, RejectedLine, ResponsesLine, parse_shard_line
+from jobs.wire.responses import Choice, Completion, embedding_list_body, response_body
 
 MODEL = "m"
 LIMITS = Limits(max_tokens=100, served_models=frozenset({MODEL}))

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from jobs.limits import Limits
-from jobs.line_check import LineChecker, LineIssue
-from jobs.lines import RejectedLine, parse_shard_line
+from jobs.wire.line_check import LineChecker, LineIssue
+from jobs.wire.lines import RejectedLine, parse_shard_line
 
 MODEL = "m"
 LIMITS = Limits(max_n=4, max_tokens=100, served_models=frozenset({MODEL}))

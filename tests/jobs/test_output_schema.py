@@ -9,15 +9,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from infra.harness.batches import chat_line
+from infra.harness.extraction_corpus import INVOICE_SCHEMA, STAFF_SCHEMA
+from infra.harness.service import MODEL
 from jobs.limits import Limits
-from jobs.line_check import LineChecker
-from jobs.lines import parse_input_line
-from jobs.output_schema import SharedSchema, arrow_type
-from jobs.parquet import jsonl_to_parquet
 from jobs.storage import LocalStorage, WriterScope
-from tests.api.conftest import MODEL
-from tests.api.helpers import chat_line
-from tests.extraction_corpus import INVOICE_SCHEMA, STAFF_SCHEMA
+from jobs.storage.parquet import jsonl_to_parquet
+from jobs.wire.line_check import LineChecker
+from jobs.wire.lines import parse_input_line
+from jobs.wire.output_schema import SharedSchema, arrow_type
 
 
 def _body(**extra: Any) -> Any:

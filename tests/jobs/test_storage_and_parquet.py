@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from moto.server import ThreadedMotoServer
 
-from jobs.parquet import jsonl_to_parquet
+from infra.harness.redis_server import free_port
 from jobs.storage import LocalStorage, ObjectNotFound, S3Storage, Storage, WriterScope, read_lines
+from jobs.storage.parquet import jsonl_to_parquet
 from jobs.storage.s3 import MIN_PART_BYTES
-from tests.api.conftest import free_port
 
 
 @pytest.fixture(scope="module")

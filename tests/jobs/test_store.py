@@ -10,13 +10,14 @@ import pytest
 import redis
 
 from api.resources import Resources
-from jobs.ids import FileId, TenantId, new_batch_id, new_file_id
-from jobs.records import BatchRecord
+from infra.harness.batches import chat_line, jsonl, wait_settled
+from infra.harness.service import make_settings, run_server
 from jobs.service_settings import ServiceSettings
-from jobs.status import BatchStatus
-from jobs.store import InvalidCursor, JobStore
-from tests.api.conftest import make_settings, run_server
-from tests.api.helpers import chat_line, jsonl, wait_settled
+from jobs.state.ids import FileId, TenantId, new_batch_id, new_file_id
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger
+from jobs.state.status import ALLOWED_TRANSITIONS, BatchStatus
+from jobs.state.store import InvalidCursor, JobStore
 
 TENANT = TenantId("t")
 
@@ -62,14 +63,15 @@ def test_transitions_follow_the_lifecycle(store: JobStore) -> None:
 
 def test_status_predicates() -> None:
     assert BatchStatus.CANCELLED.is_terminal and not BatchStatus.CANCELLING.is_terminal
-    assert BatchStatus.VALIDATING.can_move_to(BatchStatus.CANCELLED)
-    assert not BatchStatus.COMPLETED.can_move_to(BatchStatus.IN_PROGRESS)
+    assert BatchStatus.CANCELLED in ALLOWED_TRANSITIONS[BatchStatus.VALIDATING]
+    assert BatchStatus.IN_PROGRESS not in ALLOWED_TRANSITIONS[BatchStatus.COMPLETED]
 
 
 def test_counters_are_atomic_increments(store: JobStore) -> None:
     batch = new_batch(store)
-    store.add_counts(batch.id, completed=3, input_tokens=10, output_tokens=5)
-    store.add_counts(batch.id, completed=1, failed=2)
+    ledger = ShardLedger(store._redis, store)
+    ledger.add_counts(batch.id, 0, completed=3, input_tokens=10, output_tokens=5)
+    ledger.add_counts(batch.id, 1, completed=1, failed=2)
     public = store.get_batch(TENANT, batch.id)
     assert public is not None
     shown = public.to_public()
@@ -97,9 +99,8 @@ def test_restarted_api_resumes_validation(tmp_path: Path) -> None:
     resources = Resources.open(settings)
     try:
         orphan = new_batch(resources.store)
-        resources.store.set_batch_fields(
-            orphan.id, {"input_file_id": file.id, "tenant": "tenant-a"}
-        )
+        fields = {"input_file_id": file.id, "tenant": "tenant-a"}
+        resources.store._redis.hset(resources.store.key("batch", orphan.id), mapping=fields)
         resources.store.mark_validating(orphan.id)
     finally:
         resources.close()

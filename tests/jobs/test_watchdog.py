@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from jobs.ids import FileId, TenantId, new_batch_id, new_file_id
-from jobs.records import BatchRecord
-from jobs.results import ShardLedger, StopReason
-from jobs.status import BatchStatus
-from jobs.store import JobStore
-from jobs.watchdog import ShardWatchdog
+from jobs.pipeline.watchdog import ShardWatchdog
+from jobs.state.ids import FileId, TenantId, new_batch_id, new_file_id
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger, StopReason
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 
 SILENCE_S = 100.0
 STARTED = 1_000

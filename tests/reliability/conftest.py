@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
+from infra.harness.batches import chat_line, jsonl
+from infra.harness.redis_server import RedisServer
+from infra.harness.service import REDIS_URL, make_settings, run_server
 from tests.api import conftest as api_fixtures
-from tests.api.conftest import make_settings, run_server
-from tests.api.helpers import chat_line, jsonl
-from tests.reliability.processes import RedisServer
 from tests.tiny_models import build_tiny_chat_model
 from tests.worker.conftest import Stack
 
@@ -50,7 +50,7 @@ def fast_stack(
     s3_url: str,
     client: redis.Redis,
     model: Path,
-    redis_url: str = api_fixtures.REDIS_URL,
+    redis_url: str = REDIS_URL,
     shard_size: int = 8,
     **worker: object,
 ) -> Iterator[Stack]:

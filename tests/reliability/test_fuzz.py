@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 
+from infra.harness.service import MODEL, LiveServer
 from jobs.limits import Limits
-from jobs.line_check import LineChecker, LineIssue
-from jobs.lines import RejectedLine, parse_input_line, parse_shard_line
-from tests.api.conftest import MODEL, LiveServer
-from worker.sampling import engine_requests
+from jobs.wire.line_check import LineChecker, LineIssue
+from jobs.wire.lines import RejectedLine, parse_input_line, parse_shard_line
+from worker.engine_requests import engine_requests
 
 LIMITS = Limits(
     max_requests_per_file=1000,

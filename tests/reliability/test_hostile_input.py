@@ -19,10 +19,11 @@ import httpx
 import pytest
 import redis
 
-from tests.api.helpers import chat_line, wait_settled
+from infra.harness.batches import chat_line, result_lines, wait_batch, wait_settled
+from infra.harness.workers import WorkerProcess
 from tests.reliability.conftest import fast_stack, submit
 from tests.worker.conftest import Stack
-from tests.worker.service import WorkerProcess, assert_each_once, result_lines, wait_batch
+from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ import httpx
 import pytest
 import redis
 
-from tests.api.conftest import LiveServer, make_settings
+from infra.harness.redis_server import RedisServer
+from infra.harness.service import ApiProcess, LiveServer, make_settings
 from tests.reliability.conftest import FAST_WORKER, fast_stack, long_lines, submit
-from tests.reliability.processes import ApiProcess, RedisServer, TcpProxy
+from tests.reliability.processes import TcpProxy
 from tests.reliability.test_worker_faults import assert_complete, wait_submitted
 from tests.worker.conftest import Stack
 
@@ -173,7 +174,7 @@ def test_api_restart_while_clients_poll(stack_parts: dict[str, Any]) -> None:
 
 def take_shard_message(stack: Stack, batch_id: str, index: int) -> bool:
     """Delete shard ``index``'s message from its queue in Redis, as a Redis restart between
-    a worker's ``BRPOP`` and its unacked record does (jobs/watchdog.py)."""
+    a worker's ``BRPOP`` and its unacked record does (jobs/pipeline/watchdog.py)."""
     prefix = stack.settings.broker_key_prefix
     client: Any = stack.redis
     for key in client.scan_iter(match=f"{prefix}*{stack.settings.shard_queue}*"):

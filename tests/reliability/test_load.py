@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.load_bench import run_bench
+from infra.harness.load import run_bench
 
 pytestmark = pytest.mark.slow
 

@@ -14,12 +14,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.conftest import KEYS, free_port, make_settings, run_server
-from tests.api.helpers import chat_line, jsonl
+from infra.harness.batches import chat_line, jsonl, wait_batch
+from infra.harness.redis_server import RedisServer, free_port
+from infra.harness.service import KEYS, make_settings, run_server
 from tests.reliability.conftest import FAST_WORKER
-from tests.reliability.processes import RedisServer
 from tests.worker.conftest import Stack
-from tests.worker.service import wait_batch
 
 pytestmark = pytest.mark.slow
 

@@ -15,16 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import jsonl
+from infra.harness.batches import jsonl, result_lines, wait_batch
+from infra.harness.workers import WorkerProcess, worker_stats
 from tests.reliability.conftest import fast_stack, long_lines
 from tests.worker.conftest import Stack
-from tests.worker.service import (
-    WorkerProcess,
-    assert_each_once,
-    result_lines,
-    wait_batch,
-    worker_stats,
-)
+from tests.worker.service import assert_each_once
 from worker.queue_probe import QueueProbe
 
 pytestmark = pytest.mark.slow

@@ -20,11 +20,9 @@ import openai
 import psutil
 import pytest
 
-from tests.api.conftest import LiveServer, make_settings
-from tests.api.helpers import chat_line, jsonl
-from tests.reliability.processes import ApiProcess
+from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.service import ApiProcess, LiveServer, make_settings
 from tests.worker.conftest import Stack
-from tests.worker.service import result_lines, wait_batch
 
 pytestmark = pytest.mark.slow
 

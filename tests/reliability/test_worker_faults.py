@@ -10,17 +10,12 @@ import time
 
 import pytest
 
-from jobs.dispatch import ShardDispatcher
-from tests.api.helpers import chat_line
+from infra.harness.batches import chat_line, result_lines, wait_batch
+from infra.harness.workers import WorkerProcess, worker_stats
+from jobs.pipeline.dispatch import ShardDispatcher
 from tests.reliability.conftest import long_lines, submit
 from tests.worker.conftest import Stack
-from tests.worker.service import (
-    WorkerProcess,
-    assert_each_once,
-    result_lines,
-    wait_batch,
-    worker_stats,
-)
+from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 

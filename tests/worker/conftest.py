@@ -13,9 +13,9 @@ import redis
 from openai import OpenAI
 
 from api.settings import Settings
+from infra.harness.service import LiveServer, make_settings, run_server
+from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
 from tests.api import conftest as api_fixtures
-from tests.api.conftest import LiveServer, make_settings, run_server
-from tests.worker.service import WorkerProcess, service_env, wait_worker_ready
 
 # The API tests' session fixtures: one Redis client, key prefix and S3 server per session.
 redis_client = api_fixtures.redis_client

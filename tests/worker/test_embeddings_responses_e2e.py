@@ -14,10 +14,10 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.responses import Response
 
 from engine import LLM
-from tests.api.conftest import MODEL
-from tests.api.helpers import chat_line, jsonl
+from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.service import MODEL, SMOLLM2
 from tests.worker.conftest import Stack
-from tests.worker.service import SMOLLM2, assert_each_once, result_lines, wait_batch
+from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 

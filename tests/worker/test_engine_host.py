@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,8 @@ from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
-from worker.engine_host import EngineHost, HostResult, Submission
+from worker.engine_host import EngineHost
+from worker.host_records import Finished, HostResult, Refused, Stopped, Submission
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,10 @@ def run_batch(host: EngineHost, batch: str, n: int, max_tokens: int) -> list[Hos
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     host.watch(batch)
     for i in range(n):
-        host.submit(Submission(f"{batch}/0/{i}", batch, prompt(i), params, results.put))
+        host.submit(Submission((batch, i), batch, prompt(i), params, results.put))
     collected = [results.get(timeout=60) for _ in range(n)]
     host.unwatch(batch)
-    return sorted(collected, key=lambda r: int(r.request_id.rpartition("/")[2]))
+    return sorted(collected, key=lambda r: r.request_id[1])  # type: ignore[index]
 
 
 def test_batches_from_threads_share_steps_and_match_offline(
@@ -73,7 +74,9 @@ def test_batches_from_threads_share_steps_and_match_offline(
     )
     for results in outcome.values():
         assert [
-            r.output.outputs[0].token_ids for r in results if isinstance(r.output, RequestOutput)
+            r.output.outputs[0].token_ids
+            for r in results
+            if isinstance(r, Finished) and isinstance(r.output, RequestOutput)
         ] == [e.outputs[0].token_ids for e in expected]
     stats = host.snapshot()
     assert stats["num_multi_batch_steps"] >= 1 and stats["max_batches_in_step"] >= 2
@@ -86,19 +89,16 @@ def test_refusal_is_a_result_not_a_crash(host: EngineHost) -> None:
     host.submit(Submission("b/0/0", "b", too_long, SamplingParams(max_tokens=4), results.put))
     host.submit(Submission("b/0/1", "b", "text", SamplingParams(max_tokens=4), results.put))
     refused = [results.get(timeout=30) for _ in range(2)]
-    assert all(r.refused and r.output is None for r in refused)
-    assert run_batch(host, "b", 1, 2)[0].output is not None, "the host keeps serving"
+    assert all(isinstance(r, Refused) and r.message for r in refused)
+    assert isinstance(run_batch(host, "b", 1, 2)[0], Finished), "the host keeps serving"
 
 
 def test_default_max_tokens_fills_the_context(host: EngineHost) -> None:
     results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
-    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
-    host.submit(
-        Submission(
-            "d/0/0", "d", [3 + i % 500 for i in range(997)], params, results.put, fill_context=True
-        )
-    )
+    params = SamplingParams(temperature=0, max_tokens=None, ignore_eos=True)
+    host.submit(Submission("d/0/0", "d", [3 + i % 500 for i in range(997)], params, results.put))
     result = results.get(timeout=120)
+    assert isinstance(result, Finished), result
     output = result.output
     assert isinstance(output, RequestOutput), result
     assert len(output.prompt_token_ids) + len(output.outputs[0].token_ids) == 1024
@@ -116,10 +116,11 @@ def test_stop_aborts_a_batch_between_steps(model_dir: Path) -> None:
             host.submit(Submission(f"s/0/{i}", "s", prompt(i), params, results.put))
         stops["s"] = "cancelled"
         stopped = [results.get(timeout=30) for _ in range(4)]
-        assert all(r.stopped == "cancelled" for r in stopped)
+        assert all(isinstance(r, Stopped) and r.reason == "cancelled" for r in stopped)
         assert host.stop_reason("s") == "cancelled"
         host.submit(Submission("s/0/9", "s", prompt(9), params, results.put))
-        assert results.get(timeout=30).stopped == "cancelled", "a stopped batch takes no more"
+        late = results.get(timeout=30)
+        assert isinstance(late, Stopped) and late.reason == "cancelled", "it takes no more"
     finally:
         host.close()
 
@@ -130,19 +131,19 @@ def test_withdrawn_requests_leave_the_engine_and_their_ids_can_run_again(
     """A shard that fails mid-run withdraws what it submitted; its rerun reuses the ids."""
     params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
     abandoned: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
-    ids = {f"w/0/{i}" for i in range(4)}
-    for request_id in sorted(ids):
+    ids: set[Hashable] = {("w", i) for i in range(4)}
+    for request_id in sorted(ids, key=str):
         host.submit(Submission(request_id, "w", prompt(1), params, abandoned.put))
     host.withdraw(ids)
     gone = [abandoned.get(timeout=60) for _ in ids]
     assert {r.request_id for r in gone} == ids
-    assert all(r.stopped == "withdrawn" for r in gone)
+    assert all(isinstance(r, Stopped) and r.reason == "withdrawn" for r in gone)
     assert all(
-        not isinstance(r.output, RequestOutput) or len(r.output.outputs[0].token_ids) < 200
+        not isinstance(r, Stopped) or r.output is None or len(r.output.outputs[0].token_ids) < 200
         for r in gone
     )
 
-    rerun = run_batch(host, "w", 4, max_tokens=3)  # the same ids: w/0/0 .. w/0/3
-    assert [r.request_id for r in rerun] == [f"w/0/{i}" for i in range(4)]
-    assert all(r.output is not None and r.stopped is None for r in rerun)
+    rerun = run_batch(host, "w", 4, max_tokens=3)  # the same ids: ("w", 0) .. ("w", 3)
+    assert [r.request_id for r in rerun] == [("w", i) for i in range(4)]
+    assert all(isinstance(r, Finished) for r in rerun)
     assert host.snapshot()["num_pending"] == 0

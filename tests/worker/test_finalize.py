@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 import redis
 
-from jobs.finalize import BatchFinalizer
-from jobs.ids import BatchId, FileId, TenantId
-from jobs.lines import OutputLine
-from jobs.records import BatchRecord
-from jobs.results import ShardLedger, ShardOutcome, write_shard_results
-from jobs.shards import ShardWriter
-from jobs.status import BatchStatus
+from jobs.pipeline.finalize import BatchFinalizer
+from jobs.pipeline.shards import ShardWriter
+from jobs.state.ids import BatchId, FileId, TenantId
+from jobs.state.records import BatchRecord
+from jobs.state.shard_ledger import ShardLedger, ShardOutcome, write_shard_results
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import LocalStorage, read_lines
-from jobs.store import JobStore
+from jobs.wire.lines import OutputLine
 
 Parts = tuple[JobStore, ShardLedger, LocalStorage, BatchFinalizer]
 
@@ -107,7 +107,8 @@ def test_cancel_waits_for_running_shards_then_fills_the_rest(parts: Parts) -> No
 def test_sweep_expires_a_batch_no_worker_touched(parts: Parts) -> None:
     store, _, storage, finalizer = parts
     batch_id = make_batch(store, storage, 3, 2)
-    store.set_batch_fields(BatchId(batch_id), {"expires_at": str(int(time.time()) - 1)})
+    expired = {"expires_at": str(int(time.time()) - 1)}
+    store._redis.hset(store.key("batch", BatchId(batch_id)), mapping=expired)
     assert BatchStatus.EXPIRED in finalizer.sweep()
     batch = store.load_batch(batch_id)
     assert batch is not None and batch.status is BatchStatus.EXPIRED

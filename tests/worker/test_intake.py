@@ -7,9 +7,9 @@ import secrets
 import pytest
 import redis
 
-from jobs.dispatch import ShardDispatcher
+from infra.harness.service import REDIS_URL
+from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.service_settings import PRIORITY_STEPS
-from tests.api.conftest import REDIS_URL
 from worker.engine_load import EngineLoad
 from worker.intake import ShardIntake
 from worker.queue_probe import QueueProbe

@@ -7,7 +7,8 @@ import urllib.request
 
 import redis
 
-from tests.api.conftest import REDIS_URL, free_port
+from infra.harness.redis_server import free_port
+from infra.harness.service import REDIS_URL
 from worker.engine_load import EngineLoad
 from worker.intake import ShardIntake
 from worker.monitoring import StatsPublisher

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.api.helpers import chat_line, jsonl
+from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.workers import worker_stats
 from tests.worker.conftest import Stack, open_stack
-from tests.worker.service import assert_each_once, result_lines, wait_batch, worker_stats
+from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 

@@ -8,15 +8,11 @@ from typing import Any
 import pytest
 
 from engine import LLM, SamplingParams
-from tests.api.helpers import chat_line, jsonl
+from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.service import SMOLLM2
+from infra.harness.workers import worker_stats
 from tests.worker.conftest import Stack
-from tests.worker.service import (
-    SMOLLM2,
-    assert_each_once,
-    result_lines,
-    wait_batch,
-    worker_stats,
-)
+from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 
-from tests.api.conftest import MODEL
-from tests.api.helpers import jsonl
-from tests.extraction_corpus import DOCUMENTS, SCHEMAS, Document, extraction_messages
+from infra.harness.batches import jsonl, result_lines, wait_batch
+from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, Document, extraction_messages
+from infra.harness.service import MODEL
 from tests.worker.conftest import Stack
-from tests.worker.service import assert_each_once, result_lines, wait_batch
+from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 Unknown fields are rejected (``extra="forbid"``): a parameter we would silently ignore is a
 wrong answer the caller cannot see. Fields that change nothing in a batch (``stream: false``,
 ``store``, ``service_tier``...) are accepted, as the endpoints accept them; features we do not
-serve are named by :mod:`jobs.body_refusals` before these models see the body. Bounds that
+serve are named by :mod:`jobs.wire.body_refusals` before these models see the body. Bounds that
 depend on configuration (``n``, ``max_tokens``) are checked by :func:`check_bounds`, not here.
 """
 

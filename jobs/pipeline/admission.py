@@ -6,7 +6,7 @@ import re
 
 from jobs.errors import JobsError
 from jobs.limits import Limits
-from jobs.lines import SUPPORTED_ENDPOINTS
+from jobs.wire.lines import SUPPORTED_ENDPOINTS
 
 _WINDOW = re.compile(r"^([1-9][0-9]*)([smh])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}

@@ -2,8 +2,8 @@
 (or PoolingParams, for an embedding: one engine request per input).
 
 Defaults follow OpenAI, not the engine: ``temperature`` 1, ``top_p`` 1, ``n`` 1, and no
-``max_tokens`` means "the rest of the context" (the engine host fills it in once the prompt
-is tokenized).
+``max_tokens`` means "the rest of the context" (``max_tokens=None``: the engine fills it in
+once the prompt is tokenized).
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ from dataclasses import dataclass
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import StructuredOutputsParams
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
-from jobs.response_bodies import ResponsesBody
-from worker.engine_host import ChatPrompt, PromptInput
+from jobs.wire.embedding_bodies import EmbeddingBody
+from jobs.wire.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
+from jobs.wire.response_bodies import ResponsesBody
+from worker.host_records import ChatPrompt, PromptInput
 
 
 @dataclass(slots=True)
 class EngineRequest:
     prompt: PromptInput
     params: SamplingParams | PoolingParams
-    fill_context: bool  # no max_tokens given: generate up to the rest of the context
 
 
 def _num_logprobs(body: RequestBody) -> int | None:
@@ -93,13 +92,13 @@ def engine_request(body: RequestBody) -> EngineRequest:
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
         stop=body.stop_list,
         stop_token_ids=list(body.stop_token_ids or []),
-        max_tokens=limit or max(1, body.min_tokens or 1),
+        max_tokens=limit,
         min_tokens=body.min_tokens or 0,
         ignore_eos=bool(body.ignore_eos),
         logprobs=_num_logprobs(body),
         structured_outputs=_constraint(body),
     )
-    return EngineRequest(_prompt(body), params, fill_context=limit is None)
+    return EngineRequest(_prompt(body), params)
 
 
 def responses_request(body: ResponsesBody) -> EngineRequest:
@@ -107,17 +106,15 @@ def responses_request(body: ResponsesBody) -> EngineRequest:
     params = SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        max_tokens=body.max_output_tokens or 1,
+        max_tokens=body.max_output_tokens,
     )
-    return EngineRequest(
-        ChatPrompt(body.messages()), params, fill_context=body.max_output_tokens is None
-    )
+    return EngineRequest(ChatPrompt(body.messages()), params)
 
 
 def embedding_requests(body: EmbeddingBody) -> list[EngineRequest]:
     """An embeddings line: one prefill-only request per input, in input order."""
     params = PoolingParams(dimensions=body.dimensions)
-    return [EngineRequest(item, params, fill_context=False) for item in body.inputs]
+    return [EngineRequest(item, params) for item in body.inputs]
 
 
 def engine_requests(body: RequestBody | EmbeddingBody | ResponsesBody) -> list[EngineRequest]:

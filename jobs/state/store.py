@@ -21,9 +21,9 @@ from typing import Any, Generic, TypeVar
 
 import redis
 
-from jobs.ids import BatchId, TenantId
-from jobs.records import COUNTER_FIELDS, BatchRecord, FileRecord
-from jobs.status import BatchStatus, sources_of
+from jobs.state.ids import BatchId, TenantId
+from jobs.state.records import BatchRecord, FileRecord
+from jobs.state.status import BatchStatus, sources_of
 
 R = TypeVar("R", FileRecord, BatchRecord)
 
@@ -137,18 +137,6 @@ class JobStore:
             return record if record.tenant == tenant else None
 
         return self._page(self.key("batches", tenant), "batch", after, limit, True, accept)
-
-    def set_batch_fields(self, batch_id: BatchId, values: dict[str, str]) -> None:
-        self._redis.hset(self.key("batch", batch_id), mapping=values)
-
-    def add_counts(self, batch_id: BatchId, **deltas: int) -> None:
-        """Bump request counters and token usage atomically (``HINCRBY`` per field)."""
-        unknown = set(deltas) - set(COUNTER_FIELDS)
-        assert not unknown, f"not a batch counter: {unknown}"
-        with self._redis.pipeline() as pipe:
-            for name, delta in deltas.items():
-                pipe.hincrby(self.key("batch", batch_id), name, delta)
-            pipe.execute()
 
     def transition(
         self,

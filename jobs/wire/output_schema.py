@@ -21,8 +21,8 @@ from typing import Any
 import jsonschema
 import pyarrow as pa
 
-from jobs.request_bodies import ChatCompletionBody, RequestBody
-from jobs.shards import shard_prefix
+from jobs.pipeline.shards import shard_prefix
+from jobs.wire.request_bodies import ChatCompletionBody, RequestBody
 
 _SCALARS = {
     "string": pa.string(),

@@ -7,14 +7,17 @@ writes), so stopping and restarting ``kvbatch up`` keeps every batch.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from infra.process import ManagedProcess
+from infra.harness.process import ManagedProcess
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -96,3 +99,35 @@ def start_redis(port: int, data_dir: Path, log_path: Path) -> ManagedProcess:
         "--logfile", "",
     ]  # fmt: skip
     return ManagedProcess("redis", argv, log_path)
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port (AOF on), stoppable and restartable
+    with its data: for tests that break Redis on purpose, never the shared one."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: ManagedProcess | None = None
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self._process = start_redis(self.port, self.data_dir, self.data_dir / "redis.log")
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    break
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        client.close()
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM flushes the AOF (a clean restart); SIGKILL is a crash (up to ~1 s lost)."""
+        if self._process is not None and self._process.exit_code() is None:
+            if sig == signal.SIGKILL:
+                self._process.kill()
+            else:
+                self._process.stop(timeout_s=20)
+        self._process = None

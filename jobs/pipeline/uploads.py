@@ -6,8 +6,8 @@ import re
 import unicodedata
 
 from jobs.errors import JobsError
-from jobs.ids import FileId, TenantId
-from jobs.records import FileRecord
+from jobs.state.ids import FileId, TenantId
+from jobs.state.records import FileRecord
 
 ACCEPTED_PURPOSES = ("batch",)
 MIN_EXPIRY_S = 3600

@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.output_schema import ParsedColumn, answer_text
 from jobs.storage import Storage, WriterScope, read_lines
 from jobs.storage.base import CHUNK_BYTES
+from jobs.wire.output_schema import ParsedColumn, answer_text
 
 MAGIC = b"PAR1"
 INPUT_COLUMNS = ("custom_id", "method", "url", "body")
@@ -97,7 +97,7 @@ def jsonl_to_parquet(
     """Convert an output (or error) JSONL object into a Parquet object; returns row count.
 
     With the batch's one ``json_schema``, each row also gets the answer's text (``content``)
-    and the answer parsed into a typed ``parsed`` column (see ``jobs/output_schema.py``).
+    and the answer parsed into a typed ``parsed`` column (see ``jobs/wire/output_schema.py``).
     Rows are written in groups of ``rows_per_group`` to a local temporary file (Parquet
     needs a seekable sink for its footer), then streamed to storage.
     """

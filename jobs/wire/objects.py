@@ -95,3 +95,10 @@ class ListPage(BaseModel, Generic[T]):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+    @classmethod
+    def of(cls, data: list[T], has_more: bool) -> ListPage[T]:
+        """A page of ``data`` (objects with an ``id``), its cursors read off its ends."""
+        first = getattr(data[0], "id", None) if data else None
+        last = getattr(data[-1], "id", None) if data else None
+        return cls(data=data, first_id=first, last_id=last, has_more=has_more)

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from jobs.embedding_bodies import EmbeddingBody
-from jobs.request_bodies import ChatCompletionBody, CompletionBody
-from jobs.response_bodies import ResponsesBody
+from jobs.wire.embedding_bodies import EmbeddingBody
+from jobs.wire.request_bodies import ChatCompletionBody, CompletionBody
+from jobs.wire.response_bodies import ResponsesBody
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"

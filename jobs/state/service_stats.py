@@ -1,6 +1,6 @@
 """What an operator watches about the service, read from Redis when Prometheus scrapes.
 
-    P:stats:batch_status   hash  status -> batches in it           (jobs/store.py keeps it)
+    P:stats:batch_status   hash  status -> batches in it           (jobs/state/store.py keeps it)
     P:stats:finished       hash  model \\x1f tenant \\x1f field -> total over finished batches
                                  fields: batches, completed, failed, input_tokens,
                                  cached_tokens, output_tokens, duration_s
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import redis
 
-from jobs.dispatch import SENT_AT_HEADER
-from jobs.records import BatchRecord
+from jobs.pipeline.dispatch import SENT_AT_HEADER
 from jobs.service_settings import PRIORITY_STEPS
-from jobs.status import BatchStatus
-from jobs.store import JobStore
+from jobs.state.records import BatchRecord
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 
 FINISHED_FIELDS = (
     "completed",

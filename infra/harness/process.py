@@ -69,6 +69,11 @@ class ManagedProcess:
     def pid(self) -> int:
         return self._popen.pid
 
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        """The leader's handle (``poll()``, ``returncode``), for callers that watch it."""
+        return self._popen
+
     def exit_code(self) -> int | None:
         """None while running, else the exit status (negative: killed by that signal)."""
         return self._popen.poll()
@@ -91,6 +96,11 @@ class ManagedProcess:
         # The leader may exit before its group (beat outlives the worker by a moment).
         self._signal_group(signal.SIGKILL)
         return code
+
+    def kill(self, timeout_s: float = 30.0) -> int:
+        """SIGKILL the whole group, as a crash would; returns the exit status."""
+        self._signal_group(signal.SIGKILL)
+        return self._popen.wait(timeout=timeout_s)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

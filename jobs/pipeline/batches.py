@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from jobs.admission import NORMAL_PRIORITIES, check_endpoint, check_metadata, window_seconds
 from jobs.errors import JobsError, NotFound
-from jobs.ids import TenantId, new_batch_id
 from jobs.limits import Limits
-from jobs.records import BatchRecord
-from jobs.status import BatchStatus
-from jobs.store import JobStore
+from jobs.pipeline.admission import (
+    NORMAL_PRIORITIES,
+    check_endpoint,
+    check_metadata,
+    window_seconds,
+)
+from jobs.state.ids import TenantId, new_batch_id
+from jobs.state.records import BatchRecord
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 
 
 def create_batch(

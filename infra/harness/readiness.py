@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from celery import Celery
 
-from infra.process import ManagedProcess
+from infra.harness.process import ManagedProcess
 
 
 class NotReadyError(RuntimeError):

@@ -10,7 +10,7 @@ picks up whatever was in flight.
                          (cancelled meanwhile: shards deleted, nothing dispatched)
 
 A line whose body the endpoint would refuse is not a file-level issue: it goes into its
-shard as its rejection (jobs/lines.py ``RejectedLine``) and the worker answers it with a 400.
+shard as its rejection (jobs/wire/lines.py ``RejectedLine``) and the worker answers it with a 400.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from jobs.admission import priority_of
-from jobs.dispatch import ShardDispatcher
-from jobs.ids import BatchId
 from jobs.limits import Limits
-from jobs.line_check import LineChecker, LineIssue
-from jobs.output_schema import output_schema_key
-from jobs.parquet import ParquetInputError, is_parquet, iter_parquet_lines
-from jobs.records import BatchRecord
-from jobs.shards import ShardWriter
-from jobs.status import BatchStatus
+from jobs.pipeline.admission import priority_of
+from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.shards import ShardWriter
+from jobs.state.ids import BatchId
+from jobs.state.records import BatchRecord
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import ObjectNotFound, Storage, WriterScope, read_lines
-from jobs.store import JobStore
+from jobs.storage.parquet import ParquetInputError, is_parquet, iter_parquet_lines
+from jobs.wire.line_check import LineChecker, LineIssue
+from jobs.wire.output_schema import output_schema_key
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,13 @@ class IntakeResult:
     json_schema: str | None = None  # the one response_format schema of every line
 
 
+@dataclass(slots=True)
 class BatchIntake:
-    def __init__(
-        self,
-        store: JobStore,
-        storage: Storage,
-        dispatcher: ShardDispatcher,
-        limits: Limits,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.storage = storage
-        self.dispatcher = dispatcher
-        self.limits = limits
-        self._clock = clock
+    store: JobStore
+    storage: Storage
+    dispatcher: ShardDispatcher
+    limits: Limits
+    clock: Callable[[], float] = time.time
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
@@ -78,7 +71,7 @@ class BatchIntake:
             self.store.release_intake(batch_id)
 
     def _now(self) -> int:
-        return int(self._clock())
+        return int(self.clock())
 
     def _intake(self, batch: BatchRecord) -> None:
         shards = ShardWriter(self.storage, batch.id, self.limits.shard_size)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.lines import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL, BodyRejection
-from jobs.response_bodies import UNSERVED_FIELDS
+from jobs.wire.lines import CHAT_URL, EMBEDDINGS_URL, RESPONSES_URL, BodyRejection
+from jobs.wire.response_bodies import UNSERVED_FIELDS
 
 _TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call")
 

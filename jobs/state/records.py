@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from jobs.ids import BatchId, FileId, TenantId
-from jobs.objects import (
+from jobs.state.ids import BatchId, FileId, TenantId
+from jobs.state.status import BatchStatus
+from jobs.wire.objects import (
     BatchErrorItem,
     BatchErrors,
     BatchObject,
@@ -22,7 +23,6 @@ from jobs.objects import (
     OutputTokensDetails,
     RequestCounts,
 )
-from jobs.status import BatchStatus
 
 COUNTER_FIELDS = (
     "total",

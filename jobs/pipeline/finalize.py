@@ -18,31 +18,26 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.embedding_parquet import embeddings_to_parquet
-from jobs.ids import BatchId, FileId, new_file_id, new_request_id
-from jobs.lines import EMBEDDINGS_URL, LineError, OutputLine
-from jobs.output_schema import output_schema_key
-from jobs.parquet import jsonl_to_parquet
-from jobs.records import BatchRecord, FileRecord
-from jobs.results import ShardLedger, StopReason, result_key, results_prefix
-from jobs.service_stats import FinishedStats
-from jobs.shards import shard_key, shard_prefix
-from jobs.status import BatchStatus
+from jobs.pipeline.shards import shard_key, shard_prefix
+from jobs.pipeline.uploads import file_storage_key
+from jobs.state.ids import BatchId, FileId, new_file_id, new_request_id
+from jobs.state.records import BatchRecord, FileRecord
+from jobs.state.service_stats import FinishedStats
+from jobs.state.shard_ledger import ShardLedger, StopReason, result_key, results_prefix
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import ObjectNotFound, ObjectWriter, Storage, WriterScope, read_lines
-from jobs.store import JobStore
-from jobs.uploads import file_storage_key
+from jobs.storage.embedding_parquet import embeddings_to_parquet
+from jobs.storage.parquet import jsonl_to_parquet
+from jobs.wire.lines import EMBEDDINGS_URL, LineError, OutputLine
+from jobs.wire.output_schema import output_schema_key
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILE_TTL_S = 30 * 24 * 3600
-_ENDS = {
-    None: BatchStatus.COMPLETED,
-    StopReason.CANCELLED: BatchStatus.CANCELLED,
-    StopReason.EXPIRED: BatchStatus.EXPIRED,
-}
 
 
 @dataclass(slots=True)
@@ -54,23 +49,14 @@ class _Assembled:
     num_lines: int = 0
 
 
+@dataclass(slots=True)
 class BatchFinalizer:
-    def __init__(
-        self,
-        store: JobStore,
-        ledger: ShardLedger,
-        storage: Storage,
-        *,
-        lock_ttl_s: int = 600,
-        max_line_bytes: int = 2_000_000,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.ledger = ledger
-        self.storage = storage
-        self._lock_ttl_s = lock_ttl_s
-        self._max_line_bytes = max_line_bytes
-        self._clock = clock
+    store: JobStore
+    ledger: ShardLedger
+    storage: Storage
+    lock_ttl_s: int = field(default=600, kw_only=True)
+    max_line_bytes: int = field(default=2_000_000, kw_only=True)
+    clock: Callable[[], float] = field(default=time.time, kw_only=True)
 
     def stop_reason(self, batch: BatchRecord) -> StopReason | None:
         """Why ``batch`` should stop early now, if it should."""
@@ -79,7 +65,7 @@ class BatchFinalizer:
         flag = self.ledger.stop_flag(batch.id)
         if flag is not None:
             return flag
-        if batch.expires_at <= self._clock() and batch.status is BatchStatus.IN_PROGRESS:
+        if batch.expires_at <= self.clock() and batch.status is BatchStatus.IN_PROGRESS:
             return StopReason.EXPIRED
         return None
 
@@ -106,7 +92,7 @@ class BatchFinalizer:
         all_done = len(self.ledger.done_shards(batch_id)) >= batch.num_shards
         if stop is None and not all_done:
             return None
-        if not self.ledger.acquire_finalizer(batch_id, self._lock_ttl_s):
+        if not self.ledger.acquire_finalizer(batch_id, self.lock_ttl_s):
             return None
         try:
             if not all_done and self.ledger.any_lease(batch_id, batch.num_shards):
@@ -118,7 +104,7 @@ class BatchFinalizer:
             self.ledger.release_finalizer(batch_id)
 
     def _finalize(self, batch: BatchRecord, stop: StopReason | None) -> BatchStatus | None:
-        now = int(self._clock())
+        now = int(self.clock())
         starting = stop is None and batch.status is BatchStatus.IN_PROGRESS
         if starting and self.store.transition(batch.id, BatchStatus.FINALIZING, now) is None:
             return None  # cancelled meanwhile: the next attempt ends it as cancelled
@@ -131,7 +117,7 @@ class BatchFinalizer:
             "completed": str(output.num_lines),
             "failed": str(errors.num_lines),
         }
-        target = _ENDS[stop]
+        target = stop.status if stop is not None else BatchStatus.COMPLETED
         ended = self.store.transition(batch.id, target, now, fields)
         if ended is None and target is BatchStatus.COMPLETED:
             # A cancel landed while finalizing: every request ran, so the files stand as is.
@@ -177,7 +163,7 @@ class BatchFinalizer:
 
     def _copy(self, key: str, out: ObjectWriter) -> int:
         count = 0
-        for line in read_lines(self.storage, key, self._max_line_bytes):
+        for line in read_lines(self.storage, key, self.max_line_bytes):
             if line:
                 out.write(line + b"\n")
                 count += 1
@@ -185,7 +171,7 @@ class BatchFinalizer:
 
     def _stop_lines(self, batch_id: str, index: int, stop: StopReason, out: ObjectWriter) -> int:
         count = 0
-        for raw in read_lines(self.storage, shard_key(batch_id, index), self._max_line_bytes):
+        for raw in read_lines(self.storage, shard_key(batch_id, index), self.max_line_bytes):
             if not raw:
                 continue
             line = OutputLine(

@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.body_refusals import refusal_of
-from jobs.embedding_bodies import EmbeddingBody, check_embedding_bounds
 from jobs.limits import Limits
-from jobs.lines import (
+from jobs.wire.body_refusals import refusal_of
+from jobs.wire.embedding_bodies import EmbeddingBody, check_embedding_bounds
+from jobs.wire.lines import (
     CHAT_URL,
     COMPLETIONS_URL,
     EMBEDDINGS_URL,
@@ -34,9 +34,9 @@ from jobs.lines import (
     BodyRejection,
     RejectedLine,
 )
-from jobs.output_schema import SharedSchema
-from jobs.request_bodies import ChatCompletionBody, CompletionBody, check_bounds
-from jobs.response_bodies import ResponsesBody
+from jobs.wire.output_schema import SharedSchema
+from jobs.wire.request_bodies import ChatCompletionBody, CompletionBody, check_bounds
+from jobs.wire.response_bodies import ResponsesBody
 
 _LINE_KEYS = frozenset({"custom_id", "method", "url", "body"})
 MAX_CUSTOM_ID_CHARS = 512

@@ -35,9 +35,6 @@ class BatchStatus(StrEnum):
         """The Batch object's ``*_at`` field stamped when a batch enters this state."""
         return None if self is BatchStatus.VALIDATING else f"{self.value}_at"
 
-    def can_move_to(self, target: BatchStatus) -> bool:
-        return target in ALLOWED_TRANSITIONS[self]
-
 
 _TERMINAL = frozenset(
     {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}

@@ -3,7 +3,7 @@
 A text in, a text out: ``input`` as a string or as message items with ``input_text``
 parts, ``instructions`` as the system message, sampling and length settings. Features of
 Responses we do not serve (tools, stored conversations, reasoning, background runs) are
-named by :mod:`jobs.body_refusals` before the model sees the body.
+named by :mod:`jobs.wire.body_refusals` before the model sees the body.
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ from typing import Any
 
 import redis
 
-from jobs.lines import OutputLine
-from jobs.records import COUNTER_FIELDS
+from jobs.state.records import COUNTER_FIELDS
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 from jobs.storage import Storage, WriterScope
-from jobs.store import JobStore
+from jobs.wire.lines import OutputLine
 
 BOOKKEEPING_TTL_S = 7 * 24 * 3600
 
@@ -62,6 +63,16 @@ class StopReason(StrEnum):
         if self is StopReason.CANCELLED:
             return "The batch was cancelled before this request finished."
         return "The batch expired before this request finished."
+
+    @property
+    def status(self) -> BatchStatus:
+        """The status a batch stopped for this reason ends in."""
+        return BatchStatus(self.value)
+
+    @classmethod
+    def of_status(cls, status: BatchStatus) -> StopReason | None:
+        """The reason a batch in ``status`` stops its requests for (None: it does not)."""
+        return cls(status.value) if status.value in cls._value2member_map_ else None
 
 
 def results_prefix(batch_id: str) -> str:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.admission import priority_of
-from jobs.results import ShardLedger
-from jobs.status import BatchStatus
-from jobs.store import JobStore
+from jobs.pipeline.admission import priority_of
+from jobs.state.shard_ledger import ShardLedger
+from jobs.state.status import BatchStatus
+from jobs.state.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,13 @@ class ShardSender(Protocol):
     def dispatch(self, batch_id: str, shard_index: int, priority: int) -> str: ...
 
 
+@dataclass(slots=True)
 class ShardWatchdog:
-    def __init__(
-        self,
-        store: JobStore,
-        ledger: ShardLedger,
-        sender: ShardSender,
-        silence_s: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.ledger = ledger
-        self.sender = sender
-        self.silence_s = silence_s
-        self._clock = clock
+    store: JobStore
+    ledger: ShardLedger
+    sender: ShardSender
+    silence_s: float
+    clock: Callable[[], float] = time.time
 
     def sweep(self) -> list[tuple[str, int]]:
         """Resend every silent shard; returns the ``(batch_id, shard)`` pairs resent."""
@@ -68,7 +62,7 @@ class ShardWatchdog:
         undone = [index for index in range(batch.num_shards) if index not in done]
         if not undone:
             return []
-        now = self._clock()
+        now = self.clock()
         started = float(batch.timestamps.get("in_progress_at", now))  # when intake sent them
         seen = self.ledger.last_seen(batch_id)
         leased = self.ledger.leased(batch_id, undone)

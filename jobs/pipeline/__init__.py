@@ -1,0 +1,1 @@
+"""The batch pipeline: admission, intake, shards, dispatch, finalize, watchdog."""

@@ -1,0 +1,1 @@
+"""Batch state in Redis: records, status, ids, the store, the shard ledger, service stats."""
