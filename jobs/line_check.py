@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jobs.body_refusals import refusal_of
+from jobs.deep_json import DeepJSONError, load_deep, too_deep_rejection
 from jobs.embedding_bodies import EmbeddingBody, check_embedding_bounds
 from jobs.limits import Limits
 from jobs.lines import (
@@ -112,6 +113,7 @@ class LineChecker:
                 f"line is longer than {self.limits.max_line_bytes} bytes",
                 line_no,
             )
+        deep = False
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -119,12 +121,15 @@ class LineChecker:
         except json.JSONDecodeError as exc:
             return LineIssue("invalid_json_line", f"line is not valid JSON: {exc.msg}", line_no)
         except RecursionError:
-            # The C decoder recurses once per level: a line of a million "[" must be an
-            # answer for that line, not the end of the intake thread.
-            return LineIssue("invalid_json_line", "line is nested too deeply", line_no)
+            # The C decoder recurses once per level; a line nested deeper is still a request
+            # (its body answered with a 400), read by a decoder that does not recurse.
+            try:
+                obj, deep = load_deep(raw), True
+            except DeepJSONError as exc:
+                return LineIssue("invalid_json_line", f"line is not valid JSON: {exc}", line_no)
         if not isinstance(obj, dict):
             return LineIssue("invalid_json_line", "line must be a JSON object", line_no)
-        return self._check_envelope(line_no, obj) or self._check_body(line_no, obj)
+        return self._check_envelope(line_no, obj) or self._check_body(line_no, obj, deep)
 
     def _check_envelope(self, line_no: int, obj: dict[str, Any]) -> LineIssue | None:
         extra = sorted(set(obj) - _LINE_KEYS)
@@ -169,7 +174,9 @@ class LineChecker:
             )
         return None
 
-    def _check_body(self, line_no: int, obj: dict[str, Any]) -> LineIssue | RejectedLine | None:
+    def _check_body(
+        self, line_no: int, obj: dict[str, Any], deep: bool = False
+    ) -> LineIssue | RejectedLine | None:
         body = obj["body"]
         if not isinstance(body, dict):
             return LineIssue(
@@ -195,7 +202,7 @@ class LineChecker:
                 "body.model",
             )
         self.model = model
-        rejection = self._body_rejection(obj["url"], body)
+        rejection = too_deep_rejection(body) if deep else self._body_rejection(obj["url"], body)
         if rejection is None:
             return None
         return RejectedLine(custom_id=obj["custom_id"], rejection=rejection)
