@@ -59,19 +59,37 @@ class LineIssue:
         return {"code": self.code, "line": self.line, "message": self.message, "param": self.param}
 
 
-def _param(loc: tuple[int | str, ...]) -> str | None:
+def _param(loc: tuple[int | str, ...], body: Any = None) -> str | None:
     """The field as the body names it: no union tags, no ``url`` tag or ``body.`` of a whole
-    line's validation."""
-    parts = [str(p) for p in loc if p not in SUPPORTED_ENDPOINTS]
+    line's validation. Given the raw ``body``, a part that is not in it (a discriminated
+    union's tag, as in ``text.format[json_schema].schema``) is left out too, unless it is the
+    last part (a missing field)."""
+    parts = [p for p in loc if p not in SUPPORTED_ENDPOINTS]
     if parts[:1] == ["body"]:
         parts = parts[1:]
-    return ".".join(p for p in parts if not _UNION_TAG.fullmatch(p)) or None
+    kept: list[int | str] = []
+    node = body
+    for i, part in enumerate(parts):
+        if _UNION_TAG.fullmatch(str(part)):
+            continue
+        inside = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if inside:
+            node = node[part]
+        elif body is not None and i < len(parts) - 1:
+            continue
+        else:
+            node = None
+        kept.append(part)
+    return ".".join(str(p) for p in kept) or None
 
 
-def rejection_of(exc: ValidationError) -> BodyRejection:
-    """The body's first validation error as the endpoint's 400 would word it."""
+def rejection_of(exc: ValidationError, body: Any = None) -> BodyRejection:
+    """The body's first validation error as the endpoint's 400 would word it; ``body`` (the
+    raw one) lets the field be named as the caller wrote it."""
     first = exc.errors()[0]
-    param = _param(first["loc"])
+    param = _param(first["loc"], body)
     if first["type"] == "extra_forbidden":
         return BodyRejection(
             code="unsupported_parameter", message=f"unsupported parameter: {param}", param=param
@@ -215,7 +233,7 @@ class LineChecker:
         try:
             parsed = model.model_validate(body)
         except ValidationError as exc:
-            return rejection_of(exc)
+            return rejection_of(exc, body)
         if isinstance(parsed, EmbeddingBody):
             bound = check_embedding_bounds(parsed, self.limits)
         elif isinstance(parsed, ResponsesBody):

@@ -73,6 +73,14 @@ REJECTED: list[tuple[str, str, bytes, str, str | None, str]] = [
         "response_format",
     ),
     (
+        "json_schema without a name",
+        CHAT,
+        chat(response_format={"type": "json_schema", "json_schema": {"schema": {}}}),
+        "missing_required_parameter",
+        "response_format.json_schema.name",
+        "response_format.json_schema.name",
+    ),
+    (
         "two output constraints",
         CHAT,
         chat(guided_regex="a+", guided_choice=["a"]),
