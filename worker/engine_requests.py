@@ -15,7 +15,7 @@ from engine.sampling_params import SamplingParams
 from engine.structured_outputs import StructuredOutputsParams
 from jobs.wire.embedding_bodies import EmbeddingBody
 from jobs.wire.request_bodies import ChatCompletionBody, CompletionBody, RequestBody
-from jobs.wire.response_bodies import ResponsesBody
+from jobs.wire.response_bodies import JsonObjectTextFormat, JsonSchemaTextFormat, ResponsesBody
 from worker.host_records import ChatPrompt, PromptInput
 
 
@@ -101,12 +101,23 @@ def engine_request(body: RequestBody) -> EngineRequest:
     return EngineRequest(_prompt(body), params)
 
 
+def _text_constraint(body: ResponsesBody) -> StructuredOutputsParams | None:
+    """``text.format`` as an output constraint, named by the field it came from."""
+    fmt = body.text.format if body.text is not None else None
+    if isinstance(fmt, JsonObjectTextFormat):
+        return StructuredOutputsParams(json_object=True, origin="text.format")
+    if isinstance(fmt, JsonSchemaTextFormat):
+        return StructuredOutputsParams(json=fmt.json_schema, origin="text.format.schema")
+    return None
+
+
 def responses_request(body: ResponsesBody) -> EngineRequest:
     """A Responses line: its messages through the chat template, one sample."""
     params = SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         max_tokens=body.max_output_tokens,
+        structured_outputs=_text_constraint(body),
     )
     return EngineRequest(ChatPrompt(body.messages()), params)
 

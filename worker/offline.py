@@ -22,6 +22,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
 from jobs.wire.body_refusals import refusal_of
+from jobs.wire.deep_json import DeepJSONError, load_deep, too_deep_rejection
 from jobs.wire.line_check import rejection_of
 from jobs.wire.lines import OutputLine, RequestLine, parse_input_line
 from worker.engine_host import EngineHost
@@ -56,6 +57,8 @@ def _parse(raw: bytes | None, line_no: int) -> RequestLine | OutputLine:
         return error_line(f"line-{line_no}", "line_too_long", "the line is too long")
     try:
         obj = json.loads(raw)
+    except RecursionError:
+        return _too_deep_line(raw, line_no)
     except ValueError:
         obj = None
     custom_id = f"line-{line_no}"
@@ -72,6 +75,22 @@ def _parse(raw: bytes | None, line_no: int) -> RequestLine | OutputLine:
         return refused_line(
             custom_id, rejection.message, code=rejection.code, param=rejection.param
         )
+
+
+def _too_deep_line(raw: bytes, line_no: int) -> OutputLine:
+    """A line nested deeper than ``json.loads`` goes: its 400, as intake words it."""
+    try:
+        obj = load_deep(raw)
+    except DeepJSONError:
+        return error_line(f"line-{line_no}", "invalid_json_line", "the line is not valid JSON")
+    custom_id = f"line-{line_no}"
+    if isinstance(obj, dict) and isinstance(obj.get("body"), dict):
+        custom_id = str(obj.get("custom_id") or custom_id)
+        rejection = too_deep_rejection(obj["body"])
+        return refused_line(
+            custom_id, rejection.message, code=rejection.code, param=rejection.param
+        )
+    return error_line(custom_id, "invalid_json_line", "the line is nested too deeply")
 
 
 @dataclass(slots=True)

@@ -76,7 +76,7 @@ def success_line(
             message_id=f"msg_{secrets.token_hex(24)}",
             model=body.model,
             created=created,
-            request=body.model_dump(mode="json", exclude_none=True),
+            request=body.model_dump(mode="json", exclude_none=True, by_alias=True),
         )
     elif isinstance(body, ChatCompletionBody):
         payload = chat_completion_body(

@@ -98,15 +98,6 @@ def _responses_features(body: dict[str, Any]) -> BodyRejection | None:
             return BodyRejection(
                 code="unsupported_parameter", message=f"{name}: {reason} ({model})", param=name
             )
-    text = body.get("text")
-    fmt = text.get("format") if isinstance(text, dict) else None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind in ("json_object", "json_schema"):
-        return BodyRejection(
-            code="unsupported_value",
-            message=f"text.format {kind} (structured output) is not supported by model {model}",
-            param="text.format.type",
-        )
     items = body.get("input")
     for i, item in enumerate(items if isinstance(items, list) else []):
         if not isinstance(item, dict):

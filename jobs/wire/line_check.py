@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from jobs.limits import Limits
 from jobs.wire.body_refusals import refusal_of
+from jobs.wire.deep_json import DeepJSONError, load_deep, too_deep_rejection
 from jobs.wire.embedding_bodies import EmbeddingBody, check_embedding_bounds
 from jobs.wire.lines import (
     CHAT_URL,
@@ -58,19 +59,37 @@ class LineIssue:
         return {"code": self.code, "line": self.line, "message": self.message, "param": self.param}
 
 
-def _param(loc: tuple[int | str, ...]) -> str | None:
+def _param(loc: tuple[int | str, ...], body: Any = None) -> str | None:
     """The field as the body names it: no union tags, no ``url`` tag or ``body.`` of a whole
-    line's validation."""
-    parts = [str(p) for p in loc if p not in SUPPORTED_ENDPOINTS]
+    line's validation. Given the raw ``body``, a part that is not in it (a discriminated
+    union's tag, as in ``text.format[json_schema].schema``) is left out too, unless it is the
+    last part (a missing field)."""
+    parts = [p for p in loc if p not in SUPPORTED_ENDPOINTS]
     if parts[:1] == ["body"]:
         parts = parts[1:]
-    return ".".join(p for p in parts if not _UNION_TAG.fullmatch(p)) or None
+    kept: list[int | str] = []
+    node = body
+    for i, part in enumerate(parts):
+        if _UNION_TAG.fullmatch(str(part)):
+            continue
+        inside = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if inside:
+            node = node[part]
+        elif body is not None and i < len(parts) - 1:
+            continue
+        else:
+            node = None
+        kept.append(part)
+    return ".".join(str(p) for p in kept) or None
 
 
-def rejection_of(exc: ValidationError) -> BodyRejection:
-    """The body's first validation error as the endpoint's 400 would word it."""
+def rejection_of(exc: ValidationError, body: Any = None) -> BodyRejection:
+    """The body's first validation error as the endpoint's 400 would word it; ``body`` (the
+    raw one) lets the field be named as the caller wrote it."""
     first = exc.errors()[0]
-    param = _param(first["loc"])
+    param = _param(first["loc"], body)
     if first["type"] == "extra_forbidden":
         return BodyRejection(
             code="unsupported_parameter", message=f"unsupported parameter: {param}", param=param
@@ -112,6 +131,7 @@ class LineChecker:
                 f"line is longer than {self.limits.max_line_bytes} bytes",
                 line_no,
             )
+        deep = False
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -119,12 +139,15 @@ class LineChecker:
         except json.JSONDecodeError as exc:
             return LineIssue("invalid_json_line", f"line is not valid JSON: {exc.msg}", line_no)
         except RecursionError:
-            # The C decoder recurses once per level: a line of a million "[" must be an
-            # answer for that line, not the end of the intake thread.
-            return LineIssue("invalid_json_line", "line is nested too deeply", line_no)
+            # The C decoder recurses once per level; a line nested deeper is still a request
+            # (its body answered with a 400), read by a decoder that does not recurse.
+            try:
+                obj, deep = load_deep(raw), True
+            except DeepJSONError as exc:
+                return LineIssue("invalid_json_line", f"line is not valid JSON: {exc}", line_no)
         if not isinstance(obj, dict):
             return LineIssue("invalid_json_line", "line must be a JSON object", line_no)
-        return self._check_envelope(line_no, obj) or self._check_body(line_no, obj)
+        return self._check_envelope(line_no, obj) or self._check_body(line_no, obj, deep)
 
     def _check_envelope(self, line_no: int, obj: dict[str, Any]) -> LineIssue | None:
         extra = sorted(set(obj) - _LINE_KEYS)
@@ -169,7 +192,9 @@ class LineChecker:
             )
         return None
 
-    def _check_body(self, line_no: int, obj: dict[str, Any]) -> LineIssue | RejectedLine | None:
+    def _check_body(
+        self, line_no: int, obj: dict[str, Any], deep: bool = False
+    ) -> LineIssue | RejectedLine | None:
         body = obj["body"]
         if not isinstance(body, dict):
             return LineIssue(
@@ -195,7 +220,7 @@ class LineChecker:
                 "body.model",
             )
         self.model = model
-        rejection = self._body_rejection(obj["url"], body)
+        rejection = too_deep_rejection(body) if deep else self._body_rejection(obj["url"], body)
         if rejection is None:
             return None
         return RejectedLine(custom_id=obj["custom_id"], rejection=rejection)
@@ -208,7 +233,7 @@ class LineChecker:
         try:
             parsed = model.model_validate(body)
         except ValidationError as exc:
-            return rejection_of(exc)
+            return rejection_of(exc, body)
         if isinstance(parsed, EmbeddingBody):
             bound = check_embedding_bounds(parsed, self.limits)
         elif isinstance(parsed, ResponsesBody):

@@ -3,12 +3,13 @@
 A text in, a text out: ``input`` as a string or as message items with ``input_text``
 parts, ``instructions`` as the system message, sampling and length settings. Features of
 Responses we do not serve (tools, stored conversations, reasoning, background runs) are
-named by :mod:`jobs.wire.body_refusals` before the model sees the body.
+named by :mod:`jobs.wire.body_refusals` before the model sees the body. ``text.format`` takes
+chat's structured outputs: ``json_object`` and ``json_schema``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,8 +50,33 @@ class TextFormat(_Strict):
     type: Literal["text"]
 
 
+class JsonObjectTextFormat(_Strict):
+    """Any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaTextFormat(_Strict):
+    """Responses' ``json_schema`` format: chat's ``json_schema`` spec, flattened into
+    ``format``. The schema itself is checked by the engine (a bad one is a 400 line naming
+    the path inside ``text.format.schema``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["json_schema"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    json_schema: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class TextSettings(_Strict):
-    format: TextFormat | None = None
+    format: (
+        Annotated[
+            TextFormat | JsonObjectTextFormat | JsonSchemaTextFormat, Field(discriminator="type")
+        ]
+        | None
+    ) = None
 
 
 class ResponsesBody(_Strict):

@@ -1,5 +1,6 @@
 """Constrained decoding on SmolLM2: schema-valid extraction, untouched neighbours, exact choices,
-preemption and prefix caching, masked logprobs, n > 1, rollback, and refused constraints."""
+logit bias under the mask, chunked prefill, preemption and prefix caching, masked logprobs,
+n > 1, rollback, and refused constraints."""
 
 from __future__ import annotations
 
@@ -134,6 +135,44 @@ def test_preemption_and_prefix_cache_hits_keep_outputs(smollm2_dir: Path, smol: 
             assert answer.token_ids == expected.token_ids
             if answer.finish_reason == "stop":
                 jsonschema.validate(json.loads(answer.text), SCHEMAS["staff"])
+
+
+def test_logit_bias_steers_among_allowed_tokens_and_never_past_the_mask(smol: LLM) -> None:
+    """The mask comes first: a bias still picks among the allowed tokens, and no bias lifts a
+    masked token back into play."""
+    chat = [{"role": "user", "content": "Name a colour."}]
+    choices = ["red", "green", "blue"]
+    tokenizer = smol.get_tokenizer()
+
+    def answer(bias: dict[int, float]) -> str:
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=6,
+            logit_bias=bias,
+            presence_penalty=2.0,
+            structured_outputs=StructuredOutputsParams(choice=choices),
+        )
+        return smol.chat([chat], params, use_tqdm=False)[0].outputs[0].text
+
+    for wanted in ("blue", "green"):
+        assert answer({tokenizer.encode(wanted, add_special_tokens=False)[0]: 100.0}) == wanted
+    masked = tokenizer.encode("Paris", add_special_tokens=False)[0]
+    assert answer({masked: 100.0}) in choices
+
+
+def test_chunked_prefill_keeps_outputs(smollm2_dir: Path, smol: LLM) -> None:
+    """Prompts cut into 32-token chunks decode the same constrained tokens as whole ones."""
+    docs = [d for d in DOCUMENTS if d.schema_name == "staff"][:2]
+    chats = [extraction_messages(d) for d in docs]
+    params = _schema_params("staff", max_tokens=16)
+    whole = smol.chat(chats, params, use_tqdm=False)
+    chunked_llm = LLM(
+        str(smollm2_dir), dtype="float32", device="cpu", block_size=16, max_num_batched_tokens=32
+    )
+    chunked = chunked_llm.chat(chats, params, use_tqdm=False)
+    assert min(len(o.prompt_token_ids) for o in chunked) > 32  # every prompt took chunks
+    for got, expected in zip(chunked, whole, strict=True):
+        assert got.outputs[0].token_ids == expected.outputs[0].token_ids
 
 
 def test_samples_seeds_logprobs_and_stop_strings(smol: LLM) -> None:

@@ -54,6 +54,22 @@ ACCEPTED = [
             store=False,
         ),
     ),
+    (RESPONSES, line(RESPONSES, input="hi", text={"format": {"type": "json_object"}})),
+    (
+        RESPONSES,
+        line(
+            RESPONSES,
+            input="hi",
+            text={
+                "format": {
+                    "type": "json_schema",
+                    "name": "answer",
+                    "schema": {"type": "object", "properties": {"a": {"type": "integer"}}},
+                    "strict": True,
+                }
+            },
+        ),
+    ),
 ]
 
 
@@ -155,24 +171,32 @@ REJECTED = [
         "background",
     ),
     (
-        "json_schema",
+        "json_schema without a schema",
+        RESPONSES,
+        line(RESPONSES, input="x", text={"format": {"type": "json_schema", "name": "n"}}),
+        "missing_required_parameter",
+        "text.format.schema",
+        "text.format.schema",
+    ),
+    (
+        "json_schema with a bad name",
         RESPONSES,
         line(
             RESPONSES,
             input="x",
-            text={"format": {"type": "json_schema", "name": "n", "schema": {}}},
+            text={"format": {"type": "json_schema", "name": "a b", "schema": {}}},
         ),
-        "unsupported_value",
-        "text.format.type",
-        "structured output",
+        "invalid_request",
+        "text.format.name",
+        "text.format.name",
     ),
     (
-        "json_object",
+        "unknown text format",
         RESPONSES,
-        line(RESPONSES, input="x", text={"format": {"type": "json_object"}}),
-        "unsupported_value",
-        "text.format.type",
-        "json_object",
+        line(RESPONSES, input="x", text={"format": {"type": "yaml"}}),
+        "invalid_request",
+        "text.format",
+        "json_schema",
     ),
     (
         "image input",

@@ -8,11 +8,15 @@ lines reach a shard as their rejection, and the worker answers each with a 400 l
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.limits import Limits
+from jobs.storage.parquet import iter_parquet_lines
 from jobs.wire.line_check import LineChecker, LineIssue
 from jobs.wire.lines import RejectedLine, parse_shard_line
 
@@ -67,6 +71,14 @@ REJECTED: list[tuple[str, str, bytes, str, str | None, str]] = [
         "invalid_request",
         "response_format",
         "response_format",
+    ),
+    (
+        "json_schema without a name",
+        CHAT,
+        chat(response_format={"type": "json_schema", "json_schema": {"schema": {}}}),
+        "missing_required_parameter",
+        "response_format.json_schema.name",
+        "response_format.json_schema.name",
     ),
     (
         "two output constraints",
@@ -221,3 +233,40 @@ def test_file_level_problems_still_fail_the_batch() -> None:
     long_id["custom_id"] = "x" * 513
     issue = checker.check(4, json.dumps(long_id).encode())
     assert isinstance(issue, LineIssue) and issue.param == "custom_id"
+
+
+def _deep_schema_line(levels: int) -> bytes:
+    """A chat line whose json_schema nests ``levels`` arrays, written without recursion."""
+    schema = '{"type": "array", "items": ' * levels + '{"type": "string"}' + "}" * levels
+    fmt = f'{{"type": "json_schema", "json_schema": {{"name": "x", "schema": {schema}}}}}'
+    return chat(response_format="FMT").replace(b'"FMT"', fmt.encode())
+
+
+@pytest.mark.parametrize("levels", [1_000, 200_000])
+def test_a_line_too_deep_to_decode_is_its_own_400(levels: int) -> None:
+    """Deeper than json.loads recurses, the line still names its request: a 400 that says
+    where the body nests too deeply, and the next line is checked as usual."""
+    checker = LineChecker(CHAT, LIMITS)
+    verdict = checker.check(1, _deep_schema_line(levels))
+    assert isinstance(verdict, RejectedLine) and verdict.custom_id == "c"
+    rejection = verdict.rejection
+    assert rejection.param == "response_format"
+    assert rejection.message.startswith("response_format.json_schema.schema.items.items")
+    assert f"nested {levels + 3} levels deep" in rejection.message
+    assert checker.check(2, chat().replace(b'"c"', b'"d"')) is None
+
+
+def test_a_deep_line_that_is_not_json_fails_the_file() -> None:
+    verdict = LineChecker(CHAT, LIMITS).check(1, _deep_schema_line(2_000)[:-1])
+    assert isinstance(verdict, LineIssue) and verdict.code == "invalid_json_line"
+
+
+def test_a_parquet_row_with_a_body_too_deep_to_decode_is_its_own_400(tmp_path: Path) -> None:
+    line = json.loads(chat())
+    deep_body = _deep_schema_line(1_000).decode().split('"body": ', 1)[1][:-1]
+    rows = {"custom_id": ["c"], "method": ["POST"], "url": [CHAT], "body": [deep_body]}
+    pq.write_table(pa.table(rows), tmp_path / "in.parquet")
+    (raw,) = iter_parquet_lines(tmp_path / "in.parquet")
+    verdict = LineChecker(CHAT, LIMITS).check(1, raw)
+    assert isinstance(verdict, RejectedLine) and verdict.custom_id == line["custom_id"]
+    assert verdict.rejection.message.startswith("response_format.json_schema.schema.items")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +17,7 @@ from openai.types.responses import Response
 
 from engine import LLM
 from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 from infra.harness.service import MODEL, SMOLLM2
 from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once
@@ -102,6 +105,9 @@ def test_embeddings_batch_matches_offline_engine(stack: Stack) -> None:
             assert vector == pytest.approx(reference.outputs.embedding, abs=1e-5)
         assert body["usage"]["prompt_tokens"] == sum(len(o.prompt_token_ids) for o in want)
     by_id = {e["custom_id"]: e["response"] for e in errors}
+    refused_schema = by_id.pop("bad-schema")
+    assert refused_schema["status_code"] == 400
+    assert refused_schema["body"]["error"]["message"].startswith("text.format.schema.type: ")
     for line, param, words in BAD_EMBEDDING_LINES:
         response = by_id[line["custom_id"]]
         assert response["status_code"] == 400
@@ -143,8 +149,48 @@ def responses_line(custom_id: str, **body: Any) -> dict[str, Any]:
     }
 
 
+def _structured_pairs() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``text.format`` json_schema and json_object lines and their chat twins, which ask for
+    the same output through ``response_format``."""
+    doc = next(d for d in DOCUMENTS if d.schema_name == "staff")
+    messages = extraction_messages(doc)
+    schema = SCHEMAS["staff"]
+    formats = [
+        (
+            "r-schema",
+            {"type": "json_schema", "name": "staff", "schema": schema, "strict": True},
+            {"type": "json_schema", "json_schema": {"name": "staff", "schema": schema}},
+            60,
+        ),
+        ("r-object", {"type": "json_object"}, {"type": "json_object"}, 16),
+    ]
+    return [
+        (
+            responses_line(
+                custom_id,
+                input=messages,
+                temperature=0,
+                max_output_tokens=max_tokens,
+                text={"format": text_format},
+            ),
+            {
+                **chat_line(custom_id),
+                "body": {
+                    "model": MODEL,
+                    "messages": messages,
+                    "temperature": 0,
+                    "max_tokens": max_tokens,
+                    "response_format": response_format,
+                },
+            },
+        )
+        for custom_id, text_format, response_format, max_tokens in formats
+    ]
+
+
 def test_responses_batch_matches_chat_batch(stack: Stack) -> None:
-    """Each Responses line and its chat twin ask the same of the model: same greedy text."""
+    """Each Responses line and its chat twin ask the same of the model: same greedy text,
+    ``text.format`` structured outputs included."""
     pairs = [
         (
             responses_line("r-text", input=QUESTIONS[0], temperature=0, max_output_tokens=12),
@@ -187,13 +233,15 @@ def test_responses_batch_matches_chat_batch(stack: Stack) -> None:
         ),
         (responses_line("bad-reasoning", input="x", reasoning={"effort": "low"}), "reasoning"),
         (responses_line("bad-background", input="x", background=True), "background"),
-        (
-            responses_line("bad-json", input="x", text={"format": {"type": "json_object"}}),
-            "text.format.type",
-        ),
     ]
+    bad_schema = responses_line(
+        "bad-schema",
+        input="x",
+        text={"format": {"type": "json_schema", "name": "n", "schema": {"type": "nmber"}}},
+    )
+    pairs += _structured_pairs()
     responses_batch = submit(
-        stack, "/v1/responses", [r for r, _ in pairs] + [line for line, _ in bad]
+        stack, "/v1/responses", [r for r, _ in pairs] + [line for line, _ in bad] + [bad_schema]
     )
     chat_batch = submit(stack, "/v1/chat/completions", [c for _, c in pairs])
     client = stack.client()
@@ -217,7 +265,20 @@ def test_responses_batch_matches_chat_batch(stack: Stack) -> None:
         assert (response.incomplete_details is not None) == cut
     assert Response.model_validate(outputs[2]["response"]["body"]).status == "incomplete"
     assert Response.model_validate(outputs[1]["response"]["body"]).metadata == {"k": "v"}
+    by_output = {o["custom_id"]: Response.model_validate(o["response"]["body"]) for o in outputs}
+    schema_answer = by_output["r-schema"]
+    assert schema_answer.status == "completed"
+    jsonschema.validate(json.loads(schema_answer.output_text), SCHEMAS["staff"])
+    assert schema_answer.text is not None and schema_answer.text.format is not None
+    assert schema_answer.text.format.type == "json_schema"
+    object_answer = by_output["r-object"]
+    assert object_answer.output_text.startswith("{")
+    if object_answer.status == "completed":
+        assert isinstance(json.loads(object_answer.output_text), dict)
     by_id = {e["custom_id"]: e["response"] for e in errors}
+    refused_schema = by_id.pop("bad-schema")
+    assert refused_schema["status_code"] == 400
+    assert refused_schema["body"]["error"]["message"].startswith("text.format.schema.type: ")
     for line, param in bad:
         response = by_id[line["custom_id"]]
         assert response["status_code"] == 400

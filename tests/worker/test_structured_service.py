@@ -40,10 +40,17 @@ def _extraction_line(doc: Document) -> dict[str, Any]:
 
 
 def _run(
-    stack: Stack, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions", **meta: str
+    stack: Stack,
+    lines: list[dict[str, Any]],
+    endpoint: str = "/v1/chat/completions",
+    raw_lines: tuple[tuple[str, bytes], ...] = (),
+    **meta: str,
 ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run ``lines`` and ``raw_lines`` (``(custom_id, line text)``: lines too deep for
+    ``json.dumps`` to write) as one batch through the SDK."""
     client = stack.client()
-    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    content = jsonl(lines) + b"".join(raw + b"\n" for _, raw in raw_lines)
+    file = client.files.create(file=("in.jsonl", content), purpose="batch")
     batch = client.batches.create(
         input_file_id=file.id,
         endpoint=endpoint,  # type: ignore[arg-type]
@@ -55,7 +62,8 @@ def _run(
     if meta.get("output_format") == "parquet":
         return done, [], []
     outputs, errors = result_lines(client, done)
-    assert_each_once([line["custom_id"] for line in lines], outputs, errors)
+    custom_ids = [line["custom_id"] for line in lines] + [cid for cid, _ in raw_lines]
+    assert_each_once(custom_ids, outputs, errors)
     return done, outputs, errors
 
 
@@ -151,7 +159,19 @@ def _deep(levels: int) -> dict[str, Any]:
     return schema
 
 
+def _too_deep_to_dump(custom_id: str, levels: int) -> bytes:
+    """A chat line whose schema nests ``levels`` arrays, past what ``json.dumps`` writes."""
+    schema = '{"type": "array", "items": ' * levels + '{"type": "string"}' + "}" * levels
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": "SCHEMA"}}
+    line = _line(custom_id, messages=[{"role": "user", "content": "Hi"}], response_format=fmt)
+    return json.dumps(line).encode().replace(b'"SCHEMA"', schema.encode())
+
+
 def test_bad_schemas_are_400_lines(stack: Stack) -> None:
+    """Each bad schema is its line's 400, naming the path inside the schema; the good line
+    and the batch complete. A 900-level schema reaches the engine's depth bound; a
+    1,000-level one is deeper than ``json.loads`` goes and is answered at intake."""
+
     def with_schema(custom_id: str, schema: dict[str, Any]) -> dict[str, Any]:
         fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
         return _line(
@@ -180,7 +200,6 @@ def test_bad_schemas_are_400_lines(stack: Stack) -> None:
             with_schema("ten-mb", {"type": "object", "description": "x" * 10_000_000}),
             "response_format.json_schema.schema: the schema is 100000",
         ),
-        # 900 levels: the deepest a line may be nested and still parse as JSON at intake.
         "deep": (
             with_schema("deep", _deep(900)),
             "response_format.json_schema.schema" + ".items" * 65 + ": the schema is nested deeper",
@@ -201,15 +220,21 @@ def test_bad_schemas_are_400_lines(stack: Stack) -> None:
         max_tokens=4,
         response_format={"type": "json_object"},
     )
-    batch, outputs, errors = _run(stack, [good, *(line for line, _ in bad.values())])
+    deep_1000 = _too_deep_to_dump("deep-1000", 1000)
+    expected = {cid: message for cid, (_, message) in bad.items()}
+    expected["deep-1000"] = (
+        "response_format.json_schema.schema.items.items.items.items.items…: nested 1003 levels"
+    )
+    batch, outputs, errors = _run(
+        stack, [good, *(line for line, _ in bad.values())], raw_lines=(("deep-1000", deep_1000),)
+    )
     assert [line["custom_id"] for line in outputs] == ["good"]
     counts = batch.request_counts
-    assert counts is not None and (counts.completed, counts.failed) == (1, len(bad))
+    assert counts is not None and (counts.completed, counts.failed) == (1, len(expected))
     for line in errors:
-        _, expected = bad[line["custom_id"]]
         response = line["response"]
         assert response["status_code"] == 400
-        assert response["body"]["error"]["message"].startswith(expected), response
+        assert response["body"]["error"]["message"].startswith(expected[line["custom_id"]])
 
 
 def test_parquet_output_has_a_typed_parsed_column(stack: Stack) -> None:
