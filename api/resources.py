@@ -42,7 +42,9 @@ class Resources:
             settings.shard_queue,
             settings.broker_transport_options(),
         )
-        intake = BatchIntake(store, storage, dispatcher, settings.limits())
+        intake = BatchIntake(
+            store, storage, dispatcher, settings.limits(), quotas=settings.tenant_quotas
+        )
         executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
         broker = settings.resolved_broker_url
         probe = None

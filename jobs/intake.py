@@ -29,6 +29,7 @@ from jobs.limits import Limits
 from jobs.line_check import LineChecker, LineIssue
 from jobs.output_schema import output_schema_key
 from jobs.parquet import ParquetInputError, is_parquet, iter_parquet_lines
+from jobs.quotas import ActiveBatches, Quota, QuotaExceeded, TokenEstimate, quota_for
 from jobs.records import BatchRecord
 from jobs.shards import ShardWriter
 from jobs.status import BatchStatus
@@ -48,6 +49,7 @@ class IntakeResult:
     num_shards: int = 0
     model: str | None = None
     json_schema: str | None = None  # the one response_format schema of every line
+    enqueued_tokens: int = 0  # its quota estimate (jobs/quotas.py)
 
 
 class BatchIntake:
@@ -58,12 +60,14 @@ class BatchIntake:
         dispatcher: ShardDispatcher,
         limits: Limits,
         clock: Callable[[], float] = time.time,
+        quotas: dict[str, Quota] | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.dispatcher = dispatcher
         self.limits = limits
         self._clock = clock
+        self.quotas = quotas or {}
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
@@ -89,6 +93,8 @@ class BatchIntake:
             log.exception("intake of %s failed", batch.id)
             self._fail(batch.id, [LineIssue("internal_error", "input could not be processed")])
             return
+        if not result.issues:
+            result.issues = self._over_quota(batch, result)
         if result.issues:
             shards.discard()
             self._fail(batch.id, result.issues)
@@ -107,6 +113,7 @@ class BatchIntake:
                 "num_shards": str(result.num_shards),
                 "shard_size": str(self.limits.shard_size),
                 "total": str(result.num_requests),
+                "enqueued_tokens": str(result.enqueued_tokens),
             },
         )
         if started is None:
@@ -124,6 +131,17 @@ class BatchIntake:
             issue = LineIssue("dispatch_failed", "the batch could not be queued for inference")
             self._fail(batch.id, [issue])
 
+    def _over_quota(self, batch: BatchRecord, result: IntakeResult) -> list[LineIssue]:
+        """The enqueued-token quota, checked once the batch's estimate is known."""
+        quota = quota_for(self.quotas, batch.tenant, result.model)
+        try:
+            ActiveBatches(self.store).check_enqueue(
+                batch, result.model, result.enqueued_tokens, quota
+            )
+        except QuotaExceeded as exc:
+            return [LineIssue(exc.code or "token_limit_exceeded", exc.message)]
+        return []
+
     def _fail(self, batch_id: BatchId, issues: list[LineIssue]) -> None:
         errors = json.dumps([i.to_dict() for i in issues])
         self.store.transition(batch_id, BatchStatus.FAILED, self._now(), {"errors": errors})
@@ -132,6 +150,7 @@ class BatchIntake:
         """Check every line; lines go to ``shards`` until the first file-level issue appears."""
         result = IntakeResult()
         checker = LineChecker(batch.endpoint, self.limits)
+        estimate = TokenEstimate(default_output=self.limits.max_tokens)
         file = self.store.get_file(batch.tenant, batch.input_file_id)
         if file is None:
             result.issues.append(LineIssue("file_not_found", "the input file was deleted"))
@@ -152,12 +171,14 @@ class BatchIntake:
                 elif verdict is None:
                     assert raw is not None
                     shards.add(raw)
+                    estimate.add(raw)
                 else:  # answered with a 400 line by the worker, in its place
                     shards.add(verdict.model_dump_json().encode())
         if result.num_requests == 0 and not result.issues:
             result.issues.append(LineIssue("empty_file", "the input file has no requests"))
         result.num_shards = shards.finish() if not result.issues else 0
         result.model = checker.model
+        result.enqueued_tokens = estimate.tokens
         result.json_schema = checker.shared_schema.schema_text
         return result
 

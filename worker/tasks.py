@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Task
 from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.dispatch import RUN_SHARD_TASK
+from jobs.file_expiry import sweep_expired_files
 from worker.app import celery_app
 from worker.beat import EXPIRE_TASK
 from worker.runtime import get_runtime
@@ -79,9 +81,10 @@ def again_later(task: Task, exc: Exception) -> Retry | Reject:
 
 @celery_app.task(name=EXPIRE_TASK, acks_late=True)
 def expire_batches() -> list[str]:
-    """Stop batches past their window, end every batch that can end now, and send again
-    the shards whose messages the broker lost (jobs/watchdog.py)."""
+    """Stop batches past their window, end every batch that can end now, send again the
+    shards whose messages the broker lost (jobs/watchdog.py), delete expired files."""
     runtime = get_runtime()
     ended = [status.value for status in runtime.finalizer.sweep()]
     runtime.watchdog.sweep()
+    sweep_expired_files(runtime.store, runtime.storage, int(time.time()))
     return ended

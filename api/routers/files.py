@@ -15,6 +15,7 @@ from api.upload import receive_upload
 from jobs.errors import JobsError, NotFound
 from jobs.ids import TenantId, new_file_id
 from jobs.objects import FileDeleted, FileObject, ListPage
+from jobs.quotas import check_file_bytes, quota_for
 from jobs.records import FileRecord
 from jobs.storage import ObjectNotFound, Storage
 from jobs.store import InvalidCursor, JobStore
@@ -66,6 +67,8 @@ async def create_file(
             created_at=int(time.time()),
             default_ttl_s=settings.batch_file_ttl_s,
         )
+        quota = quota_for(settings.tenant_quotas, tenant)
+        check_file_bytes(resources.store, tenant, quota, upload.size)
         await to_thread.run_sync(resources.store.put_file, record)
     except JobsError:
         await to_thread.run_sync(resources.storage.delete, key)
