@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from jobs.errors import JobsError
+from jobs.file_expiry import sweep_expired_files
 from jobs.finalize import BatchFinalizer
 from jobs.ids import BatchId, FileId, TenantId
 from jobs.lines import LineError, OutputLine
@@ -150,3 +151,19 @@ def test_cursors_are_signed_and_bound_to_their_batch() -> None:
         with pytest.raises(JobsError) as info:
             codec.decode(bad, "batch_a")
         assert info.value.status == 400 and info.value.code == "invalid_cursor"
+
+
+def test_output_files_expire_as_the_batch_asked(parts: Parts) -> None:
+    batch_id = make_batch(parts, 4, 4)
+    parts.store.set_batch_fields(batch_id, {"output_ttl_s": "7200"})
+    finish_shard(parts, batch_id, 0, 4)
+    assert parts.finalizer.try_finalize(batch_id) is BatchStatus.COMPLETED
+    batch = parts.store.load_batch(batch_id)
+    assert batch is not None and batch.output_file_id and batch.error_file_id
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        record = parts.store.get_file(TENANT, file_id)
+        assert record is not None and record.expires_at is not None
+        assert record.expires_at - record.created_at == 7200
+    later = int(time.time()) + 7201
+    assert sweep_expired_files(parts.store, parts.storage, later) == 2
+    assert parts.store.get_file(TENANT, batch.output_file_id) is None
