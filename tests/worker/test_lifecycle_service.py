@@ -19,10 +19,10 @@ import pytest
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook
 
-from tests.api.conftest import free_port
+from tests.api.conftest import MODEL, free_port
 from tests.api.helpers import chat_line, jsonl
 from tests.worker.conftest import Stack
-from tests.worker.service import wait_batch
+from tests.worker.service import result_lines, wait_batch
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,8 @@ def results_page(client: OpenAI, batch_id: str, **query: Any) -> dict[str, Any]:
 
 def test_results_while_running_match_the_final_files(stack: Stack) -> None:
     client = stack.client()
-    lines = [chat_line(f"r{i}", f"Count to {i}.", max_tokens=12) for i in range(24)]
+    # Shards of 3 lines; later shards generate more, so they end one after another.
+    lines = [chat_line(f"r{i}", f"Count to {i}.", max_tokens=2 + 4 * (i // 3)) for i in range(12)]
     lines[5]["body"]["temperature"] = -1  # one 400 line: the error file has lines too
     batch = client.batches.create(
         input_file_id=upload(client, lines),
@@ -108,8 +109,8 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
             time.sleep(0.1)
     done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.model_extra is not None
-    assert done.model_extra["downloadable_lines"] == 24
-    assert 0 < seen_running < 24, "some lines were read while the batch ran"
+    assert done.model_extra["downloadable_lines"] == 12
+    assert 0 < seen_running < 12, "some lines were read while the batch ran"
 
     def file_lines(file_id: str | None) -> list[str]:
         assert file_id is not None
@@ -119,7 +120,7 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
         file_lines(done.output_file_id)
     )
     assert [x for kind, x in served if kind == "error"] == file_lines(done.error_file_id)
-    assert len(served) == len(set(served)) == 24
+    assert len(served) == len(set(served)) == 12
 
     # Cursors are tenant-scoped and bound to their batch; forged ones are refused.
     other = client.batches.create(
@@ -219,3 +220,47 @@ def test_bad_webhook_urls_are_refused_at_create(stack: Stack, url: str, message:
     error = response.json()["error"]
     assert error["param"] == "metadata.webhook_url" and message in error["message"]
     assert len(client.batches.list().data) == before, "nothing stored"
+
+
+ENDPOINT_BODIES: dict[Any, dict[str, Any]] = {  # keys: the SDK's endpoint literals
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+    "/v1/completions": {"prompt": "The sky is", "max_tokens": 2},
+    "/v1/embeddings": {"input": ["one text", "two texts here"]},
+    "/v1/responses": {"input": "Hi", "max_output_tokens": 2},
+}
+
+
+def line_usage(body: dict[str, Any]) -> tuple[int, int, int]:
+    """(input, cached, output) tokens of one answer, whichever endpoint's shape it has."""
+    usage = body["usage"]
+    if "input_tokens" in usage:  # a Responses answer
+        cached = usage["input_tokens_details"]["cached_tokens"]
+        return usage["input_tokens"], cached, usage["output_tokens"]
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return usage["prompt_tokens"], cached, usage.get("completion_tokens", 0)
+
+
+def test_usage_and_model_are_filled_for_every_endpoint(stack: Stack) -> None:
+    client = stack.client()
+    batches = {}
+    for url, body in ENDPOINT_BODIES.items():
+        lines = [
+            {"custom_id": f"u{i}", "method": "POST", "url": url, "body": {"model": MODEL, **body}}
+            for i in range(2)
+        ]
+        batches[url] = client.batches.create(
+            input_file_id=upload(client, lines), endpoint=url, completion_window="24h"
+        ).id
+    for url, batch_id in batches.items():
+        batch = wait_batch(client, batch_id, {"completed", "failed"})
+        assert batch.status == "completed" and batch.model == MODEL, batch
+        outputs, _ = result_lines(client, batch)
+        sums = [
+            sum(x) for x in zip(*(line_usage(o["response"]["body"]) for o in outputs), strict=True)
+        ]
+        usage = batch.usage
+        assert usage is not None and len(outputs) == 2
+        got = [usage.input_tokens, usage.input_tokens_details.cached_tokens, usage.output_tokens]
+        assert got == sums and usage.input_tokens > 0, (url, usage)
+        assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+        assert (usage.output_tokens > 0) == (url != "/v1/embeddings"), url
