@@ -11,6 +11,7 @@ import redis
 from api.service_metrics import ServiceCollector
 from api.settings import Settings
 from jobs.dispatch import ShardDispatcher
+from jobs.fair_dispatch import open_fair_queue
 from jobs.ids import BatchId
 from jobs.intake import BatchIntake
 from jobs.service_settings import open_storage
@@ -43,7 +44,12 @@ class Resources:
             settings.broker_transport_options(),
         )
         intake = BatchIntake(
-            store, storage, dispatcher, settings.limits(), quotas=settings.tenant_quotas
+            store,
+            storage,
+            dispatcher,
+            settings.limits(),
+            quotas=settings.tenant_quotas,
+            fair=open_fair_queue(settings, redis.Redis(connection_pool=pool), dispatcher),
         )
         executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
         broker = settings.resolved_broker_url

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from jobs.admission import priority_of
 from jobs.dispatch import ShardDispatcher
+from jobs.fair_share import FairQueue
 from jobs.ids import BatchId
 from jobs.limits import Limits
 from jobs.line_check import LineChecker, LineIssue
@@ -61,6 +62,7 @@ class BatchIntake:
         limits: Limits,
         clock: Callable[[], float] = time.time,
         quotas: dict[str, Quota] | None = None,
+        fair: FairQueue | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -68,6 +70,7 @@ class BatchIntake:
         self.limits = limits
         self._clock = clock
         self.quotas = quotas or {}
+        self.fair = fair
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
@@ -124,8 +127,11 @@ class BatchIntake:
     def _dispatch(self, batch: BatchRecord, num_shards: int) -> None:
         priority = priority_of(batch.metadata)
         try:
-            for index in range(num_shards):
-                self.dispatcher.dispatch(batch.id, index, priority)
+            if self.fair is not None:  # per-tenant queues, released in turns
+                self.fair.submit(batch.tenant, batch.id, num_shards, priority)
+            else:
+                for index in range(num_shards):
+                    self.dispatcher.dispatch(batch.id, index, priority)
         except Exception:
             log.exception("dispatch of %s failed", batch.id)
             issue = LineIssue("dispatch_failed", "the batch could not be queued for inference")

@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.fair_share import FairShareSettings
 from jobs.storage import LocalStorage, S3Storage, Storage
 from jobs.webhook_settings import WebhookSettings
 
@@ -22,7 +23,7 @@ from jobs.webhook_settings import WebhookSettings
 PRIORITY_STEPS = list(range(10))
 
 
-class ServiceSettings(WebhookSettings):
+class ServiceSettings(WebhookSettings, FairShareSettings):
     model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -16,6 +16,7 @@ from typing import Any
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from jobs.dispatch import ShardDispatcher
+from jobs.fair_dispatch import open_fair_queue
 from jobs.finalize import BatchFinalizer
 from jobs.results import ShardLedger, StopReason
 from jobs.service_settings import open_redis, open_storage
@@ -52,6 +53,7 @@ class WorkerRuntime:
             settings.shard_queue,
             settings.broker_transport_options(),
         )
+        self.fair = open_fair_queue(settings, self.redis, self.dispatcher)  # tenants' turns
         # Twice the visibility timeout: the broker brings back a dead worker's messages
         # after one; only a message lost outright stays silent that long.
         self.watchdog = ShardWatchdog(

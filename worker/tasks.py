@@ -13,7 +13,7 @@ from jobs.dispatch import RUN_SHARD_TASK
 from jobs.file_expiry import sweep_expired_files
 from worker.app import celery_app
 from worker.beat import EXPIRE_TASK
-from worker.runtime import get_runtime
+from worker.runtime import WorkerRuntime, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             outcome = runtime.runner.run(args.batch_id, args.shard_index, ticket)
         except Exception as exc:
             raise again_later(self, exc) from exc
+    release_fair_share(runtime)
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome
 
@@ -87,4 +88,14 @@ def expire_batches() -> list[str]:
     ended = [status.value for status in runtime.finalizer.sweep()]
     runtime.watchdog.sweep()
     sweep_expired_files(runtime.store, runtime.storage, int(time.time()))
+    release_fair_share(runtime)
     return ended
+
+
+def release_fair_share(runtime: WorkerRuntime) -> None:
+    """Let the next tenants' shards into the broker (jobs/fair_share.py); a failure here
+    costs only latency: the next shard or sweep pumps again."""
+    try:
+        runtime.fair.pump()
+    except Exception:
+        log.exception("fair-share pump failed")
