@@ -62,7 +62,7 @@ class FairShareSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
 
     # Messages kept waiting in each broker priority list; 0 sends every shard at once (FIFO).
-    fair_share_window: int = Field(default=8, ge=0)
+    fair_share_window: int = Field(default=16, ge=0)
     fair_share_burst: int = Field(default=8, ge=0)
 
 
