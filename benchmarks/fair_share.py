@@ -5,7 +5,7 @@ completed) is compared with B's time alone on the same stack, and with the FIFO 
 (``fair_share_window=0``) as the peer. Tiny work per line (SmolLM2-135M, a few tokens) and
 a small engine (``engine_max_num_seqs`` 8) so that the queue, not the engine, decides.
 
-    python -m benchmarks.fair_share [--rounds 2]
+    python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 8]
 
 Arms alternate within each round; each arm runs on its own stack (the window is a service
 setting). Results: ``benchmarks/results/fair_share.json``.
@@ -30,15 +30,16 @@ from tests.api.conftest import REDIS_URL, free_port
 from tests.api.helpers import chat_line, jsonl
 from tests.worker.conftest import Stack, open_stack
 
-LINES_PER_BATCH = 8
 BACKLOG_BATCHES = 10
-SETTINGS: dict[str, object] = {"shard_size": 4}
-WORKER: dict[str, object] = {"engine_max_num_seqs": 8, "visibility_timeout_s": 600}
 ARMS = {"fifo": 0, "fair": 2}
+SHAPE = {"lines": 8, "max_tokens": 6}  # of every batch; set from the command line
 
 
 def create(client: OpenAI, tag: str) -> str:
-    lines = [chat_line(f"{tag}-{i}", f"Say {i}.", max_tokens=6) for i in range(LINES_PER_BATCH)]
+    lines = [
+        chat_line(f"{tag}-{i}", f"Say {i}.", max_tokens=SHAPE["max_tokens"])
+        for i in range(SHAPE["lines"])
+    ]
     file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
     return client.batches.create(
         input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -72,7 +73,13 @@ def one_arm(stack: Stack) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lines", type=int, default=8, help="lines per batch")
+    parser.add_argument("--max-tokens", type=int, default=6)
+    parser.add_argument("--max-num-seqs", type=int, default=8, help="the worker's engine")
     args = parser.parse_args()
+    SHAPE.update(lines=args.lines, max_tokens=args.max_tokens)
+    settings: dict[str, object] = {"shard_size": max(1, args.lines // 2)}
+    worker = {"engine_max_num_seqs": args.max_num_seqs, "visibility_timeout_s": 600}
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -90,8 +97,8 @@ def main() -> None:
                         Path(tmp),
                         s3_url,
                         client,
-                        {**SETTINGS, "fair_share_window": window},
-                        **WORKER,
+                        {**settings, "fair_share_window": window},
+                        **worker,
                     ) as stack,
                 ):
                     stack.start_worker(concurrency=None)
@@ -106,10 +113,10 @@ def main() -> None:
         "fair_share",
         {
             "setup": {
-                "lines_per_batch": LINES_PER_BATCH,
+                **SHAPE,
                 "backlog_batches": BACKLOG_BATCHES,
-                "settings": SETTINGS,
-                "worker": WORKER,
+                "settings": settings,
+                "worker": worker,
                 "windows": ARMS,
             },
             "runs": runs,

@@ -151,7 +151,8 @@ class LiveResults:
             for line in itertools.islice(lines, line_no, None):
                 if len(page.lines) == limit:
                     break
-                index, local = owners[line_no]
+                # A line past the counts (a batch ended before they were kept) is served.
+                index, local = owners[line_no] if line_no < len(owners) else (-1, 0)
                 if local >= served.get(index, (0, 0))[part]:
                     page.lines.append((PARTS[part], line))
                 line_no += 1
