@@ -119,7 +119,11 @@ class ActiveBatches:
 
     @staticmethod
     def _check_tokens(enqueued: int, more: int, limit: int | None, model: str | None) -> None:
-        if limit is None or (enqueued + more < limit if more == 0 else enqueued + more <= limit):
+        if limit is None:
+            return
+        # A new batch (more == 0, its size unknown yet) needs room left; a sized one must fit.
+        full = enqueued >= limit if more == 0 else enqueued + more > limit
+        if not full:
             return
         scope = f" for {model}" if model else ""
         raise QuotaExceeded(
