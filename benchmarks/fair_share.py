@@ -6,6 +6,7 @@ completed) is compared with B's time alone on the same stack, and with the FIFO 
 a small engine (``engine_max_num_seqs`` 8) so that the queue, not the engine, decides.
 
     python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 8]
+        [--fair-window 2]
 
 Arms alternate within each round; each arm runs on its own stack (the window is a service
 setting). Results: ``benchmarks/results/fair_share.json``.
@@ -76,7 +77,9 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=8, help="lines per batch")
     parser.add_argument("--max-tokens", type=int, default=6)
     parser.add_argument("--max-num-seqs", type=int, default=8, help="the worker's engine")
+    parser.add_argument("--fair-window", type=int, default=ARMS["fair"])
     args = parser.parse_args()
+    ARMS["fair"] = args.fair_window
     SHAPE.update(lines=args.lines, max_tokens=args.max_tokens)
     settings: dict[str, object] = {"shard_size": max(1, args.lines // 2)}
     worker = {"engine_max_num_seqs": args.max_num_seqs, "visibility_timeout_s": 600}

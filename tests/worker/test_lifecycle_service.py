@@ -98,7 +98,7 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
     cursor: str | None = None
     deadline = time.monotonic() + 240
     while True:
-        page = results_page(client, batch.id, limit=2, **({"after": cursor} if cursor else {}))
+        page = results_page(client, batch.id, limit=3, **({"after": cursor} if cursor else {}))
         served += [(item["type"], item["line"]) for item in page["data"]]
         if page["batch_status"] == "in_progress":
             seen_running = len(served)
