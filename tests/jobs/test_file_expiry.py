@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from jobs.file_expiry import FILES_EXPIRED, sweep_expired_files
 from jobs.ids import TenantId, new_file_id
@@ -17,16 +14,6 @@ from jobs.storage import LocalStorage, ObjectNotFound, WriterScope
 from jobs.store import JobStore
 
 TENANT = TenantId("t")
-
-
-@pytest.fixture
-def store() -> Iterator[JobStore]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    prefix = f"kvbatch-test-expiry-{secrets.token_hex(4)}"
-    yield JobStore(client, prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 def stored_file(store: JobStore, storage: LocalStorage, expires_at: int | None) -> FileRecord:

@@ -14,16 +14,15 @@ import redis
 from jobs.errors import JobsError
 from jobs.file_expiry import sweep_expired_files
 from jobs.finalize import BatchFinalizer
-from jobs.ids import BatchId, FileId, TenantId
+from jobs.ids import BatchId, TenantId
 from jobs.lines import LineError, OutputLine
 from jobs.live_results import LiveResults
-from jobs.records import BatchRecord
 from jobs.results import ShardLedger, ShardOutcome, write_shard_results
 from jobs.results_cursor import CursorCodec, ResultsCursor
-from jobs.shards import ShardWriter
 from jobs.status import BatchStatus
 from jobs.storage import LocalStorage, read_lines
 from jobs.store import JobStore
+from tests.worker import test_finalize as finalize_tests
 
 TENANT = TenantId("t")
 
@@ -48,27 +47,7 @@ def parts(tmp_path: Path) -> Iterator[Parts]:
 
 
 def make_batch(parts: Parts, num_lines: int, shard_size: int) -> BatchId:
-    batch_id = BatchId(f"batch_{secrets.token_hex(8)}")
-    shards = ShardWriter(parts.storage, batch_id, shard_size)
-    for i in range(num_lines):
-        shards.add(json.dumps({"custom_id": f"r{i}", "method": "POST"}).encode())
-    now = int(time.time())
-    parts.store.put_batch(
-        BatchRecord(
-            id=batch_id,
-            tenant=TENANT,
-            endpoint="/v1/chat/completions",
-            input_file_id=FileId("file-x"),
-            completion_window="24h",
-            created_at=now,
-            expires_at=now + 3600,
-            status=BatchStatus.IN_PROGRESS,
-            num_shards=shards.finish(),
-            shard_size=shard_size,
-            counters={"total": num_lines},
-        )
-    )
-    return batch_id
+    return BatchId(finalize_tests.make_batch(parts.store, parts.storage, num_lines, shard_size))
 
 
 def finish_shard(parts: Parts, batch_id: str, index: int, size: int) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Iterator
 
 import pytest
-import redis
 
 from jobs.ids import FileId, TenantId, new_batch_id
 from jobs.quotas import ActiveBatches, Quota, QuotaExceeded, TokenEstimate, quota_for
@@ -16,16 +13,6 @@ from jobs.status import BatchStatus
 from jobs.store import JobStore
 
 TENANT = TenantId("t")
-
-
-@pytest.fixture
-def store() -> Iterator[JobStore]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    prefix = f"kvbatch-test-quotas-{secrets.token_hex(4)}"
-    yield JobStore(client, prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 def active_batch(store: JobStore, tokens: int, model: str = "m") -> BatchRecord:

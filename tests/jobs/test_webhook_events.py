@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
-import redis
 from standardwebhooks.webhooks import Webhook
 
 from jobs.errors import JobsError
@@ -26,16 +23,6 @@ from jobs.webhook_settings import WebhookSettings
 from jobs.webhook_urls import check_webhook_url
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-@pytest.fixture
-def store() -> Iterator[JobStore]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    prefix = f"kvbatch-test-hooks-{secrets.token_hex(4)}"
-    yield JobStore(client, prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 def settings(**overrides: Any) -> WebhookSettings:
