@@ -48,6 +48,7 @@ class Receiver:
 
     def __init__(self, port: int) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.paths: dict[str, str] = {}  # webhook-id -> the path it was sent to
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,6 +56,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 seen = {h["webhook-id"] for h, _ in outer.requests}
                 outer.requests.append((dict(self.headers.items()), body))
+                outer.paths[self.headers["webhook-id"]] = self.path
                 self.send_response(200 if self.headers["webhook-id"] in seen else 500)
                 self.end_headers()
 
@@ -160,6 +162,7 @@ def test_webhooks_are_signed_retried_and_carry_one_id(
         input_file_id=upload(client, [{"method": "POST"}]),
         endpoint="/v1/chat/completions",
         completion_window="24h",
+        metadata={"webhook_url": f"{RECEIVER}-own"},  # its own endpoint, as settings allow
     )
     wait_batch(client, ok.id, {"completed"})
     wait_batch(client, bad.id, {"failed"})
@@ -187,6 +190,8 @@ def test_webhooks_are_signed_retried_and_carry_one_id(
     assert {e["type"] for _, e in by_batch[bad.id]} == {"batch.failed"}
     for attempts in by_batch.values():  # a duplicate delivery keeps its webhook-id
         assert len(attempts) == 2 and attempts[0][0] == attempts[1][0]
+    assert receiver.paths[by_batch[ok.id][0][0]] == "/hook"
+    assert receiver.paths[by_batch[bad.id][0][0]] == "/hook-own"
     # OpenAI's own SDK reads the events as its batch webhook types.
     unwrapped = OpenAI(api_key="x", webhook_secret=SECRET).webhooks.unwrap(
         receiver.requests[-1][1].decode(), receiver.requests[-1][0]
