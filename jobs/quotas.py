@@ -6,6 +6,9 @@ Settings give a :class:`Quota` per key, the most specific one applying::
     "tenant-a"                        a tenant's batches of any model
     "*"                               every tenant without its own entry
 
+A batch's model is known only once intake has read its file, so a model's entry applies to
+enqueued tokens (checked at intake); active batches and stored bytes use the tenant's.
+
 A batch is active from its create until it ends; the tenant's active set in Redis
 (``P:active:{tenant}``) is pruned of ended batches whenever it is read. Enqueued tokens are
 OpenAI's: each request's input, estimated at intake as a quarter of its line's bytes (the

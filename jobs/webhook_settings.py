@@ -30,7 +30,7 @@ class WebhookSettings(BaseSettings):
     webhook_backoff_s: float = Field(default=5.0, gt=0)
     webhook_backoff_max_s: float = Field(default=600.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_poll_s: float = Field(default=2.0, gt=0)  # how often ended batches are looked for
+    webhook_poll_s: float = Field(default=5.0, gt=0)  # how often ended batches are looked for
 
     @field_validator("webhook_secrets")
     @classmethod
