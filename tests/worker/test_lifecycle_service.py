@@ -88,7 +88,7 @@ def results_page(client: OpenAI, batch_id: str, **query: Any) -> dict[str, Any]:
 def test_results_while_running_match_the_final_files(stack: Stack) -> None:
     client = stack.client()
     # Shards of 3 lines; later shards generate more, so they end one after another.
-    lines = [chat_line(f"r{i}", f"Count to {i}.", max_tokens=1 + 3 * (i // 3)) for i in range(9)]
+    lines = [chat_line(f"r{i}", f"Count to {i}.", max_tokens=1 + 5 * (i // 3)) for i in range(6)]
     lines[5]["body"]["temperature"] = -1  # one 400 line: the error file has lines too
     batch = client.batches.create(
         input_file_id=upload(client, lines),
@@ -112,8 +112,8 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
             time.sleep(0.1)
     done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.model_extra is not None
-    assert done.model_extra["downloadable_lines"] == 9
-    assert 0 < seen_running < 9, "some lines were read while the batch ran"
+    assert done.model_extra["downloadable_lines"] == 6
+    assert 0 < seen_running < 6, "some lines were read while the batch ran"
 
     def file_lines(file_id: str | None) -> list[str]:
         assert file_id is not None
@@ -123,7 +123,7 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
         file_lines(done.output_file_id)
     )
     assert [x for kind, x in served if kind == "error"] == file_lines(done.error_file_id)
-    assert len(served) == len(set(served)) == 9
+    assert len(served) == len(set(served)) == 6
 
     # Cursors are tenant-scoped and bound to their batch; forged ones are refused.
     other = client.batches.create(
