@@ -12,7 +12,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.metrics import Metrics, MetricsMiddleware
 from api.resources import Resources
-from api.routers import batches, files, health, models
+from api.routers import batches, files, health, models, results
 from api.settings import Settings, get_settings
 
 
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = Metrics.create()
     install_error_handlers(app)
-    for module in (files, batches, models, health):
+    for module in (files, batches, results, models, health):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=resolved.max_json_body_bytes, exempt_paths=("/v1/files",)

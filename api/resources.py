@@ -11,6 +11,7 @@ import redis
 from api.service_metrics import ServiceCollector
 from api.settings import Settings
 from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.fair_dispatch import open_fair_queue
 from jobs.pipeline.intake import BatchIntake
 from jobs.service_settings import open_storage
 from jobs.state.ids import BatchId
@@ -42,7 +43,14 @@ class Resources:
             settings.shard_queue,
             settings.broker_transport_options(),
         )
-        intake = BatchIntake(store, storage, dispatcher, settings.limits())
+        intake = BatchIntake(
+            store,
+            storage,
+            dispatcher,
+            settings.limits(),
+            quotas=settings.tenant_quotas,
+            fair=open_fair_queue(settings, redis.Redis(connection_pool=pool), dispatcher),
+        )
         executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
         broker = settings.resolved_broker_url
         probe = None

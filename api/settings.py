@@ -20,6 +20,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from jobs.limits import Limits
 from jobs.pipeline.admission import ALL_PRIORITIES
 from jobs.service_settings import ServiceSettings
+from jobs.state.quotas import Quota
 
 
 def _priority_range(text: str) -> range:
@@ -81,7 +82,13 @@ class Settings(ServiceSettings):
     shard_size: int = _LIMITS.shard_size
     max_json_body_bytes: int = 1_000_000
     batch_file_ttl_s: int = 30 * 24 * 3600
+    # Output and error files without output_expires_after: kept this long (default 30 days).
+    output_file_ttl_s: int = Field(default=30 * 24 * 3600, ge=3600)
     intake_threads: int = 2
+    # Quotas by "tenant/model", "tenant" or "*" (JSON): jobs/quotas.py.
+    tenant_quotas: dict[str, Quota] = Field(default_factory=dict)
+    # Signs the cursors of /v1/batches/{id}/results; empty: derived from the API keys.
+    results_cursor_secret: str = ""
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -10,18 +10,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.pipeline.fair_share import FairShareSettings
 from jobs.storage import LocalStorage, S3Storage, Storage
+from jobs.webhooks.settings import WebhookSettings
 
 # Celery's Redis transport consumes priority 0 first: keep one list per level 0-9 so that
 # every metadata.priority value is its own step (kombu's default merges them into 0/3/6/9).
 PRIORITY_STEPS = list(range(10))
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(WebhookSettings, FairShareSettings):
     model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"

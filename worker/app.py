@@ -14,7 +14,9 @@ from worker.bootstep import EngineBootstep, IntakeGate
 from worker.celeryconfig import celery_config
 from worker.settings import WorkerSettings, get_worker_settings
 
-celery_app = Celery("kvbatch", set_as_current=True, include=["worker.tasks"])
+celery_app = Celery(
+    "kvbatch", set_as_current=True, include=["worker.tasks", "worker.webhook_tasks"]
+)
 celery_app.steps["worker"].add(EngineBootstep)
 celery_app.steps["consumer"].add(IntakeGate)
 

@@ -12,6 +12,8 @@ from typing import Any
 from worker.settings import WorkerSettings
 
 EXPIRE_TASK = "kvbatch.expire_batches"
+WEBHOOK_COLLECT_TASK = "kvbatch.webhooks.collect"
+WEBHOOK_DELIVER_TASK = "kvbatch.webhooks.deliver"
 
 
 def beat_schedule(settings: WorkerSettings) -> dict[str, Any]:
@@ -27,5 +29,14 @@ def beat_schedule(settings: WorkerSettings) -> dict[str, Any]:
                 "priority": 0,
                 "expires": settings.expiry_interval_s,
             },
-        }
+        },
+        "kvbatch-collect-webhooks": {
+            "task": WEBHOOK_COLLECT_TASK,
+            "schedule": settings.webhook_poll_s,
+            "options": {
+                "queue": settings.shard_queue,
+                "priority": 0,
+                "expires": settings.webhook_poll_s,
+            },
+        },
     }

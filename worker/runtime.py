@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.llm_engine import LLMEngine
 from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.fair_dispatch import open_fair_queue
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
 from jobs.service_settings import open_redis, open_storage
@@ -48,6 +49,7 @@ class WorkerRuntime:
             settings.shard_queue,
             settings.broker_transport_options(),
         )
+        self.fair = open_fair_queue(settings, self.redis, self.dispatcher)  # tenants' turns
         # Twice the visibility timeout: the broker brings back a dead worker's messages
         # after one; only a message lost outright stays silent that long.
         self.watchdog = ShardWatchdog(

@@ -102,7 +102,7 @@ class ShardRunner:
             else:
                 outcome = self._execute(batch, index, ticket)
             write_shard_results(self.storage, batch_id, index, outcome)
-            self.ledger.mark_done(batch_id, index)
+            self.ledger.mark_done(batch_id, index, len(outcome.outputs), len(outcome.errors))
         self.finalizer.try_finalize(batch.id)
         return "done"
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Task
 from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.pipeline.dispatch import RUN_SHARD_TASK
+from jobs.pipeline.file_expiry import sweep_expired_files
 from worker.app import celery_app
 from worker.beat import EXPIRE_TASK
-from worker.runtime import get_runtime
+from worker.runtime import WorkerRuntime, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             outcome = runtime.runner.run(args.batch_id, args.shard_index, ticket)
         except Exception as exc:
             raise again_later(self, exc) from exc
+    release_fair_share(runtime)
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome
 
@@ -79,9 +82,20 @@ def again_later(task: Task, exc: Exception) -> Retry | Reject:
 
 @celery_app.task(name=EXPIRE_TASK, acks_late=True)
 def expire_batches() -> list[str]:
-    """Stop batches past their window, end every batch that can end now, and send again
-    the shards whose messages the broker lost (jobs/pipeline/watchdog.py)."""
+    """Stop batches past their window, end every batch that can end now, send again the
+    shards whose messages the broker lost (jobs/pipeline/watchdog.py), delete expired files."""
     runtime = get_runtime()
     ended = [status.value for status in runtime.finalizer.sweep()]
     runtime.watchdog.sweep()
+    sweep_expired_files(runtime.store, runtime.storage, int(time.time()))
+    release_fair_share(runtime)
     return ended
+
+
+def release_fair_share(runtime: WorkerRuntime) -> None:
+    """Let the next tenants' shards into the broker (jobs/fair_share.py); a failure here
+    costs only latency: the next shard or sweep pumps again."""
+    try:
+        runtime.fair.pump()
+    except Exception:
+        log.exception("fair-share pump failed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,10 +11,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ResourcesDep, SettingsDep, StoreDep, TenantDep
 from jobs.errors import JobsError, NotFound
 from jobs.pipeline.batches import cancel_batch, create_batch
+from jobs.pipeline.uploads import MAX_EXPIRY_S, MIN_EXPIRY_S
+from jobs.state.quotas import ActiveBatches, quota_for
 from jobs.state.store import InvalidCursor
+from jobs.webhooks.urls import check_batch_webhook
 from jobs.wire.objects import BatchObject, ListPage
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's ``{anchor: "created_at", seconds}``: 1 hour to 30 days after the file is made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRY_S, le=MAX_EXPIRY_S)
 
 
 class BatchCreate(BaseModel):
@@ -26,7 +38,7 @@ class BatchCreate(BaseModel):
     endpoint: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
-    output_expires_after: dict[str, Any] | None = None
+    output_expires_after: ExpiresAfter | None = None
 
 
 @router.post("", response_model=BatchObject)
@@ -37,6 +49,9 @@ def create(
     settings: SettingsDep,
 ) -> BatchObject:
     """Accept the batch as ``validating``; its file is checked on the intake threads."""
+    check_batch_webhook(body.metadata, tenant, settings)
+    active = ActiveBatches(resources.store)
+    active.check_create(tenant, quota_for(settings.tenant_quotas, tenant))
     record = create_batch(
         resources.store,
         tenant,
@@ -47,7 +62,13 @@ def create(
         limits=settings.limits(),
         now=int(time.time()),
         priorities=settings.priorities_of(tenant),
+        output_ttl_s=(
+            body.output_expires_after.seconds
+            if body.output_expires_after
+            else settings.output_file_ttl_s
+        ),
     )
+    active.add(record)
     resources.submit_intake(record.id)
     return record.to_public()
 

@@ -15,6 +15,7 @@ from api.upload import receive_upload
 from jobs.errors import JobsError, NotFound
 from jobs.pipeline.uploads import file_storage_key, new_file_record
 from jobs.state.ids import TenantId, new_file_id
+from jobs.state.quotas import check_file_bytes, quota_for
 from jobs.state.records import FileRecord
 from jobs.state.store import InvalidCursor, JobStore
 from jobs.storage import ObjectNotFound, Storage
@@ -66,6 +67,8 @@ async def create_file(
             created_at=int(time.time()),
             default_ttl_s=settings.batch_file_ttl_s,
         )
+        quota = quota_for(settings.tenant_quotas, tenant)
+        check_file_bytes(resources.store, tenant, quota, upload.size)
         await to_thread.run_sync(resources.store.put_file, record)
     except JobsError:
         await to_thread.run_sync(resources.storage.delete, key)

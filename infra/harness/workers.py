@@ -8,6 +8,7 @@ worker alone would leave it running), through :class:`~infra.harness.process.Man
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +29,9 @@ def service_env(settings: Settings, **worker: object) -> dict[str, str]:
     env = dict(os.environ)
     for name in ServiceSettings.model_fields:
         value = getattr(settings, name)
-        if value is not None:
+        if isinstance(value, dict | list):  # pydantic-settings reads them as JSON
+            env[f"KVBATCH_{name.upper()}"] = json.dumps(value)
+        elif value is not None:
             env[f"KVBATCH_{name.upper()}"] = str(value)
     for name, value in worker.items():
         env[f"KVBATCH_{name.upper()}"] = str(value)

@@ -27,10 +27,12 @@ def create_batch(
     limits: Limits,
     now: int,
     priorities: range = NORMAL_PRIORITIES,
+    output_ttl_s: int | None = None,
 ) -> BatchRecord:
     """Record a new ``validating`` batch and queue it for intake; the caller starts intake.
 
-    ``priorities`` are the ``metadata.priority`` values this tenant may ask for."""
+    ``priorities`` are the ``metadata.priority`` values this tenant may ask for;
+    ``output_ttl_s`` is how long its output and error files are kept."""
     check_endpoint(endpoint)
     window_s = window_seconds(completion_window, limits)
     check_metadata(metadata, limits, priorities)
@@ -53,6 +55,7 @@ def create_batch(
         created_at=now,
         expires_at=now + window_s,
         metadata=metadata or None,
+        output_ttl_s=output_ttl_s,
     )
     store.mark_validating(record.id)
     store.put_batch(record)

@@ -207,7 +207,7 @@ class BatchFinalizer:
                 filename=f"{batch.id}_{kind}.{extension}",
                 purpose="batch_output",
                 storage_key=key,
-                expires_at=now + OUTPUT_FILE_TTL_S,
+                expires_at=now + (batch.output_ttl_s or OUTPUT_FILE_TTL_S),
             )
         )
         return file_id

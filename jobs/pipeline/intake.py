@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from jobs.limits import Limits
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.fair_share import FairQueue
 from jobs.pipeline.shards import ShardWriter
 from jobs.state.ids import BatchId
+from jobs.state.quotas import ActiveBatches, Quota, QuotaExceeded, TokenEstimate, quota_for
 from jobs.state.records import BatchRecord
 from jobs.state.status import BatchStatus
 from jobs.state.store import JobStore
@@ -48,6 +50,7 @@ class IntakeResult:
     num_shards: int = 0
     model: str | None = None
     json_schema: str | None = None  # the one response_format schema of every line
+    enqueued_tokens: int = 0  # its quota estimate (jobs/quotas.py)
 
 
 @dataclass(slots=True)
@@ -57,6 +60,8 @@ class BatchIntake:
     dispatcher: ShardDispatcher
     limits: Limits
     clock: Callable[[], float] = time.time
+    quotas: dict[str, Quota] = field(default_factory=dict)
+    fair: FairQueue | None = None
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
@@ -82,6 +87,8 @@ class BatchIntake:
             log.exception("intake of %s failed", batch.id)
             self._fail(batch.id, [LineIssue("internal_error", "input could not be processed")])
             return
+        if not result.issues:
+            result.issues = self._over_quota(batch, result)
         if result.issues:
             shards.discard()
             self._fail(batch.id, result.issues)
@@ -100,6 +107,7 @@ class BatchIntake:
                 "num_shards": str(result.num_shards),
                 "shard_size": str(self.limits.shard_size),
                 "total": str(result.num_requests),
+                "enqueued_tokens": str(result.enqueued_tokens),
             },
         )
         if started is None:
@@ -110,12 +118,26 @@ class BatchIntake:
     def _dispatch(self, batch: BatchRecord, num_shards: int) -> None:
         priority = priority_of(batch.metadata)
         try:
-            for index in range(num_shards):
-                self.dispatcher.dispatch(batch.id, index, priority)
+            if self.fair is not None:  # per-tenant queues, released in turns
+                self.fair.submit(batch.tenant, batch.id, num_shards, priority)
+            else:
+                for index in range(num_shards):
+                    self.dispatcher.dispatch(batch.id, index, priority)
         except Exception:
             log.exception("dispatch of %s failed", batch.id)
             issue = LineIssue("dispatch_failed", "the batch could not be queued for inference")
             self._fail(batch.id, [issue])
+
+    def _over_quota(self, batch: BatchRecord, result: IntakeResult) -> list[LineIssue]:
+        """The enqueued-token quota, checked once the batch's estimate is known."""
+        quota = quota_for(self.quotas, batch.tenant, result.model)
+        try:
+            ActiveBatches(self.store).check_enqueue(
+                batch, result.model, result.enqueued_tokens, quota
+            )
+        except QuotaExceeded as exc:
+            return [LineIssue(exc.code or "token_limit_exceeded", exc.message)]
+        return []
 
     def _fail(self, batch_id: BatchId, issues: list[LineIssue]) -> None:
         errors = json.dumps([i.to_dict() for i in issues])
@@ -125,6 +147,7 @@ class BatchIntake:
         """Check every line; lines go to ``shards`` until the first file-level issue appears."""
         result = IntakeResult()
         checker = LineChecker(batch.endpoint, self.limits)
+        estimate = TokenEstimate(default_output=self.limits.max_tokens)
         file = self.store.get_file(batch.tenant, batch.input_file_id)
         if file is None:
             result.issues.append(LineIssue("file_not_found", "the input file was deleted"))
@@ -145,12 +168,14 @@ class BatchIntake:
                 elif verdict is None:
                     assert raw is not None
                     shards.add(raw)
+                    estimate.add(raw)
                 else:  # answered with a 400 line by the worker, in its place
                     shards.add(verdict.model_dump_json().encode())
         if result.num_requests == 0 and not result.issues:
             result.issues.append(LineIssue("empty_file", "the input file has no requests"))
         result.num_shards = shards.finish() if not result.issues else 0
         result.model = checker.model
+        result.enqueued_tokens = estimate.tokens
         result.json_schema = checker.shared_schema.schema_text
         return result
 

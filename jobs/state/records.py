@@ -32,6 +32,7 @@ COUNTER_FIELDS = (
     "cached_tokens",
     "output_tokens",
     "reasoning_tokens",
+    "result_lines",  # output and error lines of the shards done so far (jobs/live_results.py)
 )
 TIMESTAMP_FIELDS = (
     "in_progress_at",
@@ -114,6 +115,7 @@ class BatchRecord:
     counters: dict[str, int] = field(default_factory=dict)
     num_shards: int = 0
     shard_size: int = 0
+    output_ttl_s: int | None = None  # output/error files expire this long after they are made
 
     def to_hash(self) -> dict[str, str]:
         flat = {
@@ -146,6 +148,7 @@ class BatchRecord:
             counters={name: int(raw.get(name) or 0) for name in COUNTER_FIELDS},
             num_shards=int(raw.get("num_shards") or 0),
             shard_size=int(raw.get("shard_size") or 0),
+            output_ttl_s=_opt_int(raw.get("output_ttl_s", "")),
         )
 
     def to_public(self) -> BatchObject:
@@ -179,4 +182,13 @@ class BatchRecord:
             ),
             usage=usage,
             metadata=self.metadata,
+            downloadable_lines=self.downloadable_lines,
         ).model_copy(update=self.timestamps)
+
+    @property
+    def downloadable_lines(self) -> int:
+        """Lines a client can read now: the shards done so far, or the final files'."""
+        c = self.counters
+        if self.status.is_terminal:
+            return c.get("completed", 0) + c.get("failed", 0)
+        return c.get("result_lines", 0)

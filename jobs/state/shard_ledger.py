@@ -11,6 +11,8 @@ nothing it does may add up twice:
              P:shard_lease:{batch}:{shard}      "a worker runs it now", expires unless renewed
              P:shard_seen:{batch}         hash  shard index -> when a run of it last started
                                                 (or the watchdog last sent it again)
+             P:shards_order:{batch}       list  shard indexes in the order they were done
+             P:shard_lines:{batch}        hash  shard index -> "{outputs} {errors}" lines
              P:stop:{batch}               str   why the batch stops early ("expired")
              P:finalize:{batch}           lock  one finalizer at a time
 
@@ -41,6 +43,18 @@ local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
+"""
+# Mark a shard done once: KEYS done set, order list, line counts, batch hash;
+# ARGV index, outputs, errors, ttl. The first mark appends the shard to the order that
+# jobs/live_results.py pages through and counts its lines as downloadable.
+_MARK_DONE = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+  redis.call('HINCRBY', KEYS[4], 'result_lines', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+return redis.call('SCARD', KEYS[1])
 """
 _DROP_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -124,15 +138,22 @@ class ShardLedger:
     def is_done(self, batch_id: str, index: int) -> bool:
         return bool(self._redis.sismember(self._key("shards_done", batch_id), str(index)))
 
-    def mark_done(self, batch_id: str, index: int) -> int:
-        """Record the shard's objects as final; returns how many shards are done."""
-        key = self._key("shards_done", batch_id)
-        with self._redis.pipeline() as pipe:
-            pipe.sadd(key, str(index))
-            pipe.expire(key, BOOKKEEPING_TTL_S)
-            pipe.scard(key)
-            _, _, count = pipe.execute()
-        return int(count)
+    def mark_done(
+        self, batch_id: str, index: int, num_outputs: int = 0, num_errors: int = 0
+    ) -> int:
+        """Record the shard's objects as final; returns how many shards are done.
+
+        ``num_outputs`` / ``num_errors`` are the lines of its two objects: from now on they
+        are downloadable while the batch runs, in the order shards were done.
+        """
+        keys = [
+            self._key("shards_done", batch_id),
+            self._key("shards_order", batch_id),
+            self._key("shard_lines", batch_id),
+            self._store.key("batch", batch_id),
+        ]
+        args = [index, num_outputs, num_errors, BOOKKEEPING_TTL_S]
+        return int(self._redis.eval(_MARK_DONE, len(keys), *keys, *args))
 
     def done_shards(self, batch_id: str) -> set[int]:
         return {int(i) for i in self._redis.smembers(self._key("shards_done", batch_id))}

@@ -6,9 +6,13 @@ Layout under a configurable prefix ``P`` (tests use a unique one)::
     P:file:{id}                 hash  FileRecord
     P:batch:{id}                hash  BatchRecord (+ integer counter fields)
     P:files:{tenant}            zset  file ids scored by seq
+    P:file_expiry               zset  file ids scored by expires_at (jobs/file_expiry.py)
+    P:stored_bytes              hash  tenant -> bytes of the files it holds
     P:batches:{tenant}          zset  batch ids scored by seq
     P:validating                set   batch ids whose input still needs validating
     P:stats:batch_status        hash  status -> batches in it, moved with every transition
+    P:ended                     set   batch ids that ended and whose webhook event is not
+                                      yet queued (jobs/webhook_events.py)
 
 Nothing lives only in a process: an API restart resumes every batch in ``P:validating``.
 """
@@ -29,6 +33,7 @@ R = TypeVar("R", FileRecord, BatchRecord)
 
 # Move a batch to ARGV[1] if its status is one of ARGV[3 .. 2+ARGV[2]]; then set the
 # remaining ARGV as field/value pairs and move one count between statuses in KEYS[2].
+# A move into an end state also adds the batch to KEYS[3] (P:ended, for its webhook).
 # Returns the previous status, or "!" .. current status.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -40,6 +45,7 @@ for i = 3, 2 + n do
     redis.call('HINCRBY', KEYS[2], current, -1)
     redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
     for j = 3 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
+    if KEYS[3] then redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id')) end
     return current
   end
 end
@@ -83,6 +89,9 @@ class JobStore:
         with self._redis.pipeline() as pipe:
             pipe.hset(self.key("file", record.id), mapping=record.to_hash())
             pipe.zadd(self.key("files", record.tenant), {record.id: seq})
+            if record.expires_at is not None:
+                pipe.zadd(self.key("file_expiry"), {record.id: record.expires_at})
+            pipe.hincrby(self.key("stored_bytes"), record.tenant, record.bytes)
             pipe.execute()
 
     def get_file(self, tenant: TenantId, file_id: str) -> FileRecord | None:
@@ -91,11 +100,32 @@ class JobStore:
             return None
         return FileRecord.from_hash(raw)
 
-    def delete_file(self, record: FileRecord) -> None:
+    def delete_file(self, record: FileRecord) -> bool:
+        """Forget the file's record; False if it was already gone (a concurrent delete)."""
         with self._redis.pipeline() as pipe:
             pipe.delete(self.key("file", record.id))
             pipe.zrem(self.key("files", record.tenant), record.id)
-            pipe.execute()
+            pipe.zrem(self.key("file_expiry"), record.id)
+            deleted, _, _ = pipe.execute()
+        if deleted:
+            self._redis.hincrby(self.key("stored_bytes"), record.tenant, -record.bytes)
+        return bool(deleted)
+
+    def expired_file_ids(self, now: int, limit: int) -> list[str]:
+        """Up to ``limit`` files whose ``expires_at`` is past, oldest first."""
+        ids: list[str] = self._redis.zrangebyscore(
+            self.key("file_expiry"), "-inf", now, start=0, num=limit
+        )
+        return ids
+
+    def load_file(self, file_id: str) -> FileRecord | None:
+        """A file by id, whoever owns it (for the expiry sweep)."""
+        raw = self._redis.hgetall(self.key("file", file_id))
+        return FileRecord.from_hash(raw) if raw else None
+
+    def stored_bytes(self, tenant: TenantId) -> int:
+        """Bytes of every file the tenant holds (inputs and outputs)."""
+        return int(self._redis.hget(self.key("stored_bytes"), tenant) or 0)
 
     def list_files(
         self,
@@ -158,6 +188,8 @@ class JobStore:
         for name, value in values.items():
             argv += [name, value]
         keys = [self.key("batch", batch_id), self.key("stats", "batch_status")]
+        if target.is_terminal:
+            keys.append(self.key("ended"))
         previous = self._transition(keys=keys, args=argv)
         return None if previous.startswith("!") else BatchStatus(previous)
 

@@ -82,6 +82,8 @@ class BatchObject(BaseModel):
     request_counts: RequestCounts
     usage: BatchUsage
     metadata: dict[str, str] | None = None
+    # Extension: output and error lines readable now (``GET /v1/batches/{id}/results``).
+    downloadable_lines: int = 0
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from jobs.state.status import ALLOWED_TRANSITIONS, BatchStatus
 from jobs.state.store import InvalidCursor, JobStore
 
 TENANT = TenantId("t")
-
-
-@pytest.fixture
-def store() -> Iterator[JobStore]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    prefix = f"kvbatch-test-store-{secrets.token_hex(4)}"
-    yield JobStore(client, prefix)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 def new_batch(

@@ -4,77 +4,18 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
-from openai import OpenAI
 
-from api.settings import Settings
-from infra.harness.service import LiveServer, make_settings, run_server
-from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
+from infra.harness.stack import Stack, open_stack
 from tests.api import conftest as api_fixtures
 
 # The API tests' session fixtures: one Redis client, key prefix and S3 server per session.
 redis_client = api_fixtures.redis_client
 session_prefix = api_fixtures.session_prefix
 s3_endpoint = api_fixtures.s3_endpoint
-
-
-@dataclass(slots=True)
-class Stack:
-    server: LiveServer
-    settings: Settings
-    redis: redis.Redis
-    tmp: Path
-    worker_settings: dict[str, object]
-    workers: list[WorkerProcess] = field(default_factory=list)
-
-    def client(self) -> OpenAI:
-        return self.server.client()
-
-    def start_worker(self, concurrency: int | None = 4) -> WorkerProcess:
-        """A worker process; ``concurrency=None`` starts it as ``kvbatch worker`` does."""
-        name = f"w{len(self.workers)}-{secrets.token_hex(3)}@test"
-        env = service_env(self.settings, **self.worker_settings)
-        worker = WorkerProcess(env, name, self.tmp / f"{name}.log", concurrency)
-        self.workers.append(worker)
-        wait_worker_ready(worker, self.redis, self.settings.key_prefix)
-        return worker
-
-    def stop_workers(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-
-
-@contextmanager
-def open_stack(
-    prefix: str,
-    tmp: Path,
-    s3_url: str,
-    client: redis.Redis,
-    settings_overrides: dict[str, object] | None = None,
-    **worker_settings: object,
-) -> Iterator[Stack]:
-    settings = make_settings(
-        "s3", prefix, tmp, s3_url, **{"shard_size": 16, **(settings_overrides or {})}
-    )
-    defaults: dict[str, object] = {
-        "stats_interval_s": 0.3,
-        "expiry_interval_s": 2,
-        "stop_poll_s": 0.3,
-        "beat_schedule_path": tmp / "beat-schedule",
-        "shard_lease_s": 6,
-        "unacked_restore_interval_s": 1,
-    }
-    with run_server(settings) as server:
-        stack = Stack(server, settings, client, tmp, {**defaults, **worker_settings})
-        try:
-            yield stack
-        finally:
-            stack.stop_workers()
 
 
 @pytest.fixture(scope="module")

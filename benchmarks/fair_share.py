@@ -1,0 +1,134 @@
+"""Fair share across tenants: how long one tenant's batch takes behind another's backlog.
+
+Tenant A submits 10 batches, then tenant B one batch of the same size; B's time (create to
+completed) is compared with B's time alone on the same stack, and with the FIFO dispatch
+(``fair_share_window=0``) as the peer. Tiny work per line (SmolLM2-135M, a few tokens) and
+a small engine (``engine_max_num_seqs`` 8) so that the queue, not the engine, decides.
+
+    python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 8]
+        [--fair-window 2]
+
+Arms alternate within each round; each arm runs on its own stack (the window is a service
+setting). Results: ``benchmarks/results/fair_share.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from moto.server import ThreadedMotoServer
+from openai import OpenAI
+
+from benchmarks.common import write_result
+from infra.harness.batches import chat_line, jsonl
+from infra.harness.redis_server import free_port
+from infra.harness.service import REDIS_URL
+from infra.harness.stack import Stack, open_stack
+
+BACKLOG_BATCHES = 10
+ARMS = {"fifo": 0, "fair": 2}
+SHAPE = {"lines": 8, "max_tokens": 6}  # of every batch; set from the command line
+
+
+def create(client: OpenAI, tag: str) -> str:
+    lines = [
+        chat_line(f"{tag}-{i}", f"Say {i}.", max_tokens=SHAPE["max_tokens"])
+        for i in range(SHAPE["lines"])
+    ]
+    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    return client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+
+
+def wait_done(client: OpenAI, batch_id: str) -> None:
+    while client.batches.retrieve(batch_id).status not in ("completed", "failed"):
+        time.sleep(0.05)
+
+
+def timed(client: OpenAI, tag: str) -> float:
+    start = time.monotonic()
+    wait_done(client, create(client, tag))
+    return time.monotonic() - start
+
+
+def one_arm(stack: Stack) -> dict[str, Any]:
+    a = stack.server.client("key-alpha")
+    b = stack.server.client("key-beta")
+    timed(b, "warm")
+    alone = timed(b, "alone")
+    backlog = [create(a, f"a{n}") for n in range(BACKLOG_BATCHES)]
+    shared = timed(b, "shared")
+    a_done = sum(a.batches.retrieve(i).status == "completed" for i in backlog)
+    for batch_id in backlog:
+        wait_done(a, batch_id)
+    return {"alone_s": alone, "shared_s": shared, "ratio": shared / alone, "a_done": a_done}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lines", type=int, default=8, help="lines per batch")
+    parser.add_argument("--max-tokens", type=int, default=6)
+    parser.add_argument("--max-num-seqs", type=int, default=8, help="the worker's engine")
+    parser.add_argument("--fair-window", type=int, default=ARMS["fair"])
+    args = parser.parse_args()
+    ARMS["fair"] = args.fair_window
+    SHAPE.update(lines=args.lines, max_tokens=args.max_tokens)
+    settings: dict[str, object] = {"shard_size": max(1, args.lines // 2)}
+    worker = {"engine_max_num_seqs": args.max_num_seqs, "visibility_timeout_s": 600}
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    s3_url = f"http://127.0.0.1:{port}"
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    prefix = f"kvbatch-bench-fair-{secrets.token_hex(3)}"
+    try:
+        for _ in range(args.rounds):
+            for arm, window in ARMS.items():
+                with (
+                    tempfile.TemporaryDirectory() as tmp,
+                    open_stack(
+                        f"{prefix}:{arm}{len(runs[arm])}",
+                        Path(tmp),
+                        s3_url,
+                        client,
+                        {**settings, "fair_share_window": window},
+                        **worker,
+                    ) as stack,
+                ):
+                    stack.start_worker(concurrency=None)
+                    runs[arm].append(one_arm(stack))
+                    print(arm, runs[arm][-1], flush=True)
+    finally:
+        moto.stop()
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    summary = {arm: statistics.median(r["ratio"] for r in rs) for arm, rs in runs.items()}
+    path = write_result(
+        "fair_share",
+        {
+            "setup": {
+                **SHAPE,
+                "backlog_batches": BACKLOG_BATCHES,
+                "settings": settings,
+                "worker": worker,
+                "windows": ARMS,
+            },
+            "runs": runs,
+            "median_ratio_shared_over_alone": summary,
+        },
+    )
+    print(summary, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Fair share across tenants: shards wait in per-tenant queues and reach the broker in turns.
+
+Without it, intake pushes every shard straight onto the broker's FIFO list of its priority,
+and one tenant's 20 queued batches sit in front of another tenant's single batch. With it::
+
+    intake ──► P:fair:q:{prio}:{tenant}  (one list per tenant)  ──pump──►  broker list {prio}
+                      P:fair:ready:{prio}  zset tenant -> shards released so far
+
+``pump`` keeps at most ``fair_share_window`` messages waiting in each broker list; to fill
+a free place it takes the next shard of the **least-served** tenant with shards waiting at
+the most urgent priority (start-time fair queuing over released shards, ties by name).
+A tenant that arrives idle joins at ``min(ready) - fair_share_burst`` (never below its own
+count), so a quiet tenant's small batch goes straight to the front, while a backlog can be
+jumped by at most ``fair_share_burst`` shards per arrival and two busy tenants alternate.
+
+Pumps run after intake queues a batch, after each shard task, and with the periodic sweep.
+Each step is one Lua script, so concurrent pumps never release a shard twice; a shard lost
+between the step and its broker message is sent again by the watchdog (jobs/watchdog.py).
+The watchdog also sends a shard held here longer than its silence (twice the visibility
+timeout): that shard then runs out of turn, and its later release finds it done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# KEYS tenant queue, ready zset, served hash; ARGV tenant, burst, items...
+_ENQUEUE = """
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+local served = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  local lowest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local score = served
+  if lowest[2] then score = math.max(served, tonumber(lowest[2]) - tonumber(ARGV[2])) end
+  redis.call('ZADD', KEYS[2], score, ARGV[1])
+end
+return redis.call('LLEN', KEYS[1])
+"""
+# KEYS ready zset, served hash; ARGV the tenant queues' key prefix. Pops one shard of the
+# least-served ready tenant; returns {tenant, item} or nil.
+_NEXT = """
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not head[1] then return nil end
+local tenant, score = head[1], tonumber(head[2])
+local queue = ARGV[1] .. tenant
+local item = redis.call('LPOP', queue)
+redis.call('HSET', KEYS[2], tenant, score + 1)
+if item and redis.call('LLEN', queue) > 0 then
+  redis.call('ZADD', KEYS[1], score + 1, tenant)
+else
+  redis.call('ZREM', KEYS[1], tenant)
+end
+if not item then return nil end
+return {tenant, item}
+"""
+
+
+class FairShareSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
+
+    # Messages kept waiting in each broker priority list; 0 sends every shard at once (FIFO).
+    fair_share_window: int = Field(default=16, ge=0)
+    fair_share_burst: int = Field(default=8, ge=0)
+
+
+PRIORITY_STEPS = range(10)  # the broker's priority lists, most urgent first
+Sender = Callable[[str, int, int], object]  # (batch_id, shard_index, priority)
+
+
+class FairQueue:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        send: Sender,
+        queued: Callable[[], dict[int, int]],
+        settings: FairShareSettings,
+    ) -> None:
+        self._redis: Any = client
+        self._prefix = prefix.rstrip(":")
+        self._send = send
+        self._queued = queued
+        self.settings = settings
+        self._enqueue = self._redis.register_script(_ENQUEUE)
+        self._next = self._redis.register_script(_NEXT)
+
+    def _key(self, *parts: object) -> str:
+        return ":".join((self._prefix, "fair", *map(str, parts)))
+
+    def submit(self, tenant: str, batch_id: str, num_shards: int, priority: int) -> None:
+        """Queue a batch's shards for its tenant, then release what fits (or send at once)."""
+        if self.settings.fair_share_window == 0:
+            for index in range(num_shards):
+                self._send(batch_id, index, priority)
+            return
+        items = [f"{batch_id}/{index}" for index in range(num_shards)]
+        for start in range(0, len(items), 1000):
+            keys = [
+                self._key("q", priority, tenant),
+                self._key("ready", priority),
+                self._key("served", priority),
+            ]
+            args: list[str | int] = [tenant, self.settings.fair_share_burst]
+            args += items[start : start + 1000]
+            self._enqueue(keys=keys, args=args)
+        self.pump()
+
+    def pump(self) -> int:
+        """Release shards into every broker list with room; returns how many were sent."""
+        window = self.settings.fair_share_window
+        if window == 0:
+            return 0
+        queued = self._queued()
+        sent = 0
+        for priority in PRIORITY_STEPS:
+            for _ in range(max(0, window - queued.get(priority, 0))):
+                keys = [self._key("ready", priority), self._key("served", priority)]
+                picked = self._next(keys=keys, args=[self._key("q", priority, "")])
+                if not picked:
+                    break
+                batch_id, _, index = picked[1].rpartition("/")
+                self._send(batch_id, int(index), priority)
+                sent += 1
+        return sent
+
+    def waiting(self, priority: int) -> dict[str, int]:
+        """Shards still held back per tenant at ``priority`` (for tests and stats)."""
+        tenants = self._redis.zrange(self._key("ready", priority), 0, -1)
+        return {t: int(self._redis.llen(self._key("q", priority, t))) for t in tenants}

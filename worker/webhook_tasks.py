@@ -1,0 +1,68 @@
+"""Webhook tasks: collect the events of ended batches, deliver each at least once.
+
+``kvbatch.webhooks.collect`` runs on the beat schedule (``webhook_poll_s``) and queues one
+``kvbatch.webhooks.deliver`` per new event. A delivery that fails is retried with backoff
+(``webhook_backoff_s`` doubling up to ``webhook_backoff_max_s``, below the broker's
+visibility timeout so that a waiting retry is never redelivered as well) until
+``webhook_retry_for_s`` (at least 24 h) after the event was built. Nothing here runs on
+the API's request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Task
+from prometheus_client import Counter
+
+from jobs.webhooks.delivery import deliver
+from jobs.webhooks.events import WebhookOutbox
+from worker.app import celery_app
+from worker.beat import WEBHOOK_COLLECT_TASK, WEBHOOK_DELIVER_TASK
+from worker.runtime import get_runtime
+from worker.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ATTEMPTS = Counter(
+    "kvbatch_webhook_attempts", "Webhook delivery attempts, by outcome.", ["outcome"]
+)
+
+
+def _outbox() -> WebhookOutbox:
+    return WebhookOutbox(get_runtime().store, get_worker_settings())
+
+
+@celery_app.task(name=WEBHOOK_COLLECT_TASK, acks_late=True)
+def collect_webhooks() -> int:
+    """Queue a delivery for every batch that ended since the last run."""
+    settings = get_worker_settings()
+    pending = _outbox().collect(time.time())
+    for event_id in pending:
+        deliver_webhook.apply_async(args=[event_id], queue=settings.shard_queue, priority=0)
+    return len(pending)
+
+
+@celery_app.task(name=WEBHOOK_DELIVER_TASK, bind=True, acks_late=True, max_retries=None)
+def deliver_webhook(self: Task, event_id: str) -> str:
+    settings = get_worker_settings()
+    outbox = _outbox()
+    event = outbox.load(event_id)
+    if event is None or event.delivered:
+        return "gone" if event is None else "delivered"
+    attempt = deliver(event, settings)
+    if attempt.delivered:
+        outbox.mark_delivered(event.id, time.time())
+        WEBHOOK_ATTEMPTS.labels("delivered").inc()
+        return "delivered"
+    WEBHOOK_ATTEMPTS.labels("failed").inc()
+    late = time.time() - event.first_at > settings.webhook_retry_for_s
+    if not attempt.retry or late:
+        log.error("webhook %s to %s given up: %s", event.id, event.url, attempt.detail)
+        return "given_up"
+    log.warning("webhook %s to %s failed (%s); retrying", event.id, event.url, attempt.detail)
+    countdown = min(
+        settings.webhook_backoff_max_s, settings.webhook_backoff_s * 2**self.request.retries
+    )
+    raise self.retry(countdown=countdown)
