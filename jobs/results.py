@@ -21,6 +21,7 @@ is not run again.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import redis
 
 from jobs.lines import OutputLine
+from jobs.locks import owned_lock
 from jobs.records import COUNTER_FIELDS
 from jobs.storage import Storage, WriterScope
 from jobs.store import JobStore
@@ -201,14 +203,12 @@ class ShardLedger:
         raw = self._redis.get(self._key("stop", batch_id))
         return StopReason(raw) if raw else None
 
-    def acquire_finalizer(self, batch_id: str, ttl_s: int) -> bool:
-        return bool(self._redis.set(self._key("finalize", batch_id), "1", nx=True, ex=ttl_s))
+    def finalizer_lock(self, batch_id: str, ttl_s: int) -> AbstractContextManager[bool]:
+        """One finalizer per batch: yields whether this caller holds the lock (jobs/locks.py)."""
+        return owned_lock(self._redis, self._key("finalize", batch_id), ttl_s)
 
     def finalizer_held(self, batch_id: str) -> bool:
         return bool(self._redis.exists(self._key("finalize", batch_id)))
-
-    def release_finalizer(self, batch_id: str) -> None:
-        self._redis.delete(self._key("finalize", batch_id))
 
     def forget(self, batch_id: str, num_shards: int) -> None:
         """Drop the bookkeeping of a finished batch (the done set stays to stop late reruns)."""

@@ -16,12 +16,14 @@ Nothing lives only in a process: an API restart resumes every batch in ``P:valid
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import redis
 
 from jobs.ids import BatchId, TenantId
+from jobs.locks import owned_lock
 from jobs.records import COUNTER_FIELDS, BatchRecord, FileRecord
 from jobs.status import BatchStatus, sources_of
 
@@ -188,12 +190,10 @@ class JobStore:
     def validating_ids(self) -> list[BatchId]:
         return [BatchId(i) for i in self._redis.smembers(self.key("validating"))]
 
-    def acquire_intake(self, batch_id: BatchId, ttl_s: int) -> bool:
-        """One validator per batch even with several API processes."""
-        return bool(self._redis.set(self.key("intake", batch_id), "1", nx=True, ex=ttl_s))
-
-    def release_intake(self, batch_id: BatchId) -> None:
-        self._redis.delete(self.key("intake", batch_id))
+    def intake_lock(self, batch_id: BatchId, ttl_s: int) -> AbstractContextManager[bool]:
+        """One validator per batch even with several API processes: yields whether this
+        caller holds the lock, released on exit only while it still owns it."""
+        return owned_lock(self._redis, self.key("intake", batch_id), ttl_s)
 
     # -- pagination ----------------------------------------------------------------------
     def _page(
