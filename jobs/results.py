@@ -11,6 +11,10 @@ nothing it does may add up twice:
              P:shard_lease:{batch}:{shard}      "a worker runs it now", expires unless renewed
              P:shard_seen:{batch}         hash  shard index -> when a run of it last started
                                                 (or the watchdog last sent it again)
+             P:shard_running:{batch}      hash  shard index -> lease token of the run that
+                                                started it and has not ended (cleared by that
+                                                run, however it ends, unless it died)
+             P:shard_resends:{batch}      hash  shard index -> times the watchdog resent it
              P:stop:{batch}               str   why the batch stops early ("expired")
              P:finalize:{batch}           lock  one finalizer at a time
 
@@ -45,6 +49,13 @@ return 1
 """
 _DROP_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Compare-and-delete on one hash field: KEYS[1] hash, ARGV field, value it must hold.
+_CLEAR_FIELD = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 return 0
 """
 
@@ -181,6 +192,36 @@ class ShardLedger:
         keys = [self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)]
         return bool(keys) and int(self._redis.exists(*keys)) > 0
 
+    # -- runs started and not ended: a lapsed lease among them is a dead run ---------------
+    def mark_running(self, batch_id: str, index: int, token: str) -> None:
+        key = self._key("shard_running", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, str(index), token)
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.execute()
+
+    def clear_running(self, batch_id: str, index: int, token: str) -> bool:
+        """Forget the run ``token`` of this shard, unless a later run has replaced it."""
+        key = self._key("shard_running", batch_id)
+        return bool(self._redis.eval(_CLEAR_FIELD, 1, key, str(index), token))
+
+    def running(self, batch_id: str) -> dict[int, str]:
+        """Shard index -> token of each run that started and has not ended (or died)."""
+        raw = self._redis.hgetall(self._key("shard_running", batch_id))
+        return {int(index): token for index, token in raw.items()}
+
+    def count_resend(self, batch_id: str, index: int) -> None:
+        key = self._key("shard_resends", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hincrby(key, str(index), 1)
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.execute()
+
+    def resends(self, batch_id: str) -> dict[int, int]:
+        """How many times the watchdog sent each shard again (kept until the TTL, to audit)."""
+        raw = self._redis.hgetall(self._key("shard_resends", batch_id))
+        return {int(index): int(count) for index, count in raw.items()}
+
     # -- signs of life: when each shard last had a message known to be live ------------------
     def mark_seen(self, batch_id: str, indices: list[int], now: float) -> None:
         if not indices:
@@ -216,6 +257,7 @@ class ShardLedger:
             self._key("shard_deliveries", batch_id),
             self._key("shard_counts", batch_id),
             self._key("shard_seen", batch_id),
+            self._key("shard_running", batch_id),
             *(self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)),
         ]
         self._redis.delete(*keys)

@@ -137,6 +137,9 @@ class ShardRunner:
         token = secrets.token_hex(8)
         if not self.ledger.hold_lease(batch_id, index, ttl, token):
             raise ShardBusy(f"{batch_id}/{index} is running elsewhere")
+        # Started and not ended: should the lease lapse with this mark still set, the run
+        # died, and the watchdog sends the shard again at once (jobs/watchdog.py).
+        self.ledger.mark_running(batch_id, index, token)
         stop = threading.Event()
 
         def renew() -> None:
@@ -154,6 +157,8 @@ class ShardRunner:
         finally:
             stop.set()
             renewer.join()
+            # The mark first: a mark without a lease, even for an instant, reads as a dead run.
+            self.ledger.clear_running(batch_id, index, token)
             self.ledger.drop_lease(batch_id, index, token)
 
     def _lines(self, batch_id: str, index: int) -> list[ShardLine]:

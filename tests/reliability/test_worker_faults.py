@@ -12,7 +12,7 @@ import pytest
 
 from jobs.dispatch import ShardDispatcher
 from tests.api.helpers import chat_line
-from tests.reliability.conftest import long_lines, submit
+from tests.reliability.conftest import fast_stack, long_lines, submit
 from tests.worker.conftest import Stack
 from tests.worker.service import (
     WorkerProcess,
@@ -97,14 +97,48 @@ def test_duplicate_shard_messages_write_each_line_once(stack: Stack) -> None:
     assert usage is not None and usage.output_tokens == 8 * len(lines), "tokens counted once"
 
 
+def shard_hash(stack: Stack, name: str, batch_id: str) -> dict[int, str]:
+    raw: dict[str, str] = stack.redis.hgetall(f"{stack.settings.key_prefix}:{name}:{batch_id}")
+    return {int(index): value for index, value in raw.items()}
+
+
+def test_a_sigkilled_workers_shards_run_again_without_waiting_the_visibility_timeout(
+    stack_parts: dict[str, object],
+) -> None:
+    """The broker's visibility timeout at its default (an hour): only the lapsed leases of
+    the dead runs bring their shards back. The shards the dead worker never started stay
+    queued, are not resent, and run from their one message."""
+    defaults = {"visibility_timeout_s": 3600, "unacked_restore_interval_s": 60}
+    with fast_stack(**stack_parts, **defaults) as live:  # type: ignore[arg-type]
+        lines = long_lines("v", 48)  # 6 shards; a worker of 2 threads holds 2 of them
+        batch_id = submit(live, lines)
+        first = live.start_worker(concurrency=2)
+        wait_submitted(live, first)
+        first.kill()
+        killed_at = time.monotonic()
+        dead_runs = set(shard_hash(live, "shard_running", batch_id))
+        assert dead_runs, "the killed worker was running shards"
+
+        live.start_worker(concurrency=2)
+        while not shard_hash(live, "shard_resends", batch_id):
+            assert time.monotonic() - killed_at < 60, "no resend within a minute of the kill"
+            time.sleep(0.1)
+        resent_after_s = time.monotonic() - killed_at
+        assert_complete(live, batch_id, [line["custom_id"] for line in lines])
+        resends = shard_hash(live, "shard_resends", batch_id)
+        assert set(resends) == dead_runs, "exactly the dead runs' shards are resent"
+        assert set(resends.values()) == {"1"}, "each once"
+        # lease 6 s + sweep every 2 s + a worker start on a shared CPU
+        assert resent_after_s < 45, resent_after_s
+        print(f"first resend {resent_after_s:.1f} s after the kill; resent {sorted(resends)}")
+
+
 @pytest.mark.parametrize("crash_at", ["admit", "step"])
 def test_engine_exception_fails_only_the_marked_lines(
     stack_parts: dict[str, object], crash_at: str
 ) -> None:
     """Marked requests break the engine when admitted, or break every step they are in
     (so each failed step also held innocent requests, of this batch and the clean one)."""
-    from tests.reliability.conftest import fast_stack
-
     marker = "KVBATCH-TEST-CRASH"
     faults = {"fault_crash_marker": marker, "fault_crash_at": crash_at}
     with fast_stack(**stack_parts, **faults) as live:  # type: ignore[arg-type]
