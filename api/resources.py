@@ -13,7 +13,7 @@ from api.settings import Settings
 from jobs.dispatch import ShardDispatcher
 from jobs.ids import BatchId
 from jobs.intake import BatchIntake
-from jobs.service_settings import open_storage
+from jobs.service_settings import check_redis_policies, open_storage
 from jobs.service_stats import QueueProbe
 from jobs.storage import Storage
 from jobs.store import JobStore
@@ -34,6 +34,7 @@ class Resources:
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
+        check_redis_policies(settings)
         pool = redis.ConnectionPool.from_url(settings.redis_url, decode_responses=True)
         store = JobStore(redis.Redis(connection_pool=pool), settings.key_prefix)
         storage = open_storage(settings)

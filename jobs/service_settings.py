@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
 
 # Celery's Redis transport consumes priority 0 first: keep one list per level 0-9 so that
@@ -47,6 +48,8 @@ class ServiceSettings(BaseSettings):
 
     # How long a worker's Redis commands keep retrying through a Redis restart (seconds).
     redis_ride_out_s: float = 30.0
+    # Start even on a Redis whose maxmemory-policy may evict keys (jobs/redis_policy.py).
+    allow_evicting_redis: bool = False
 
     @property
     def resolved_broker_url(self) -> str:
@@ -64,6 +67,18 @@ class ServiceSettings(BaseSettings):
         if self.broker_key_prefix is not None:
             return self.broker_key_prefix
         return f"{self.key_prefix}:broker:"
+
+
+def check_redis_policies(settings: ServiceSettings) -> None:
+    """Refuse to run on a state store or broker Redis that may evict keys (start-up)."""
+    urls = {"KVBATCH_REDIS_URL": settings.redis_url, "the broker": settings.resolved_broker_url}
+    for what, url in urls.items():
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            client = redis.Redis.from_url(url, decode_responses=True)
+            try:
+                check_eviction_policy(client, what, settings.allow_evicting_redis)
+            finally:
+                client.close()
 
 
 def open_storage(settings: ServiceSettings) -> Storage:

@@ -18,7 +18,7 @@ from engine.llm_engine import LLMEngine
 from jobs.dispatch import ShardDispatcher
 from jobs.finalize import BatchFinalizer
 from jobs.results import ShardLedger, StopReason
-from jobs.service_settings import open_redis, open_storage
+from jobs.service_settings import check_redis_policies, open_redis, open_storage
 from jobs.status import BatchStatus
 from jobs.store import JobStore
 from jobs.watchdog import ShardWatchdog
@@ -36,6 +36,7 @@ _ENDED = {BatchStatus.CANCELLED: StopReason.CANCELLED, BatchStatus.EXPIRED: Stop
 class WorkerRuntime:
     def __init__(self, settings: WorkerSettings, hostname: str) -> None:
         self.settings = settings
+        check_redis_policies(settings)
         self.redis = open_redis(settings)
         self.store = JobStore(self.redis, settings.key_prefix)
         self.ledger = ShardLedger(self.redis, self.store)
