@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from jobs.checkpoints import CommitPolicy
 from jobs.dispatch import ShardDispatcher
 from jobs.finalize import BatchFinalizer
 from jobs.results import ShardLedger, StopReason
@@ -85,6 +86,7 @@ class WorkerRuntime:
                 max_deliveries=settings.max_shard_deliveries,
                 lease_s=settings.shard_lease_s,
                 max_line_bytes=settings.max_line_bytes,
+                commit=CommitPolicy(settings.shard_commit_lines, settings.shard_commit_interval_s),
             ),
         )
         self.publisher = StatsPublisher(

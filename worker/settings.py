@@ -22,6 +22,10 @@ class WorkerSettings(ServiceSettings):
     max_shard_deliveries: int = 5
     shard_lease_s: int = 30
     finalize_lock_s: int = 600
+    # A running shard commits its finished lines after this many lines or seconds, so a
+    # rerun after a crash computes only the rest (jobs/checkpoints.py).
+    shard_commit_lines: int = Field(default=8, ge=1)
+    shard_commit_interval_s: float = Field(default=2.0, gt=0)
 
     # Scheduling inside one worker process. How many shards a worker takes is decided by its
     # intake from the engine's capacity (worker/intake.py); ``shard_threads`` only bounds

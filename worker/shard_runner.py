@@ -5,8 +5,9 @@ load batch ─► terminal / done? ──► nothing to do (a redelivery)
     ├─ take the lease (busy? retry later), count the delivery, no finalizer yet?
     ├─ rerun of a half-done shard? take back what the last run counted
     ├─ over max deliveries? every line becomes a ``shard_failed`` error
-    ├─ else submit each line (waiting for room), collect results as they come,
-    │  counting completed/failed and tokens live
+    ├─ else resume from the lines earlier runs committed (jobs/checkpoints.py), submit
+    │  the others (waiting for room), collect results as they come, counting
+    │  completed/failed and tokens live and committing finished lines every few seconds
     ├─ write results/{batch}/{shard}.jsonl + .errors.jsonl, mark the shard done
     └─ drop the lease, try to finalize the batch
 """
@@ -24,6 +25,13 @@ from dataclasses import dataclass, field
 
 from engine.llm_engine import InvalidRequestError
 from jobs.admission import priority_of
+from jobs.checkpoints import (
+    CommitPolicy,
+    CommittedLine,
+    drop_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from jobs.embedding_bodies import EmbeddingBody
 from jobs.finalize import BatchFinalizer
 from jobs.lines import OutputLine, RejectedLine, ShardLine, parse_shard_line
@@ -36,15 +44,18 @@ from jobs.store import JobStore
 from worker.engine_host import EngineHost, HostResult, Submission
 from worker.intake import NO_TICKET, IntakeTicket
 from worker.output_lines import (
+    LineAnswer,
     error_line,
     line_answer,
     refused_line,
     rejected_line,
     stopped_line,
 )
-from worker.sampling import engine_requests
+from worker.sampling import EngineRequest, engine_requests
 
 log = logging.getLogger(__name__)
+
+FAILED = {"failed": 1}  # what a line answered with an error adds to its batch's counts
 
 
 class ShardInterrupted(Exception):
@@ -60,6 +71,7 @@ class ShardLimits:
     max_deliveries: int = 5
     lease_s: int = 30
     max_line_bytes: int = 2_000_000
+    commit: CommitPolicy = field(default_factory=CommitPolicy)
 
 
 @dataclass(slots=True)
@@ -68,16 +80,38 @@ class _ShardRun:
 
     A line makes one engine request, or one per input (an embeddings line); ``origin`` maps
     each request in flight to its line and part, ``parts`` holds a line's results until the
-    last of them is in.
+    last of them is in. ``committed`` holds every answered line (the checkpoint's content);
+    the last ``num_uncommitted`` of them are not in the stored checkpoint yet.
     """
 
     lines: list[ShardLine]
+    policy: CommitPolicy
     answers: list[tuple[OutputLine, bool] | None] = field(init=False)
     parts: dict[int, list[HostResult | None]] = field(default_factory=dict)
     origin: dict[str, tuple[int, int]] = field(default_factory=dict)
+    committed: list[CommittedLine] = field(default_factory=list)
+    num_uncommitted: int = 0
+    last_commit: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.answers = [None] * len(self.lines)
+
+    def commit_due(self) -> bool:
+        self.num_uncommitted += 1
+        elapsed = time.monotonic() - self.last_commit
+        return self.num_uncommitted >= self.policy.every_lines or elapsed >= self.policy.every_s
+
+    def mark_committed(self) -> None:
+        self.num_uncommitted = 0
+        self.last_commit = time.monotonic()
+
+    def outcome(self) -> ShardOutcome:
+        outcome = ShardOutcome()
+        for answer in self.answers:
+            assert answer is not None, "every line of the shard has an answer"
+            line_out, ok = answer
+            (outcome.outputs if ok else outcome.errors).append(line_out)
+        return outcome
 
 
 class ShardRunner:
@@ -123,6 +157,7 @@ class ShardRunner:
                 outcome = self._execute(batch, index, ticket)
             write_shard_results(self.storage, batch_id, index, outcome)
             self.ledger.mark_done(batch_id, index)
+            drop_checkpoint(self.storage, batch_id, index)
         self.finalizer.try_finalize(batch.id)
         return "done"
 
@@ -167,50 +202,75 @@ class ShardRunner:
         return [parse_shard_line(raw) for raw in raws if raw]
 
     def _give_up(self, batch: BatchRecord, index: int, deliveries: int) -> ShardOutcome:
-        """A shard that keeps killing its worker: answer every line with an error instead."""
+        """A shard that keeps killing its worker: answer every line not yet committed with
+        an error instead."""
         log.error("shard %s/%d delivered %d times; failing its lines", batch.id, index, deliveries)
         message = f"the shard was started {deliveries} times without finishing"
-        lines = [
-            error_line(line.custom_id, "shard_failed", message)
-            for line in self._lines(batch.id, index)
-        ]
-        self.ledger.add_counts(batch.id, index, failed=len(lines))
-        return ShardOutcome(errors=lines)
+        run = self._resume(batch.id, index, self._lines(batch.id, index))
+        for position, line in enumerate(run.lines):
+            if run.answers[position] is None:
+                failed = error_line(line.custom_id, "shard_failed", message)
+                self._answer(batch.id, index, run, position, LineAnswer(failed, False, FAILED))
+        return run.outcome()
+
+    def _resume(self, batch_id: str, index: int, lines: list[ShardLine]) -> _ShardRun:
+        """A run that starts from the lines earlier runs committed (jobs/checkpoints.py),
+        counting them again: ``take_back_counts`` took back all that earlier runs counted."""
+        run = _ShardRun(lines, self.limits.commit)
+        committed = read_checkpoint(self.storage, batch_id, index)
+        totals: dict[str, int] = {}
+        for position, entry in committed.items():
+            if position < len(lines) and entry.line.custom_id == lines[position].custom_id:
+                run.answers[position] = (entry.line, entry.ok)
+                run.committed.append(entry)
+                for name, value in entry.counts.items():
+                    totals[name] = totals.get(name, 0) + value
+        if run.committed:
+            log.info("shard %s/%d resumes with %d lines", batch_id, index, len(run.committed))
+            self.ledger.add_counts(batch_id, index, **totals)
+        return run
+
+    def _answer(
+        self,
+        batch_id: str,
+        index: int,
+        run: _ShardRun,
+        position: int,
+        answer: LineAnswer,
+        ticket: IntakeTicket = NO_TICKET,
+    ) -> None:
+        """File one line's answer: committed with the next checkpoint, counted at once.
+
+        Committed first: whatever the live counters show is at least as much as the
+        checkpoint holds, so a kill right after a count never costs a recompute.
+        """
+        run.answers[position] = (answer.line, answer.ok)
+        entry = CommittedLine(
+            position=position, ok=answer.ok, counts=answer.counts, line=answer.line
+        )
+        run.committed.append(entry)
+        if run.commit_due() and self._save(batch_id, index, run):
+            run.mark_committed()
+        self.ledger.add_counts(batch_id, index, **answer.counts)
+        ticket.answered()
 
     def _execute(self, batch: BatchRecord, index: int, ticket: IntakeTicket) -> ShardOutcome:
-        lines = self._lines(batch.id, index)
-        ticket.sized(len(lines))
-        run = _ShardRun(lines)
+        run = self._resume(batch.id, index, self._lines(batch.id, index))
+        ticket.sized(sum(answer is None for answer in run.answers))
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         priority = priority_of(batch.metadata)
         self.host.watch(batch.id)
         try:
             num_pending = 0
-            for position, line in enumerate(lines):
-                if isinstance(line, RejectedLine):  # its body failed validation at intake
-                    run.answers[position] = (rejected_line(line), False)
-                    self.ledger.add_counts(batch.id, index, failed=1)
-                    ticket.answered()
+            for position, line in enumerate(run.lines):
+                if run.answers[position] is not None:  # committed by an earlier run
                     continue
-                stopped = self.host.stop_reason(batch.id)
-                if stopped is not None:
-                    run.answers[position] = (self._stopped(line, stopped), False)
-                    self.ledger.add_counts(batch.id, index, failed=1)
-                    ticket.answered()
+                prepared = self._prepare(batch.id, line)
+                if isinstance(prepared, LineAnswer):
+                    self._answer(batch.id, index, run, position, prepared, ticket)
                     continue
-                try:
-                    requests = engine_requests(line.body)
-                    if isinstance(line.body, EmbeddingBody):
-                        self.host.engine.check_dimensions(line.body.dimensions)
-                except ValueError as exc:
-                    param = "dimensions" if isinstance(exc, InvalidRequestError) else None
-                    refused = refused_line(line.custom_id, str(exc), param=param)
-                    run.answers[position] = (refused, False)
-                    self.ledger.add_counts(batch.id, index, failed=1)
-                    ticket.answered()
-                    continue
-                run.parts[position] = [None] * len(requests)
-                for part, request in enumerate(requests):
+                run.parts[position] = [None] * len(prepared)
+                for part, request in enumerate(prepared):
                     request_id = f"{batch.id}/{index}/{position}/{part}"
                     run.origin[request_id] = (position, part)
                     self.host.submit(
@@ -226,26 +286,49 @@ class ShardRunner:
                     )
                     num_pending += 1
                     while num_pending and not results.empty():
-                        if self._collect(batch.id, index, run, results.get()):
-                            ticket.answered()
+                        self._collect(batch.id, index, run, results.get(), ticket)
                         num_pending -= 1
             for _ in range(num_pending):
-                if self._collect(batch.id, index, run, results.get()):
-                    ticket.answered()
+                self._collect(batch.id, index, run, results.get(), ticket)
         finally:
             self.host.unwatch(batch.id)
             if run.origin:  # this run failed: its requests must not outlive it in the engine
                 self.host.withdraw(set(run.origin))
-        outcome = ShardOutcome()
-        for answer in run.answers:
-            assert answer is not None, "every line of the shard has an answer"
-            line_out, ok = answer
-            (outcome.outputs if ok else outcome.errors).append(line_out)
-        return outcome
+            if run.num_uncommitted and None in run.answers:  # kept for the next run
+                self._save(batch.id, index, run)
+        return run.outcome()
 
-    def _collect(self, batch_id: str, index: int, run: _ShardRun, result: HostResult) -> bool:
-        """File one engine result under its line; answer the line once all its parts are in
-        (and say whether this result did)."""
+    def _save(self, batch_id: str, index: int, run: _ShardRun) -> bool:
+        """Commit the finished lines; a failed commit (storage down) only costs a rerun
+        more work, so it never fails the run."""
+        try:
+            write_checkpoint(self.storage, batch_id, index, run.committed)
+        except Exception:
+            log.exception("could not commit the finished lines of %s/%d", batch_id, index)
+            return False
+        return True
+
+    def _prepare(self, batch_id: str, line: ShardLine) -> LineAnswer | list[EngineRequest]:
+        """A line's engine requests, or its answer when it needs no engine: rejected at
+        intake, its batch stopping, or a request the engine refuses."""
+        if isinstance(line, RejectedLine):  # its body failed validation at intake
+            return LineAnswer(rejected_line(line), False, FAILED)
+        stopped = self.host.stop_reason(batch_id)
+        if stopped is not None:
+            return LineAnswer(self._stopped(line, stopped), False, FAILED)
+        try:
+            requests = engine_requests(line.body)
+            if isinstance(line.body, EmbeddingBody):
+                self.host.engine.check_dimensions(line.body.dimensions)
+        except ValueError as exc:
+            param = "dimensions" if isinstance(exc, InvalidRequestError) else None
+            return LineAnswer(refused_line(line.custom_id, str(exc), param=param), False, FAILED)
+        return requests
+
+    def _collect(
+        self, batch_id: str, index: int, run: _ShardRun, result: HostResult, ticket: IntakeTicket
+    ) -> None:
+        """File one engine result under its line; answer the line once all its parts are in."""
         if result.interrupted:
             # Not an answer: the shard must not be marked done; its task fails and the
             # shard runs again (a retry, or the broker's redelivery).
@@ -254,14 +337,12 @@ class ShardRunner:
         parts = run.parts[position]
         parts[part] = result
         if any(p is None for p in parts):
-            return False
+            return
         line = run.lines[position]
         assert not isinstance(line, RejectedLine), "a rejected line is never submitted"
         answer = line_answer(line, [p for p in parts if p is not None], self.host.engine.tokenizer)
-        run.answers[position] = (answer.line, answer.ok)
         del run.parts[position]
-        self.ledger.add_counts(batch_id, index, **answer.counts)
-        return True
+        self._answer(batch_id, index, run, position, answer, ticket)
 
     @staticmethod
     def _stopped(line: ShardLine, reason: str) -> OutputLine:

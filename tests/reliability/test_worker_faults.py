@@ -134,6 +134,42 @@ def test_a_sigkilled_workers_shards_run_again_without_waiting_the_visibility_tim
         print(f"first resend {resent_after_s:.1f} s after the kill; resent {sorted(resends)}")
 
 
+def wait_shard_count(stack: Stack, batch_id: str, at_least: int, worker: WorkerProcess) -> None:
+    """Until shard 0's live ``completed`` count (jobs/results.py) reaches ``at_least``."""
+    deadline = time.monotonic() + 120
+    key = f"{stack.settings.key_prefix}:shard_counts:{batch_id}"
+    client: Any = stack.redis
+    while int(client.hget(key, "0:completed") or 0) < at_least:
+        assert worker.process.poll() is None, worker.log_tail()
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.02)
+
+
+def test_a_rerun_computes_only_the_lines_its_killed_run_had_not_finished(
+    stack_parts: dict[str, object],
+) -> None:
+    """One 20-line shard on an engine of 2 sequences (lines finish two by two), committing
+    every line: SIGKILL once 18 lines are counted (90 %); the rerun runs only the 2 that
+    were in the engine. (benchmarks/checkpoint_rerun.py measures the shipped settings.)"""
+    knobs = {"shard_size": 20, "engine_max_num_seqs": 2, "shard_commit_lines": 1}
+    with fast_stack(**stack_parts, **knobs) as live:  # type: ignore[arg-type]
+        lines = long_lines("p", 20)
+        batch_id = submit(live, lines)
+        first = live.start_worker(concurrency=1)
+        wait_shard_count(live, batch_id, 18, first)
+        first.kill()
+        second = live.start_worker(concurrency=1)
+        assert_complete(live, batch_id, [line["custom_id"] for line in lines])
+        usage = live.client().batches.retrieve(batch_id).usage
+        assert usage is not None and usage.output_tokens == 24 * 20, "tokens counted once"
+        time.sleep(1)  # the second worker's last stats
+        rerun = worker_stats(live.redis, live.settings.key_prefix, second.name)
+        assert 1 <= rerun["num_submitted"] <= 2, rerun
+        share = rerun["num_batched_tokens"] / (usage.input_tokens + usage.output_tokens)
+        print(f"rerun: {rerun['num_submitted']:.0f} of 20 lines, {share:.1%} of the tokens")
+        assert share <= 0.15
+
+
 @pytest.mark.parametrize("crash_at", ["admit", "step"])
 def test_engine_exception_fails_only_the_marked_lines(
     stack_parts: dict[str, object], crash_at: str
