@@ -158,7 +158,11 @@ class EngineHost:
             self._queue_watcher.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the engine: every request in it is answered ``interrupted`` (its shard is
+        handed back), and what is submitted from now on is never run."""
         self._closing.set()
+        with self._room:
+            self._room.notify_all()  # a shard waiting for room sees the host closing
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         for watcher in (self._stop_watcher, self._queue_watcher):
@@ -176,10 +180,22 @@ class EngineHost:
         return self._load
 
     # -- what shard tasks call ---------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        """Whether the host is stopping: a shard waiting on it must hand its work back."""
+        return self._closing.is_set()
+
     def submit(self, submission: Submission) -> None:
-        """Queue a request for the engine; blocks while ``max_pending`` requests are pending."""
+        """Queue a request for the engine; blocks while ``max_pending`` requests are pending.
+
+        Once the host is closing, nothing is queued: the caller sees ``closing``.
+        """
         with self._room:
-            self._room.wait_for(lambda: self._num_pending < self._max_pending)
+            self._room.wait_for(
+                lambda: self._num_pending < self._max_pending or self._closing.is_set()
+            )
+            if self._closing.is_set():
+                return
             self._num_pending += 1
         with self._lock:
             self._stats.num_submitted += 1

@@ -7,6 +7,7 @@ task that needs it, never in ``worker_process_init`` (loading a model takes too 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -30,6 +31,8 @@ from worker.monitoring import StatsPublisher
 from worker.queue_probe import QueueProbe
 from worker.settings import WorkerSettings, get_worker_settings
 from worker.shard_runner import ShardLimits, ShardRunner
+
+log = logging.getLogger(__name__)
 
 _ENDED = {BatchStatus.CANCELLED: StopReason.CANCELLED, BatchStatus.EXPIRED: StopReason.EXPIRED}
 
@@ -130,6 +133,17 @@ class WorkerRuntime:
     def start(self) -> None:
         self.host.start()
         self.publisher.start()
+
+    def hand_back_after(self, grace_s: float) -> None:
+        """The worker is stopping: after ``grace_s`` close the engine, so that the shards
+        still running end ``interrupted`` and go back to the queue (worker/tasks.py)."""
+        timer = threading.Timer(grace_s, self._hand_back)
+        timer.daemon = True
+        timer.start()
+
+    def _hand_back(self) -> None:
+        log.warning("shutdown grace over: handing back the shards still running")
+        self.host.close()
 
     def close(self) -> None:
         self.publisher.close()

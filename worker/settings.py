@@ -22,6 +22,10 @@ class WorkerSettings(ServiceSettings):
     max_shard_deliveries: int = 5
     shard_lease_s: int = 30
     finalize_lock_s: int = 600
+    # On SIGTERM, running shards get this long to finish; then their requests are withdrawn,
+    # their finished lines kept and the shards handed back to the queue. Keep it below the
+    # orchestrator's grace period (Kubernetes terminationGracePeriodSeconds: 120).
+    shutdown_grace_s: float = Field(default=90.0, gt=0)
     # A running shard commits its finished lines after this many lines or seconds, so a
     # rerun after a crash computes only the rest (jobs/checkpoints.py).
     shard_commit_lines: int = Field(default=8, ge=1)

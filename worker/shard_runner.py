@@ -286,10 +286,10 @@ class ShardRunner:
                     )
                     num_pending += 1
                     while num_pending and not results.empty():
-                        self._collect(batch.id, index, run, results.get(), ticket)
+                        self._collect(batch.id, index, run, self._next(results), ticket)
                         num_pending -= 1
             for _ in range(num_pending):
-                self._collect(batch.id, index, run, results.get(), ticket)
+                self._collect(batch.id, index, run, self._next(results), ticket)
         finally:
             self.host.unwatch(batch.id)
             if run.origin:  # this run failed: its requests must not outlive it in the engine
@@ -307,6 +307,16 @@ class ShardRunner:
             log.exception("could not commit the finished lines of %s/%d", batch_id, index)
             return False
         return True
+
+    def _next(self, results: queue.SimpleQueue[HostResult]) -> HostResult:
+        """The next engine result; ``interrupted`` once the host closes without answering
+        (requests it never admitted get no result of their own)."""
+        while True:
+            try:
+                return results.get(timeout=1.0)
+            except queue.Empty:
+                if self.host.closing:
+                    return HostResult("", interrupted=True)
 
     def _prepare(self, batch_id: str, line: ShardLine) -> LineAnswer | list[EngineRequest]:
         """A line's engine requests, or its answer when it needs no engine: rejected at

@@ -12,6 +12,7 @@ from jobs.dispatch import RUN_SHARD_TASK
 from worker.app import celery_app
 from worker.beat import EXPIRE_TASK
 from worker.runtime import get_runtime
+from worker.shard_runner import ShardInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,15 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             return "invalid"
         try:
             outcome = runtime.runner.run(args.batch_id, args.shard_index, ticket)
+        except ShardInterrupted as exc:  # handed back on shutdown: another worker, now
+            raise again_later(self, exc, countdown=0) from exc
         except Exception as exc:
             raise again_later(self, exc) from exc
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome
 
 
-def again_later(task: Task, exc: Exception) -> Retry | Reject:
+def again_later(task: Task, exc: Exception, countdown: int | None = None) -> Retry | Reject:
     """What to raise so that a failed shard is never dropped.
 
     First choice: Celery's retry, a copy of the message with a countdown (5 s doubling, at
@@ -69,7 +72,8 @@ def again_later(task: Task, exc: Exception) -> Retry | Reject:
     with requeue: the message goes back to its queue, or, if Redis cannot be reached for
     that either, stays in kombu's unacked set and is restored after the visibility timeout.
     """
-    countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**task.request.retries)
+    if countdown is None:
+        countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**task.request.retries)
     try:
         return task.retry(exc=exc, countdown=countdown, throw=False)
     except Reject:

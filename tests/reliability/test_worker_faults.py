@@ -170,6 +170,37 @@ def test_a_rerun_computes_only_the_lines_its_killed_run_had_not_finished(
         assert share <= 0.15
 
 
+def test_sigterm_hands_back_a_long_shard_after_the_grace_keeping_its_finished_lines(
+    stack_parts: dict[str, object],
+) -> None:
+    """One 80-line shard on an engine of 2 sequences (many seconds of work), a grace of
+    2 s: the worker stops within seconds, not when the shard is done, and the next worker
+    runs only the lines the first had not finished."""
+    knobs = {
+        "shard_size": 80,
+        "engine_max_num_seqs": 2,
+        "shard_commit_lines": 1,
+        "shutdown_grace_s": 2,
+    }
+    with fast_stack(**stack_parts, **knobs) as live:  # type: ignore[arg-type]
+        lines = long_lines("g", 80)
+        batch_id = submit(live, lines)
+        first = live.start_worker(concurrency=1)
+        wait_shard_count(live, batch_id, 6, first)
+        stopping = time.monotonic()
+        first.stop()  # SIGTERM
+        stopped_after_s = time.monotonic() - stopping
+        assert first.process.returncode == 0, first.log_tail()
+        assert "handing back the shards still running" in first.log_tail(100_000)
+        second = live.start_worker(concurrency=1)
+        assert_complete(live, batch_id, [line["custom_id"] for line in lines])
+        time.sleep(1)  # the second worker's last stats
+        rerun = worker_stats(live.redis, live.settings.key_prefix, second.name)
+        print(f"stopped {stopped_after_s:.1f} s after SIGTERM; rerun {rerun['num_submitted']:.0f}")
+        assert stopped_after_s < 15, stopped_after_s
+        assert 1 <= rerun["num_submitted"] <= 80 - 6, rerun
+
+
 @pytest.mark.parametrize("crash_at", ["admit", "step"])
 def test_engine_exception_fails_only_the_marked_lines(
     stack_parts: dict[str, object], crash_at: str
