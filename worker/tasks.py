@@ -60,6 +60,17 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
     return outcome
 
 
+def retry_countdown(retries: int, visibility_timeout_s: float) -> int:
+    """5 s doubling, at most 10 min, and at most half the visibility timeout.
+
+    A retry waits out its countdown in kombu's ``unacked`` set, aged from its delivery: a
+    countdown past the visibility timeout would have the message restored and delivered
+    again before it is due, over and over.
+    """
+    backoff = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**retries)
+    return max(0, min(backoff, int(visibility_timeout_s // 2)))
+
+
 def again_later(task: Task, exc: Exception, countdown: int | None = None) -> Retry | Reject:
     """What to raise so that a failed shard is never dropped.
 
@@ -73,7 +84,8 @@ def again_later(task: Task, exc: Exception, countdown: int | None = None) -> Ret
     that either, stays in kombu's unacked set and is restored after the visibility timeout.
     """
     if countdown is None:
-        countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**task.request.retries)
+        visibility_s = get_runtime().settings.visibility_timeout_s
+        countdown = retry_countdown(task.request.retries, visibility_s)
     try:
         return task.retry(exc=exc, countdown=countdown, throw=False)
     except Reject:
