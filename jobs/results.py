@@ -5,6 +5,8 @@ nothing it does may add up twice:
 
     storage  results/{batch}/{shard:05d}.jsonl          successes, in input order
              results/{batch}/{shard:05d}.errors.jsonl   failures, in input order
+             results/{batch}/{shard:05d}.partial.jsonl  lines a running shard finished
+                                                         (jobs/checkpoints.py)
     redis    P:shards_done:{batch}        set   shard indexes whose two objects are final
              P:shard_deliveries:{batch}   hash  shard index -> times a task started it
              P:shard_counts:{batch}       hash  "{shard}:{counter}" -> what that run added
@@ -19,8 +21,8 @@ nothing it does may add up twice:
              P:finalize:{batch}           lock  one finalizer at a time
 
 A rerun of a half-done shard first takes back what its previous run added to the batch's
-live counters, then recomputes and overwrites both objects; a shard already in the done set
-is not run again.
+live counters, counts again the lines that run committed, computes the rest and overwrites
+both objects; a shard already in the done set is not run again.
 """
 
 from __future__ import annotations
