@@ -91,7 +91,14 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
             resends_key = f"{settings.key_prefix}:shard_resends:{batch_id}"
             deliveries_key = f"{settings.key_prefix}:shard_deliveries:{batch_id}"
             resent = wait_for("resend", lambda: client.hlen(resends_key) > 0, 600, 0.2)
-            rerun = wait_for("rerun", lambda: int(client.hget(deliveries_key, "0") or 0) > 1, 600)
+            rerun = wait_for(
+                "rerun",  # a second start, or the batch already ended (its bookkeeping gone)
+                lambda: (
+                    int(client.hget(deliveries_key, "0") or 0) > 1
+                    or client.hget(batch_key, "status") in ("finalizing", "completed", "failed")
+                ),
+                600,
+            )
             batch = wait_batch(api, batch_id, {"completed", "failed"}, timeout_s=900)
             ended = time.monotonic()
             time.sleep(3)  # the second worker's last stats (published every 2 s)
