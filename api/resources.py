@@ -13,7 +13,12 @@ from api.settings import Settings
 from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_dispatch import open_fair_queue
 from jobs.pipeline.intake import BatchIntake
-from jobs.service_settings import open_storage
+from jobs.service_settings import (
+    SENTINEL_SCHEME,
+    check_redis_policies,
+    open_storage,
+    redis_client,
+)
 from jobs.state.ids import BatchId
 from jobs.state.service_stats import QueueProbe
 from jobs.state.store import JobStore
@@ -35,8 +40,11 @@ class Resources:
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
-        pool = redis.ConnectionPool.from_url(settings.redis_url, decode_responses=True)
-        store = JobStore(redis.Redis(connection_pool=pool), settings.key_prefix)
+        check_redis_policies(settings)
+        master = settings.redis_sentinel_master
+        state = redis_client(settings.redis_url, master, decode_responses=True)
+        pool = state.connection_pool
+        store = JobStore(state, settings.key_prefix)
         storage = open_storage(settings)
         dispatcher = ShardDispatcher(
             settings.resolved_broker_url,
@@ -54,8 +62,8 @@ class Resources:
         executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
         broker = settings.resolved_broker_url
         probe = None
-        if broker.startswith(("redis://", "rediss://", "unix://")):
-            client = redis.Redis.from_url(broker, decode_responses=True)
+        if broker.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+            client = redis_client(broker, master, decode_responses=True)
             probe = QueueProbe(client, settings.resolved_broker_key_prefix)
         collector = ServiceCollector(store, probe, [settings.shard_queue])
         return cls(settings, pool, store, storage, dispatcher, intake, executor, collector)

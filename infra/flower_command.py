@@ -2,6 +2,11 @@
 
 Flower can revoke tasks and shut workers down, so it refuses to start without
 ``KVBATCH_FLOWER_BASIC_AUTH=user:password`` and binds 127.0.0.1 unless told otherwise.
+
+Flower exempts ``/metrics`` from its own auth by design (anyone reaching the port reads
+every task name, worker and queue); :func:`require_auth_for_metrics` puts it behind the
+same basic auth as the rest, so a Prometheus scrapes it with ``basic_auth`` credentials.
+``/healthcheck`` (a bare "OK") stays open for liveness probes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,23 @@ def flower_argv(settings: FlowerSettings) -> list[str]:
     ]
 
 
+def require_auth_for_metrics() -> None:
+    """Serve Flower's ``/metrics`` only to authenticated requests (a 401 otherwise)."""
+    import tornado.web
+    from flower import urls
+    from flower.views.monitor import Metrics
+
+    class AuthenticatedMetrics(Metrics):
+        @tornado.web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    # Flower builds its application from this very list (flower/app.py) when it starts.
+    for position, entry in enumerate(urls.handlers):
+        if isinstance(entry, tuple) and entry[1] is Metrics:
+            urls.handlers[position] = (entry[0], AuthenticatedMetrics, *entry[2:])
+
+
 def add_flower_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "flower", help="Flower (task monitor) behind basic auth, on the workers' broker"
@@ -56,5 +78,6 @@ def _run_flower(args: argparse.Namespace) -> int:
         return 2
     from worker.app import celery_app
 
+    require_auth_for_metrics()
     celery_app.start(argv=argv)
     return 0

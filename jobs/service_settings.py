@@ -13,20 +13,26 @@ import redis
 from pydantic_settings import SettingsConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from jobs.pipeline.fair_share import FairShareSettings
+from jobs.state.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
 from jobs.webhooks.settings import WebhookSettings
 
 # Celery's Redis transport consumes priority 0 first: keep one list per level 0-9 so that
 # every metadata.priority value is its own step (kombu's default merges them into 0/3/6/9).
 PRIORITY_STEPS = list(range(10))
+SENTINEL_SCHEME = "sentinel://"
 
 
 class ServiceSettings(WebhookSettings, FairShareSettings):
     model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
 
+    # ``redis://`` or, for Redis Sentinel, ``sentinel://h1:26379;sentinel://h2:26379/0``
+    # (the same form serves as ``broker_url``); the master's name is ``redis_sentinel_master``.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinel_master: str = "mymaster"
     key_prefix: str = "kvbatch"
     broker_url: str | None = None
     shard_queue: str = "kvbatch.shards"
@@ -49,6 +55,8 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
 
     # How long a worker's Redis commands keep retrying through a Redis restart (seconds).
     redis_ride_out_s: float = 30.0
+    # Start even on a Redis whose maxmemory-policy may evict keys (jobs/state/redis_policy.py).
+    allow_evicting_redis: bool = False
 
     @property
     def resolved_broker_url(self) -> str:
@@ -56,6 +64,8 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
 
     def broker_transport_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"priority_steps": PRIORITY_STEPS}
+        if self.resolved_broker_url.startswith(SENTINEL_SCHEME):
+            options["master_name"] = self.redis_sentinel_master
         if self.resolved_broker_key_prefix:
             options["global_keyprefix"] = self.resolved_broker_key_prefix
         return options
@@ -66,6 +76,18 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
         if self.broker_key_prefix is not None:
             return self.broker_key_prefix
         return f"{self.key_prefix}:broker:"
+
+
+def check_redis_policies(settings: ServiceSettings) -> None:
+    """Refuse to run on a state store or broker Redis that may evict keys (start-up)."""
+    urls = {"KVBATCH_REDIS_URL": settings.redis_url, "the broker": settings.resolved_broker_url}
+    for what, url in urls.items():
+        if url.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+            client = redis_client(url, settings.redis_sentinel_master, decode_responses=True)
+            try:
+                check_eviction_policy(client, what, settings.allow_evicting_redis)
+            finally:
+                client.close()
 
 
 def open_storage(settings: ServiceSettings) -> Storage:
@@ -98,6 +120,27 @@ def open_redis(settings: ServiceSettings) -> redis.Redis:
     while waited < settings.redis_ride_out_s:
         retries += 1
         waited += backoff.compute(retries)
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, retry=Retry(backoff, retries)
+    return redis_client(
+        settings.redis_url,
+        settings.redis_sentinel_master,
+        decode_responses=True,
+        retry=Retry(backoff, retries),
     )
+
+
+def redis_client(url: str, sentinel_master: str, **options: Any) -> redis.Redis:
+    """A client for ``url``; for a ``sentinel://`` URL, one that follows the master the
+    sentinels name, reconnecting to the new one after a failover."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return redis.Redis.from_url(url, **options)
+    nodes, db = [], "0"
+    for part in url.split(";"):
+        address, _, path = part.removeprefix(SENTINEL_SCHEME).partition("/")
+        host, _, port = address.partition(":")
+        if not host or not (port or "0").isdigit():
+            raise ValueError(f"not a sentinel URL: {url!r} (sentinel://host:port;...[/db])")
+        nodes.append((host, int(port or 26379)))
+        db = path or db
+    sentinel = Sentinel(nodes, socket_timeout=options.get("socket_timeout", 5.0))
+    client: redis.Redis = sentinel.master_for(sentinel_master, db=int(db), **options)
+    return client

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-from tests.tiny_models import build_tiny_model
+from infra.harness.tiny_models import build_tiny_model
 
 TINY_KINDS = ("llama", "qwen2", "qwen3")
 

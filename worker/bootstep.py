@@ -55,6 +55,15 @@ def _nothing() -> None:
     """What the woken event loop runs: it then polls the broker with the gate open."""
 
 
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    """SIGTERM (warm shutdown, which by itself waits for running tasks without limit):
+    the shards still running after ``shutdown_grace_s`` are handed back."""
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.hand_back_after(runtime.settings.shutdown_grace_s)
+
+
 @signals.task_received.connect
 def _on_task_received(request: Any, **_: Any) -> None:
     """In the consumer's thread, right after a fetch: the intake may close its gate.

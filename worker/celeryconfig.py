@@ -38,6 +38,9 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "broker_url": settings.resolved_broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
+        # Celery's default (100 attempts) makes a worker exit during a long broker outage;
+        # it keeps trying instead, and its shards stay leased or come back as usual.
+        "broker_connection_max_retries": None,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_backend": None,

@@ -73,8 +73,8 @@ class EngineHost:
         self._factory = engine_factory
         self._queue_depth = queue_depth
         self._stop_poll_s = stop_poll_s
-        self._inbox = SubmissionQueue(max_pending)
         self._closing = threading.Event()
+        self._inbox = SubmissionQueue(max_pending, self._closing)
         self._stops = StopWatcher(stop_checker, stop_poll_s, self._closing)
         self._isolation = StepIsolation()
         self._lock = threading.Lock()  # guards stats and _throughput
@@ -104,7 +104,10 @@ class EngineHost:
             self._queue_watcher.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the engine: every request in it is answered ``interrupted`` (its shard is
+        handed back), and what is submitted from now on is never run."""
         self._closing.set()
+        self._inbox.wake()  # a shard waiting for room sees the host closing
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         self._stops.join(timeout_s)
@@ -122,9 +125,18 @@ class EngineHost:
         return self._load
 
     # -- what shard tasks call ---------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        """Whether the host is stopping: a shard waiting on it must hand its work back."""
+        return self._closing.is_set()
+
     def submit(self, submission: Submission) -> None:
-        """Queue a request for the engine; blocks while ``max_pending`` requests are pending."""
-        self._inbox.put(submission)
+        """Queue a request for the engine; blocks while ``max_pending`` requests are pending.
+
+        Once the host is closing, nothing is queued: the caller sees ``closing``.
+        """
+        if not self._inbox.put(submission):
+            return
         with self._lock:
             self._stats.num_submitted += 1
 

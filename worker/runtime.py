@@ -7,6 +7,7 @@ task that needs it, never in ``worker_process_init`` (loading a model takes too 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -18,7 +19,8 @@ from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_dispatch import open_fair_queue
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
-from jobs.service_settings import open_redis, open_storage
+from jobs.service_settings import check_redis_policies, open_redis, open_storage
+from jobs.state.checkpoints import CommitPolicy
 from jobs.state.shard_ledger import ShardLedger, StopReason
 from jobs.state.store import JobStore
 from worker.engine_host import EngineHost
@@ -29,10 +31,13 @@ from worker.queue_probe import QueueProbe
 from worker.settings import WorkerSettings, get_worker_settings
 from worker.shard_runner import ShardLimits, ShardRunner
 
+log = logging.getLogger(__name__)
+
 
 class WorkerRuntime:
     def __init__(self, settings: WorkerSettings, hostname: str) -> None:
         self.settings = settings
+        check_redis_policies(settings)
         self.redis = open_redis(settings)
         self.store = JobStore(self.redis, settings.key_prefix)
         self.ledger = ShardLedger(self.redis, self.store)
@@ -82,6 +87,7 @@ class WorkerRuntime:
                 max_deliveries=settings.max_shard_deliveries,
                 lease_s=settings.shard_lease_s,
                 max_line_bytes=settings.max_line_bytes,
+                commit=CommitPolicy(settings.shard_commit_lines, settings.shard_commit_interval_s),
             ),
         )
         self.publisher = StatsPublisher(
@@ -125,6 +131,17 @@ class WorkerRuntime:
     def start(self) -> None:
         self.host.start()
         self.publisher.start()
+
+    def hand_back_after(self, grace_s: float) -> None:
+        """The worker is stopping: after ``grace_s`` close the engine, so that the shards
+        still running end ``interrupted`` and go back to the queue (worker/tasks.py)."""
+        timer = threading.Timer(grace_s, self._hand_back)
+        timer.daemon = True
+        timer.start()
+
+    def _hand_back(self) -> None:
+        log.warning("shutdown grace over: handing back the shards still running")
+        self.host.close()
 
     def close(self) -> None:
         self.publisher.close()

@@ -30,6 +30,14 @@ class WorkerSettings(ServiceSettings):
     max_shard_deliveries: int = 5
     shard_lease_s: int = 30
     finalize_lock_s: int = 600
+    # On SIGTERM, running shards get this long to finish; then their requests are withdrawn,
+    # their finished lines kept and the shards handed back to the queue. Keep it below the
+    # orchestrator's grace period (Kubernetes terminationGracePeriodSeconds: 120).
+    shutdown_grace_s: float = Field(default=90.0, gt=0)
+    # A running shard commits its finished lines after this many lines or seconds, so a
+    # rerun after a crash computes only the rest (jobs/state/checkpoints.py).
+    shard_commit_lines: int = Field(default=8, ge=1)
+    shard_commit_interval_s: float = Field(default=2.0, gt=0)
 
     # Scheduling inside one worker process. How many shards a worker takes is decided by its
     # intake from the engine's capacity (worker/intake.py); ``shard_threads`` only bounds

@@ -5,8 +5,9 @@ load batch ─► terminal / done? ──► nothing to do (a redelivery)
     ├─ take the lease (busy? retry later), count the delivery, no finalizer yet?
     ├─ rerun of a half-done shard? take back what the last run counted
     ├─ over max deliveries? every line becomes a ``shard_failed`` error
-    ├─ else submit each line (waiting for room), collect results as they come,
-    │  counting completed/failed and tokens live
+    ├─ else resume from the lines earlier runs committed (jobs/state/checkpoints.py), submit
+    │  the others (waiting for room), collect results as they come, counting
+    │  completed/failed and tokens live and committing finished lines every few seconds
     ├─ write results/{batch}/{shard}.jsonl + .errors.jsonl, mark the shard done
     └─ drop the lease, try to finalize the batch
 """
@@ -25,6 +26,13 @@ from dataclasses import dataclass, field
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.shards import shard_key
+from jobs.state.checkpoints import (
+    CommitPolicy,
+    CommittedLine,
+    drop_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from jobs.state.records import BatchRecord
 from jobs.state.shard_ledger import ShardLedger, ShardOutcome, write_shard_results
 from jobs.state.status import BatchStatus
@@ -36,9 +44,11 @@ from worker.engine_requests import EngineRequest
 from worker.host_records import HostResult, Interrupted, Submission
 from worker.intake import NO_TICKET, IntakeTicket
 from worker.line_parts import PendingLines, requests_of
-from worker.output_lines import error_line, rejected_line, stopped_line
+from worker.output_lines import LineAnswer, error_line, rejected_line, stopped_line
 
 log = logging.getLogger(__name__)
+
+FAILED = {"failed": 1}  # what a line answered with an error adds to its batch's counts
 
 
 class ShardInterrupted(Exception):
@@ -54,18 +64,44 @@ class ShardLimits:
     max_deliveries: int = 5
     lease_s: int = 30
     max_line_bytes: int = 2_000_000
+    commit: CommitPolicy = field(default_factory=CommitPolicy)
 
 
 @dataclass(slots=True)
 class _ShardRun:
-    """One run of a shard: each line's answer, and the lines whose requests are still out."""
+    """One run of a shard: each line's answer, and the lines whose requests are still out.
+
+    ``committed`` holds every answered line (the checkpoint's content); the last
+    ``num_uncommitted`` of them are not in the stored checkpoint yet.
+    """
 
     lines: list[ShardLine]
     pending: PendingLines
+    policy: CommitPolicy
     answers: list[tuple[OutputLine, bool] | None] = field(init=False)
+    committed: list[CommittedLine] = field(default_factory=list)
+    num_uncommitted: int = 0
+    last_commit: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.answers = [None] * len(self.lines)
+
+    def commit_due(self) -> bool:
+        self.num_uncommitted += 1
+        elapsed = time.monotonic() - self.last_commit
+        return self.num_uncommitted >= self.policy.every_lines or elapsed >= self.policy.every_s
+
+    def mark_committed(self) -> None:
+        self.num_uncommitted = 0
+        self.last_commit = time.monotonic()
+
+    def outcome(self) -> ShardOutcome:
+        outcome = ShardOutcome()
+        for answer in self.answers:
+            assert answer is not None, "every line of the shard has an answer"
+            line_out, ok = answer
+            (outcome.outputs if ok else outcome.errors).append(line_out)
+        return outcome
 
 
 @dataclass(slots=True)
@@ -103,6 +139,7 @@ class ShardRunner:
                 outcome = self._execute(batch, index, ticket)
             write_shard_results(self.storage, batch_id, index, outcome)
             self.ledger.mark_done(batch_id, index, len(outcome.outputs), len(outcome.errors))
+            drop_checkpoint(self.storage, batch_id, index)
         self.finalizer.try_finalize(batch.id)
         return "done"
 
@@ -117,6 +154,9 @@ class ShardRunner:
         token = secrets.token_hex(8)
         if not self.ledger.hold_lease(batch_id, index, ttl, token):
             raise ShardBusy(f"{batch_id}/{index} is running elsewhere")
+        # Started and not ended: should the lease lapse with this mark still set, the run
+        # died, and the watchdog sends the shard again at once (jobs/pipeline/watchdog.py).
+        self.ledger.mark_running(batch_id, index, token)
         stop = threading.Event()
 
         def renew() -> None:
@@ -134,6 +174,8 @@ class ShardRunner:
         finally:
             stop.set()
             renewer.join()
+            # The mark first: a mark without a lease, even for an instant, reads as a dead run.
+            self.ledger.clear_running(batch_id, index, token)
             self.ledger.drop_lease(batch_id, index, token)
 
     def _lines(self, batch_id: str, index: int) -> list[ShardLine]:
@@ -142,30 +184,73 @@ class ShardRunner:
         return [parse_shard_line(raw) for raw in raws if raw]
 
     def _give_up(self, batch: BatchRecord, index: int, deliveries: int) -> ShardOutcome:
-        """A shard that keeps killing its worker: answer every line with an error instead."""
+        """A shard that keeps killing its worker: answer every line not yet committed with
+        an error instead."""
         log.error("shard %s/%d delivered %d times; failing its lines", batch.id, index, deliveries)
         message = f"the shard was started {deliveries} times without finishing"
-        lines = [
-            error_line(line.custom_id, "shard_failed", message)
-            for line in self._lines(batch.id, index)
-        ]
-        self.ledger.add_counts(batch.id, index, failed=len(lines))
-        return ShardOutcome(errors=lines)
+        run = self._resume(batch.id, index, self._lines(batch.id, index))
+        for position, line in enumerate(run.lines):
+            if run.answers[position] is None:
+                failed = error_line(line.custom_id, "shard_failed", message)
+                self._answer(batch.id, index, run, position, LineAnswer(failed, False, FAILED))
+        return run.outcome()
+
+    def _resume(self, batch_id: str, index: int, lines: list[ShardLine]) -> _ShardRun:
+        """A run that starts from the lines earlier runs committed (jobs/state/checkpoints.py),
+        counting them again: ``take_back_counts`` took back all that earlier runs counted."""
+        run = _ShardRun(lines, PendingLines((batch_id, index)), self.limits.commit)
+        committed = read_checkpoint(self.storage, batch_id, index)
+        totals: dict[str, int] = {}
+        for position, entry in committed.items():
+            if position < len(lines) and entry.line.custom_id == lines[position].custom_id:
+                run.answers[position] = (entry.line, entry.ok)
+                run.committed.append(entry)
+                for name, value in entry.counts.items():
+                    totals[name] = totals.get(name, 0) + value
+        if run.committed:
+            log.info("shard %s/%d resumes with %d lines", batch_id, index, len(run.committed))
+            self.ledger.add_counts(batch_id, index, **totals)
+        return run
+
+    def _answer(
+        self,
+        batch_id: str,
+        index: int,
+        run: _ShardRun,
+        position: int,
+        answer: LineAnswer,
+        ticket: IntakeTicket = NO_TICKET,
+    ) -> None:
+        """File one line's answer: committed with the next checkpoint, counted at once.
+
+        Committed first: whatever the live counters show is at least as much as the
+        checkpoint holds, so a kill right after a count never costs a recompute.
+        """
+        run.answers[position] = (answer.line, answer.ok)
+        entry = CommittedLine(
+            position=position, ok=answer.ok, counts=answer.counts, line=answer.line
+        )
+        run.committed.append(entry)
+        if run.commit_due() and self._save(batch_id, index, run):
+            run.mark_committed()
+        self.ledger.add_counts(batch_id, index, **answer.counts)
+        ticket.answered()
 
     def _execute(self, batch: BatchRecord, index: int, ticket: IntakeTicket) -> ShardOutcome:
-        lines = self._lines(batch.id, index)
-        ticket.sized(len(lines))
-        run = _ShardRun(lines, PendingLines((batch.id, index)))
+        run = self._resume(batch.id, index, self._lines(batch.id, index))
+        ticket.sized(sum(answer is None for answer in run.answers))
         results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         priority = priority_of(batch.metadata)
         self.host.watch(batch.id)
         try:
-            for position, line in enumerate(lines):
+            for position, line in enumerate(run.lines):
+                if run.answers[position] is not None:  # committed by an earlier run
+                    continue
                 requests = self._prepare(batch.id, line)
                 if isinstance(requests, OutputLine):  # rejected, stopped or refused: answered
-                    run.answers[position] = (requests, False)
-                    self.ledger.add_counts(batch.id, index, failed=1)
-                    ticket.answered()
+                    self._answer(
+                        batch.id, index, run, position, LineAnswer(requests, False, FAILED), ticket
+                    )
                     continue
                 assert not isinstance(line, RejectedLine), "a rejected line makes no request"
                 keys = run.pending.add(position, line, len(requests))
@@ -178,17 +263,34 @@ class ShardRunner:
                     while not results.empty():
                         self._collect(batch.id, index, run, results.get(), ticket)
             while run.pending.pending:
-                self._collect(batch.id, index, run, results.get(), ticket)
+                self._collect(batch.id, index, run, self._next(results), ticket)
         finally:
             self.host.unwatch(batch.id)
             if run.pending.pending:  # this run failed: its requests must not outlive it
                 self.host.withdraw(set(run.pending.pending))
-        outcome = ShardOutcome()
-        for answer in run.answers:
-            assert answer is not None, "every line of the shard has an answer"
-            line_out, ok = answer
-            (outcome.outputs if ok else outcome.errors).append(line_out)
-        return outcome
+            if run.num_uncommitted and None in run.answers:  # kept for the next run
+                self._save(batch.id, index, run)
+        return run.outcome()
+
+    def _save(self, batch_id: str, index: int, run: _ShardRun) -> bool:
+        """Commit the finished lines; a failed commit (storage down) only costs a rerun
+        more work, so it never fails the run."""
+        try:
+            write_checkpoint(self.storage, batch_id, index, run.committed)
+        except Exception:
+            log.exception("could not commit the finished lines of %s/%d", batch_id, index)
+            return False
+        return True
+
+    def _next(self, results: queue.SimpleQueue[HostResult]) -> HostResult:
+        """The next engine result; ``Interrupted`` once the host closes without answering
+        (requests it never admitted get no result of their own)."""
+        while True:
+            try:
+                return results.get(timeout=1.0)
+            except queue.Empty:
+                if self.host.closing:
+                    return Interrupted(None)
 
     def _prepare(self, batch_id: str, line: ShardLine) -> list[EngineRequest] | OutputLine:
         """The line's engine requests, or its answer when it makes none."""
@@ -211,6 +313,4 @@ class ShardRunner:
         if done is None:
             return
         position, answer = done
-        run.answers[position] = (answer.line, answer.ok)
-        self.ledger.add_counts(batch_id, index, **answer.counts)
-        ticket.answered()
+        self._answer(batch_id, index, run, position, answer, ticket)

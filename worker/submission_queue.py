@@ -14,9 +14,10 @@ from worker.host_records import Submission, Withdrawal
 
 
 class SubmissionQueue:
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, closing: threading.Event) -> None:
         assert max_pending >= 1
         self._max_pending = max_pending
+        self._closing = closing
         self._items: queue.SimpleQueue[Submission | Withdrawal] = queue.SimpleQueue()
         self._room = threading.Condition()
         self._num_pending = 0
@@ -25,12 +26,23 @@ class SubmissionQueue:
     def num_pending(self) -> int:
         return self._num_pending
 
-    def put(self, submission: Submission) -> None:
-        """Queue a request; blocks while ``max_pending`` requests are pending."""
+    def put(self, submission: Submission) -> bool:
+        """Queue a request; blocks while ``max_pending`` requests are pending. False, and
+        nothing queued, once the host is closing."""
         with self._room:
-            self._room.wait_for(lambda: self._num_pending < self._max_pending)
+            self._room.wait_for(
+                lambda: self._num_pending < self._max_pending or self._closing.is_set()
+            )
+            if self._closing.is_set():
+                return False
             self._num_pending += 1
         self._items.put(submission)
+        return True
+
+    def wake(self) -> None:
+        """Wake every caller waiting for room (the host is closing)."""
+        with self._room:
+            self._room.notify_all()
 
     def put_withdrawal(self, withdrawal: Withdrawal) -> None:
         """Queue a withdrawal behind what is queued (it takes no slot)."""

@@ -14,6 +14,7 @@ from jobs.pipeline.file_expiry import sweep_expired_files
 from worker.app import celery_app
 from worker.beat import EXPIRE_TASK
 from worker.runtime import WorkerRuntime, get_runtime
+from worker.shard_runner import ShardInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             return "invalid"
         try:
             outcome = runtime.runner.run(args.batch_id, args.shard_index, ticket)
+        except ShardInterrupted as exc:  # handed back on shutdown: another worker, now
+            raise again_later(self, exc, countdown=0) from exc
         except Exception as exc:
             raise again_later(self, exc) from exc
     release_fair_share(runtime)
@@ -60,7 +63,18 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
     return outcome
 
 
-def again_later(task: Task, exc: Exception) -> Retry | Reject:
+def retry_countdown(retries: int, visibility_timeout_s: float) -> int:
+    """5 s doubling, at most 10 min, and at most half the visibility timeout.
+
+    A retry waits out its countdown in kombu's ``unacked`` set, aged from its delivery: a
+    countdown past the visibility timeout would have the message restored and delivered
+    again before it is due, over and over.
+    """
+    backoff = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**retries)
+    return max(0, min(backoff, int(visibility_timeout_s // 2)))
+
+
+def again_later(task: Task, exc: Exception, countdown: int | None = None) -> Retry | Reject:
     """What to raise so that a failed shard is never dropped.
 
     First choice: Celery's retry, a copy of the message with a countdown (5 s doubling, at
@@ -72,7 +86,9 @@ def again_later(task: Task, exc: Exception) -> Retry | Reject:
     with requeue: the message goes back to its queue, or, if Redis cannot be reached for
     that either, stays in kombu's unacked set and is restored after the visibility timeout.
     """
-    countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2**task.request.retries)
+    if countdown is None:
+        visibility_s = get_runtime().settings.visibility_timeout_s
+        countdown = retry_countdown(task.request.retries, visibility_s)
     try:
         return task.retry(exc=exc, countdown=countdown, throw=False)
     except Reject:
@@ -93,7 +109,7 @@ def expire_batches() -> list[str]:
 
 
 def release_fair_share(runtime: WorkerRuntime) -> None:
-    """Let the next tenants' shards into the broker (jobs/fair_share.py); a failure here
+    """Let the next tenants' shards into the broker (jobs/pipeline/fair_share.py); a failure here
     costs only latency: the next shard or sweep pumps again."""
     try:
         runtime.fair.pump()

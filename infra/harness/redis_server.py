@@ -77,8 +77,11 @@ def with_port(url: str, port: int) -> str:
     return urlunsplit((parts.scheme or "redis", netloc, parts.path, parts.query, ""))
 
 
-def start_redis(port: int, data_dir: Path, log_path: Path) -> ManagedProcess:
-    """Start ``redis-server`` on 127.0.0.1:``port`` with AOF under ``data_dir``."""
+def start_redis(
+    port: int, data_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()
+) -> ManagedProcess:
+    """Start ``redis-server`` on 127.0.0.1:``port`` with AOF under ``data_dir``;
+    ``extra_args`` are more of its options (``--replicaof``, ``--maxmemory-policy``)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisServerError(
@@ -97,6 +100,7 @@ def start_redis(port: int, data_dir: Path, log_path: Path) -> ManagedProcess:
         "--save", "",
         "--daemonize", "no",
         "--logfile", "",
+        *extra_args,
     ]  # fmt: skip
     return ManagedProcess("redis", argv, log_path)
 
@@ -105,14 +109,17 @@ class RedisServer:
     """A private ``redis-server`` on a free loopback port (AOF on), stoppable and restartable
     with its data: for tests that break Redis on purpose, never the shared one."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra_args: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra_args = extra_args
         self._process: ManagedProcess | None = None
 
     def start(self, timeout_s: float = 20.0) -> None:
-        self._process = start_redis(self.port, self.data_dir, self.data_dir / "redis.log")
+        self._process = start_redis(
+            self.port, self.data_dir, self.data_dir / "redis.log", self.extra_args
+        )
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -92,16 +92,14 @@ class BatchFinalizer:
         all_done = len(self.ledger.done_shards(batch_id)) >= batch.num_shards
         if stop is None and not all_done:
             return None
-        if not self.ledger.acquire_finalizer(batch_id, self.lock_ttl_s):
-            return None
-        try:
+        with self.ledger.finalizer_lock(batch_id, self.lock_ttl_s) as held:
+            if not held:
+                return None
             if not all_done and self.ledger.any_lease(batch_id, batch.num_shards):
                 return None
             if all_done and stop is StopReason.EXPIRED and not self.ledger.stop_flag(batch_id):
                 stop = None  # every shard finished before anything was stopped
             return self._finalize(batch, stop)
-        finally:
-            self.ledger.release_finalizer(batch_id)
 
     def _finalize(self, batch: BatchRecord, stop: StopReason | None) -> BatchStatus | None:
         now = int(self.clock())

@@ -50,7 +50,7 @@ class IntakeResult:
     num_shards: int = 0
     model: str | None = None
     json_schema: str | None = None  # the one response_format schema of every line
-    enqueued_tokens: int = 0  # its quota estimate (jobs/quotas.py)
+    enqueued_tokens: int = 0  # its quota estimate (jobs/state/quotas.py)
 
 
 @dataclass(slots=True)
@@ -65,15 +65,15 @@ class BatchIntake:
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
-        if not self.store.acquire_intake(batch_id, INTAKE_LOCK_S):
-            return
-        try:
-            batch = self.store.load_batch(batch_id)
-            if batch is not None and batch.status is BatchStatus.VALIDATING:
-                self._intake(batch)
-        finally:
-            self.store.done_validating(batch_id)
-            self.store.release_intake(batch_id)
+        with self.store.intake_lock(batch_id, INTAKE_LOCK_S) as held:
+            if not held:
+                return
+            try:
+                batch = self.store.load_batch(batch_id)
+                if batch is not None and batch.status is BatchStatus.VALIDATING:
+                    self._intake(batch)
+            finally:
+                self.store.done_validating(batch_id)
 
     def _now(self) -> int:
         return int(self.clock())

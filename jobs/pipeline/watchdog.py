@@ -1,19 +1,26 @@
-"""Sending a shard's message again when it has vanished from the broker.
+"""Sending a shard's message again when its run died or the broker lost it.
 
-Celery's Redis transport takes a message off its queue (``BRPOP``) and records it as
-unacknowledged in a second round trip. If Redis stops between the two, the message is
-nowhere in Redis: only the worker's memory held it, and that copy dies with the connection.
-Seen in our Redis-restart test: the queue's ``RPOP`` is in the AOF, the unacked ``HSET`` is
-not, and the shard never ran again. Nothing else would ever send it, so the batch would stay
-``in_progress`` until it expired.
+Two ways a shard of an ``in_progress`` batch can stall, and what the periodic sweep does:
 
-The watchdog runs with the periodic sweep. A shard of an ``in_progress`` batch that is not
-done, is not running (no lease) and has shown no sign of life (a run starting, or an
-earlier resend) for ``silence_s`` gets its message sent again. ``silence_s`` is set well
-above the visibility timeout, after which the broker itself brings back the messages of
-dead workers. A shard that was only waiting in a long queue may therefore get a second
-message. That is harmless: runs of one shard take turns under its lease, and a run of a
-shard already done does nothing.
+- **Its run died** (SIGKILL, OOM, a lost node). With the ``threads`` pool Celery never
+  notices: the message comes back only after the broker's visibility timeout (an hour by
+  default). But every run marks its shard running (``P:shard_running``) under its lease,
+  renewed every third of ``shard_lease_s``, and clears the mark however it ends. A mark
+  whose lease has lapsed is a dead run: the shard is sent again at once, so a dead worker's
+  shard runs again about ``shard_lease_s`` plus one sweep interval after the kill. A shard
+  that is only queued (no worker's intake had room to start it) has no mark and is left
+  where it is.
+- **Its message vanished.** Celery's Redis transport takes a message off its queue
+  (``BRPOP``) and records it as unacknowledged in a second round trip. If Redis stops
+  between the two, the message is nowhere in Redis (seen in our Redis-restart test: the
+  queue's ``RPOP`` is in the AOF, the unacked ``HSET`` is not) and nothing would ever send
+  it. A shard that is not done, not running (no lease) and has shown no sign of life (a run
+  starting, or an earlier resend) for ``silence_s`` gets its message sent again.
+  ``silence_s`` is set well above the visibility timeout, so a shard merely waiting in a
+  long queue is rarely resent; when it is, that is harmless.
+
+A second message for a shard is always harmless: runs of one shard take turns under its
+lease, and a run of a shard already done does nothing.
 """
 
 from __future__ import annotations
@@ -65,14 +72,23 @@ class ShardWatchdog:
         now = self.clock()
         started = float(batch.timestamps.get("in_progress_at", now))  # when intake sent them
         seen = self.ledger.last_seen(batch_id)
+        running = self.ledger.running(batch_id)  # read before the leases: see ShardRunner._lease
         leased = self.ledger.leased(batch_id, undone)
         quiet = {index: now - max(started, seen.get(index, 0.0)) for index in undone}
+        dead = [i for i in undone if i in running and i not in leased]
         silent = [i for i in undone if i not in leased and quiet[i] > self.silence_s]
+        resend = sorted({*dead, *silent})
         priority = priority_of(batch.metadata)
-        for index in silent:
-            log.warning(
-                "shard %s/%d silent for %.0f s: sending it again", batch_id, index, quiet[index]
-            )
+        for index in resend:
+            if index in running:
+                log.warning("the run of shard %s/%d died: sending it again", batch_id, index)
+            else:
+                log.warning(
+                    "shard %s/%d silent for %.0f s: sending it again", batch_id, index, quiet[index]
+                )
             self.sender.dispatch(batch_id, index, priority)
-        self.ledger.mark_seen(batch_id, silent, now)
-        return silent
+            if index in running:  # sent: the dead run is accounted for (unless one replaced it)
+                self.ledger.clear_running(batch_id, index, running[index])
+            self.ledger.count_resend(batch_id, index)
+        self.ledger.mark_seen(batch_id, resend, now)
+        return resend

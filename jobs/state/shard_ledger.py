@@ -5,6 +5,8 @@ nothing it does may add up twice:
 
     storage  results/{batch}/{shard:05d}.jsonl          successes, in input order
              results/{batch}/{shard:05d}.errors.jsonl   failures, in input order
+             results/{batch}/{shard:05d}.partial.jsonl  lines a running shard finished
+                                                         (jobs/state/checkpoints.py)
     redis    P:shards_done:{batch}        set   shard indexes whose two objects are final
              P:shard_deliveries:{batch}   hash  shard index -> times a task started it
              P:shard_counts:{batch}       hash  "{shard}:{counter}" -> what that run added
@@ -13,22 +15,28 @@ nothing it does may add up twice:
                                                 (or the watchdog last sent it again)
              P:shards_order:{batch}       list  shard indexes in the order they were done
              P:shard_lines:{batch}        hash  shard index -> "{outputs} {errors}" lines
+             P:shard_running:{batch}      hash  shard index -> lease token of the run that
+                                                started it and has not ended (cleared by that
+                                                run, however it ends, unless it died)
+             P:shard_resends:{batch}      hash  shard index -> times the watchdog resent it
              P:stop:{batch}               str   why the batch stops early ("expired")
              P:finalize:{batch}           lock  one finalizer at a time
 
 A rerun of a half-done shard first takes back what its previous run added to the batch's
-live counters, then recomputes and overwrites both objects; a shard already in the done set
-is not run again.
+live counters, counts again the lines that run committed, computes the rest and overwrites
+both objects; a shard already in the done set is not run again.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import redis
 
+from jobs.state.locks import owned_lock
 from jobs.state.records import COUNTER_FIELDS
 from jobs.state.status import BatchStatus
 from jobs.state.store import JobStore
@@ -46,7 +54,7 @@ return 1
 """
 # Mark a shard done once: KEYS done set, order list, line counts, batch hash;
 # ARGV index, outputs, errors, ttl. The first mark appends the shard to the order that
-# jobs/live_results.py pages through and counts its lines as downloadable.
+# jobs/pipeline/live_results.py pages through and counts its lines as downloadable.
 _MARK_DONE = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -58,6 +66,13 @@ return redis.call('SCARD', KEYS[1])
 """
 _DROP_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Compare-and-delete on one hash field: KEYS[1] hash, ARGV field, value it must hold.
+_CLEAR_FIELD = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 return 0
 """
 
@@ -211,6 +226,36 @@ class ShardLedger:
         keys = [self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)]
         return bool(keys) and int(self._redis.exists(*keys)) > 0
 
+    # -- runs started and not ended: a lapsed lease among them is a dead run ---------------
+    def mark_running(self, batch_id: str, index: int, token: str) -> None:
+        key = self._key("shard_running", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, str(index), token)
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.execute()
+
+    def clear_running(self, batch_id: str, index: int, token: str) -> bool:
+        """Forget the run ``token`` of this shard, unless a later run has replaced it."""
+        key = self._key("shard_running", batch_id)
+        return bool(self._redis.eval(_CLEAR_FIELD, 1, key, str(index), token))
+
+    def running(self, batch_id: str) -> dict[int, str]:
+        """Shard index -> token of each run that started and has not ended (or died)."""
+        raw = self._redis.hgetall(self._key("shard_running", batch_id))
+        return {int(index): token for index, token in raw.items()}
+
+    def count_resend(self, batch_id: str, index: int) -> None:
+        key = self._key("shard_resends", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hincrby(key, str(index), 1)
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.execute()
+
+    def resends(self, batch_id: str) -> dict[int, int]:
+        """How many times the watchdog sent each shard again (kept until the TTL, to audit)."""
+        raw = self._redis.hgetall(self._key("shard_resends", batch_id))
+        return {int(index): int(count) for index, count in raw.items()}
+
     # -- signs of life: when each shard last had a message known to be live ------------------
     def mark_seen(self, batch_id: str, indices: list[int], now: float) -> None:
         if not indices:
@@ -233,14 +278,13 @@ class ShardLedger:
         raw = self._redis.get(self._key("stop", batch_id))
         return StopReason(raw) if raw else None
 
-    def acquire_finalizer(self, batch_id: str, ttl_s: int) -> bool:
-        return bool(self._redis.set(self._key("finalize", batch_id), "1", nx=True, ex=ttl_s))
+    def finalizer_lock(self, batch_id: str, ttl_s: int) -> AbstractContextManager[bool]:
+        """One finalizer per batch: yields whether this caller holds the lock
+        (jobs/state/locks.py)."""
+        return owned_lock(self._redis, self._key("finalize", batch_id), ttl_s)
 
     def finalizer_held(self, batch_id: str) -> bool:
         return bool(self._redis.exists(self._key("finalize", batch_id)))
-
-    def release_finalizer(self, batch_id: str) -> None:
-        self._redis.delete(self._key("finalize", batch_id))
 
     def forget(self, batch_id: str, num_shards: int) -> None:
         """Drop the bookkeeping of a finished batch (the done set stays to stop late reruns)."""
@@ -248,6 +292,7 @@ class ShardLedger:
             self._key("shard_deliveries", batch_id),
             self._key("shard_counts", batch_id),
             self._key("shard_seen", batch_id),
+            self._key("shard_running", batch_id),
             *(self._key("shard_lease", batch_id, str(i)) for i in range(num_shards)),
         ]
         self._redis.delete(*keys)

@@ -6,13 +6,13 @@ Layout under a configurable prefix ``P`` (tests use a unique one)::
     P:file:{id}                 hash  FileRecord
     P:batch:{id}                hash  BatchRecord (+ integer counter fields)
     P:files:{tenant}            zset  file ids scored by seq
-    P:file_expiry               zset  file ids scored by expires_at (jobs/file_expiry.py)
+    P:file_expiry               zset  file ids scored by expires_at (jobs/pipeline/file_expiry.py)
     P:stored_bytes              hash  tenant -> bytes of the files it holds
     P:batches:{tenant}          zset  batch ids scored by seq
     P:validating                set   batch ids whose input still needs validating
     P:stats:batch_status        hash  status -> batches in it, moved with every transition
     P:ended                     set   batch ids that ended and whose webhook event is not
-                                      yet queued (jobs/webhook_events.py)
+                                      yet queued (jobs/webhooks/events.py)
 
 Nothing lives only in a process: an API restart resumes every batch in ``P:validating``.
 """
@@ -20,12 +20,14 @@ Nothing lives only in a process: an API restart resumes every batch in ``P:valid
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import redis
 
 from jobs.state.ids import BatchId, TenantId
+from jobs.state.locks import owned_lock
 from jobs.state.records import BatchRecord, FileRecord
 from jobs.state.status import BatchStatus, sources_of
 
@@ -208,12 +210,10 @@ class JobStore:
     def validating_ids(self) -> list[BatchId]:
         return [BatchId(i) for i in self._redis.smembers(self.key("validating"))]
 
-    def acquire_intake(self, batch_id: BatchId, ttl_s: int) -> bool:
-        """One validator per batch even with several API processes."""
-        return bool(self._redis.set(self.key("intake", batch_id), "1", nx=True, ex=ttl_s))
-
-    def release_intake(self, batch_id: BatchId) -> None:
-        self._redis.delete(self.key("intake", batch_id))
+    def intake_lock(self, batch_id: BatchId, ttl_s: int) -> AbstractContextManager[bool]:
+        """One validator per batch even with several API processes: yields whether this
+        caller holds the lock, released on exit only while it still owns it."""
+        return owned_lock(self._redis, self.key("intake", batch_id), ttl_s)
 
     # -- pagination ----------------------------------------------------------------------
     def _page(

@@ -84,6 +84,8 @@ def test_compose_worker_reserves_a_gpu_and_flower_needs_auth(compose: dict[str, 
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     flower_env = compose["services"]["flower"]["environment"]
     assert flower_env["KVBATCH_FLOWER_BASIC_AUTH"].startswith("${KVBATCH_FLOWER_BASIC_AUTH:?")
+    assert compose["services"]["worker"]["stop_grace_period"] == "2m"
+    assert WorkerSettings().shutdown_grace_s + 20 <= 120, "the shards' grace fits in 2m"
 
 
 def test_compose_creates_the_bucket_the_services_use(compose: dict[str, Any]) -> None:
@@ -151,6 +153,9 @@ def test_k8s_worker_requests_a_gpu(k8s: list[dict[str, Any]]) -> None:
     resources = worker["containers"][0]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == 1
     assert worker["terminationGracePeriodSeconds"] >= 60
+    # SIGTERM: the shards' grace, then a hand-back that needs a few seconds more.
+    grace_s = WorkerSettings().shutdown_grace_s
+    assert worker["terminationGracePeriodSeconds"] >= grace_s + 20
 
 
 def test_k8s_services_select_their_pods_and_probes_exist(k8s: list[dict[str, Any]]) -> None:

@@ -110,3 +110,33 @@ def test_batches_that_need_no_more_runs_are_left_alone(
     watchdog = ShardWatchdog(store, ledger, sender, SILENCE_S, Clock(STARTED + 10 * SILENCE_S))
     assert watchdog.check(batch.id) == []
     assert sender.sent == []
+
+
+def test_a_dead_run_is_sent_again_at_once_and_a_queued_shard_is_not(
+    parts: tuple[JobStore, ShardLedger],
+) -> None:
+    """Well inside the silence: shard 0 ran and its lease lapsed (the worker died), shard 1
+    runs under a live lease, shard 2 only waits in the queue (no worker had room)."""
+    store, ledger = parts
+    batch = running_batch(store, num_shards=3)
+    sender = SentShards()
+    watchdog = ShardWatchdog(store, ledger, sender, SILENCE_S, Clock(STARTED + 5))
+    for index in (0, 1):
+        assert ledger.hold_lease(batch.id, index, ttl_s=600, token=f"run-{index}")
+        ledger.mark_running(batch.id, index, f"run-{index}")
+    assert watchdog.sweep() == []
+
+    store.client.delete(store.key("shard_lease", batch.id, "0"))  # the lease lapsed
+    assert watchdog.sweep() == [(batch.id, 0)]
+    assert ledger.running(batch.id) == {1: "run-1"}, "the dead run is accounted for"
+    assert ledger.resends(batch.id) == {0: 1}
+    assert watchdog.sweep() == [], "sent once, not at every sweep"
+
+    # The resent run starts, then ends however it ends: nothing to send.
+    assert ledger.hold_lease(batch.id, 0, ttl_s=600, token="rerun")
+    ledger.mark_running(batch.id, 0, "rerun")
+    assert not ledger.clear_running(batch.id, 0, "run-0"), "only the run's own token clears it"
+    assert ledger.clear_running(batch.id, 0, "rerun")
+    ledger.drop_lease(batch.id, 0, token="rerun")
+    assert watchdog.sweep() == []
+    assert [index for _, index, _ in sender.sent] == [0]

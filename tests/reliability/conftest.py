@@ -18,8 +18,8 @@ import redis
 from infra.harness.batches import chat_line, jsonl
 from infra.harness.redis_server import RedisServer
 from infra.harness.service import REDIS_URL, make_settings, run_server
+from infra.harness.tiny_models import build_tiny_chat_model
 from tests.api import conftest as api_fixtures
-from tests.tiny_models import build_tiny_chat_model
 from tests.worker.conftest import Stack
 
 redis_client = api_fixtures.redis_client
