@@ -52,6 +52,10 @@ class WorkerSettings(ServiceSettings):
     # Structured outputs: the largest JSON schema (bytes, nesting levels) a line may send.
     engine_max_schema_bytes: int = 1_000_000
     engine_max_schema_depth: int = 64
+    # Speculative decoding, vLLM's dict as JSON, e.g. KVBATCH_ENGINE_SPECULATIVE_CONFIG=
+    # '{"method": "ngram", "num_speculative_tokens": 4, "disable_by_batch_size": 32}'
+    # (engine/speculative_config.py). Off when unset.
+    engine_speculative_config: dict[str, Any] | None = None
 
     # Fault injection (worker/faults.py), for the reliability tests only: off when unset.
     fault_crash_marker: str | None = None
@@ -74,6 +78,7 @@ class WorkerSettings(ServiceSettings):
             "enforce_eager": self.engine_enforce_eager,
             "max_schema_bytes": self.engine_max_schema_bytes,
             "max_schema_depth": self.engine_max_schema_depth,
+            "speculative_config": self.engine_speculative_config,
         }
 
 

@@ -1,0 +1,143 @@
+"""Speculative decoding: greedy outputs token-identical with and without drafts (n-gram, a
+draft model equal to the target, a random draft), bad configs refused, stats counted.
+
+Exactness is checked against transformers on the parity corpus (and so against the engine
+without speculation, which the parity tests hold to the same bar), and against the engine
+without speculation on prompts that repeat themselves, where n-gram drafts are mostly right.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.config import EngineConfigError
+from tests.engine.test_greedy_parity import reference
+from tests.tiny_models import build_tiny_model
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+# A small cache and token budget: long prompts are chunked and requests get preempted.
+TIGHT: dict[str, Any] = dict(block_size=16, num_kv_blocks=30, max_num_batched_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def random_draft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with other random weights than the targets: its drafts are ~never right."""
+    return build_tiny_model("llama", tmp_path_factory.mktemp("draft") / "llama", seed=7)
+
+
+def repeating_prompts(vocab_size: int) -> list[list[int]]:
+    """Prompts that quote themselves, so that prompt lookup finds drafts."""
+    gen = torch.Generator().manual_seed(5)
+    prompts = []
+    for i in range(8):
+        segment = torch.randint(3, vocab_size, (5 + 4 * i,), generator=gen).tolist()
+        prompts.append(segment * (2 + i % 3) + segment[: i + 1])
+    return prompts
+
+
+def generate(model_dir: Path, prompts: list[list[int]], max_tokens: Any, **args: Any) -> Any:
+    llm = LLM(str(model_dir), dtype="float32", device="cpu", **args)
+    if isinstance(max_tokens, int):
+        max_tokens = [max_tokens] * len(prompts)
+    params = [SamplingParams(temperature=0.0, max_tokens=m) for m in max_tokens]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert llm.engine.stats.num_kv_blocks_used == 0
+    return [o.outputs[0].token_ids for o in outputs], llm.engine.stats
+
+
+def check_parity_subset(model_dir: Path, step: int, **args: Any) -> Any:
+    """Every ``step``-th prompt of the parity corpus (the 1-token one among them) against
+    transformers' greedy outputs; returns the engine's stats."""
+    prompts, max_tokens, expected = reference(model_dir)
+    subset = range(0, len(prompts), step)
+    got, stats = generate(
+        model_dir, [prompts[i] for i in subset], [max_tokens[i] for i in subset], **args
+    )
+    assert got == [expected[i] for i in subset]
+    return stats
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen2", "qwen3"])
+def test_ngram_greedy_matches_transformers_on_the_parity_corpus(
+    model: str, tiny_model_dirs: dict[str, Path]
+) -> None:
+    check_parity_subset(tiny_model_dirs[model], 3, speculative_config=NGRAM)
+
+
+def test_ngram_greedy_matches_transformers_on_smollm2(smollm2_dir: Path) -> None:
+    stats = check_parity_subset(smollm2_dir, 6, speculative_config=NGRAM)
+    assert stats.num_draft_tokens > 0
+
+
+def test_ngram_greedy_is_exact_with_preemption_and_chunked_prefill(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    model_dir = tiny_model_dirs["llama"]
+    prompts = repeating_prompts(512)
+    plain, _ = generate(model_dir, prompts, 32, **TIGHT)
+    got, stats = generate(model_dir, prompts, 32, speculative_config=NGRAM, **TIGHT)
+    assert got == plain
+    assert stats.num_preemptions > 0 and stats.max_tokens_per_step <= 64
+    assert stats.num_accepted_tokens > 0
+    assert 0 < stats.acceptance_rate <= 1 and stats.mean_accepted_length > 1
+
+
+def test_draft_model_equal_to_the_target_is_exact_and_always_accepted(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    model_dir = tiny_model_dirs["qwen3"]
+    spec = {"model": str(model_dir), "num_speculative_tokens": 3}
+    stats = check_parity_subset(model_dir, 3, speculative_config=spec)
+    assert stats.num_draft_tokens > 0
+    assert stats.acceptance_rate > 0.95
+
+
+def test_random_draft_model_is_exact_and_rarely_accepted(
+    tiny_model_dirs: dict[str, Path], random_draft: Path
+) -> None:
+    model_dir = tiny_model_dirs["qwen2"]
+    prompts = repeating_prompts(512)[::2]
+    plain, _ = generate(model_dir, prompts, 16, **TIGHT)
+    spec = {"model": str(random_draft), "num_speculative_tokens": 3}
+    got, stats = generate(model_dir, prompts, 16, speculative_config=spec, **TIGHT)
+    assert got == plain
+    assert stats.num_draft_tokens > 0
+    assert stats.acceptance_rate < 0.2
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
+        ({"method": "ngram", "num_speculative_tokens": 17}, "num_speculative_tokens"),
+        ({"num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2}, "min"),
+        ({"method": "ngram"}, "num_speculative_tokens"),
+        ({"num_speculative_tokens": 2, "lookahead": 3}, "unknown"),
+        ({"method": "medusa", "num_speculative_tokens": 2}, "method"),
+        ({"num_speculative_tokens": 2, "disable_by_batch_size": 0}, "disable_by_batch_size"),
+    ],
+)
+def test_bad_speculative_config_is_an_engine_config_error(
+    spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EngineConfigError, match=message):
+        LLM("unused", speculative_config=spec)
+
+
+def test_draft_with_another_vocabulary_is_an_engine_config_error(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    other = tmp_path / "other_vocab"
+    shutil.copytree(tiny_model_dirs["llama"], other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    spec = {"model": str(other), "num_speculative_tokens": 2}
+    with pytest.raises(EngineConfigError, match="vocabulary"):
+        LLM(str(tiny_model_dirs["llama"]), device="cpu", speculative_config=spec)
