@@ -165,31 +165,28 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--chat-max-tokens", type=int, default=64)
     parser.add_argument("--skip-chat", action="store_true")
+    parser.add_argument("--skip-extraction", action="store_true")
     parser.add_argument("--name", default="spec_decode_cpu")
     args = parser.parse_args()
 
     model = fetch_model("smollm2-135m-instruct", MODELS_DIR)
     tokenizer = Tokenizer.from_pretrained(str(model))
     common: dict[str, Any] = dict(dtype="float32", max_num_batched_tokens=4096)
-    pool = extraction_prompts(tokenizer, max(args.batches))
-    prompts_for = {b: pool[: max(b, args.batch_1_prompts if b == 1 else b)] for b in args.batches}
-    extraction = compare(
-        {
-            "plain": LLM(str(model), **common),
-            "ngram": LLM(str(model), speculative_config=NGRAM, **common),
-        },
-        prompts_for,
-        args.max_tokens,
-        args.rounds,
-        exact=True,
-    )
-    result: dict[str, Any] = {
-        "model": "smollm2-135m-instruct (fp32)",
-        "ngram_config": NGRAM,
-        "max_tokens": args.max_tokens,
-        "document_tokens": "200-600",
-        "extraction": extraction,
-    }
+    result: dict[str, Any] = {"model": "smollm2-135m-instruct (fp32)"}
+    if not args.skip_extraction:
+        pool = extraction_prompts(tokenizer, max(args.batches))
+        prompts_for = {b: pool[: args.batch_1_prompts if b == 1 else b] for b in args.batches}
+        result["extraction"] = compare(
+            {
+                "plain": LLM(str(model), **common),
+                "ngram": LLM(str(model), speculative_config=NGRAM, **common),
+            },
+            prompts_for,
+            args.max_tokens,
+            args.rounds,
+            exact=True,
+        )
+        result.update(ngram_config=NGRAM, max_tokens=args.max_tokens, document_tokens="200-600")
     if not args.skip_chat:
         tiny = build_tiny_chat_model(MODELS_DIR / "tiny-random-smollm2-tokenizer", model)
         chat = compare(
@@ -206,12 +203,12 @@ def main() -> None:
                     **common,
                 ),
             },
-            {b: chat_prompts(tokenizer, max(b, args.batch_1_prompts)) for b in (1, 8)},
+            {b: chat_prompts(tokenizer, args.batch_1_prompts if b == 1 else b) for b in (1, 8)},
             args.chat_max_tokens,
             args.rounds,
             exact=True,
         )
-        result["chat_draft_model"] = chat
+        result.update(chat_draft_model=chat, chat_max_tokens=args.chat_max_tokens)
     print(write_result(args.name, result))
 
 

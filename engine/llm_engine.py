@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.grammar import CompiledGrammar, GrammarCache, StructuredOutputs
+from engine.grammar import CompiledGrammar, GrammarBitmask, GrammarCache, StructuredOutputs
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 from engine.pooler import Pooler, PoolingConfig
@@ -291,10 +291,8 @@ class LLMEngine:
         sampled_requests = [s.request for s in sampled]
         masking = None
         if self.structured is not None and self.structured.active:
-            # The grammar masks are filled on the CPU while the device runs the forward pass;
-            # constrained requests never verify drafts, so only plain rows need one.
-            plain = [s.request for s in sampled if not s.num_draft_tokens]
-            masking = self._mask_thread.submit(self.structured.fill_bitmask, plain)
+            # The grammar masks are filled on the CPU while the device runs the forward pass.
+            masking = self._mask_thread.submit(_fill_masks, self.structured, sampled)
         pooling_chunks = _pooling_chunks(plan)
         if pooling_chunks:
             logits, hidden = self.runner.forward_pooling(inputs)
@@ -302,8 +300,10 @@ class LLMEngine:
         else:
             logits = self.runner.forward(inputs)
         forwarded_at = time.perf_counter()
-        allowed = masking.result() if masking is not None else None
-        new_tokens, new_logprobs = sample_step(self.sampler, sampled, logits, allowed)
+        allowed, allowed_drafts = masking.result() if masking is not None else (None, None)
+        new_tokens, new_logprobs = sample_step(
+            self.sampler, sampled, logits, allowed, allowed_drafts
+        )
         sampled_at = time.perf_counter()
         num_tokens_before = [r.num_tokens for r in sampled_requests]
         self.scheduler.update_from_output(plan, new_tokens)
@@ -527,3 +527,16 @@ def _pooling_chunks(plan: SchedulerOutput) -> list[tuple[ScheduledRequest, slice
             chunks.append((scheduled, slice(offset, end)))
         offset = end
     return chunks
+
+
+def _fill_masks(
+    structured: StructuredOutputs, sampled: list[ScheduledRequest]
+) -> tuple[GrammarBitmask | None, GrammarBitmask | None]:
+    """Grammar masks of a step's plain rows and of its draft-verifying rows."""
+    plain = [s.request for s in sampled if not s.num_draft_tokens]
+    verifying = [s for s in sampled if s.num_draft_tokens]
+    allowed = structured.fill_bitmask(plain) if plain else None
+    if not verifying:
+        return allowed, None
+    drafts = [s.draft_token_ids for s in verifying]
+    return allowed, structured.fill_draft_bitmask([s.request for s in verifying], drafts)

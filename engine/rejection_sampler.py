@@ -15,8 +15,9 @@ guess deterministically, so this is exact for either. A seeded request draws its
 its resampling noise from its own generator, so it stays reproducible.
 
 Only requests whose rows are processed alike at every position may verify drafts (no
-penalties, no grammar, past ``min_tokens``): row ``i`` then equals what a plain decode after
-``d1 .. di`` would have sampled from.
+penalties, past ``min_tokens``): row ``i`` then equals what a plain decode after ``d1 .. di``
+would have sampled from. A constrained request's rows carry the grammar's mask after
+``d1 .. di`` (``StructuredOutputs.fill_draft_bitmask``).
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ class VerifyOutput:
 
 
 def verify(
-    sampler: Sampler, logits: Tensor, requests: list[Request], drafts: list[list[int]]
+    sampler: Sampler,
+    logits: Tensor,
+    requests: list[Request],
+    drafts: list[list[int]],
+    allowed: GrammarBitmask | None = None,
 ) -> VerifyOutput:
-    """``logits`` has ``1 + len(drafts[j])`` rows per request, in order; not modified."""
+    """``logits`` has ``1 + len(drafts[j])`` rows per request, in order; not modified.
+    ``allowed`` masks the rows of constrained requests (``fill_draft_bitmask``)."""
     row_requests = [r for r, d in zip(requests, drafts, strict=True) for _ in range(len(d) + 1)]
     assert logits.shape[0] == len(row_requests)
     raw = logits.float()
+    if allowed is not None:
+        raw = raw.clone() if raw is logits else raw
+        allowed.apply(raw)
     processed = sampler.process(raw, row_requests)
     greedy_choice = processed.argmax(dim=-1).tolist()
     random_rows = [i for i, r in enumerate(row_requests) if not r.sampling_params.is_greedy]
@@ -111,10 +120,11 @@ def sample_step(
     sampled: list[ScheduledRequest],
     logits: Tensor,
     allowed: GrammarBitmask | None,
+    allowed_drafts: GrammarBitmask | None = None,
 ) -> tuple[list[list[int]], list[list[TokenLogprobs | None]]]:
     """New tokens (and their logprobs) for each sampled request of a step, in order: one
     sampled token for a plain row, the accepted drafts and one more for a verifying request.
-    ``allowed`` masks the plain rows (constrained requests never verify drafts)."""
+    ``allowed`` masks the plain rows, ``allowed_drafts`` the verifying ones."""
     if not sampled:
         return [], []
     if not any(s.num_draft_tokens for s in sampled):
@@ -138,6 +148,7 @@ def sample_step(
         logits[verify_rows],
         [s.request for s in verifying],
         [s.draft_token_ids for s in verifying],
+        allowed_drafts,
     )
     verified = iter(zip(checked.token_ids, checked.logprobs, strict=True))
     token_ids: list[list[int]] = []

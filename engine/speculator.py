@@ -47,7 +47,6 @@ def can_verify(request: Request) -> bool:
     params = request.sampling_params
     return (
         request.pooling_params is None
-        and params.structured_outputs is None
         and params.repetition_penalty == 1.0
         and params.presence_penalty == 0.0
         and params.frequency_penalty == 0.0

@@ -141,3 +141,67 @@ def test_draft_with_another_vocabulary_is_an_engine_config_error(
     spec = {"model": str(other), "num_speculative_tokens": 2}
     with pytest.raises(EngineConfigError, match="vocabulary"):
         LLM(str(tiny_model_dirs["llama"]), device="cpu", speculative_config=spec)
+
+
+def test_disable_by_batch_size_turns_drafts_off_for_large_batches(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    model_dir = tiny_model_dirs["llama"]
+    prompts = repeating_prompts(512)
+    max_tokens = [4 + 4 * i for i in range(len(prompts))]  # the batch drains one by one
+    plain, _ = generate(model_dir, prompts, max_tokens)
+    off = {**NGRAM, "disable_by_batch_size": 1}
+    got, stats = generate(model_dir, prompts, max_tokens, speculative_config=off)
+    assert got == plain and stats.num_draft_tokens == 0
+    tail_only = {**NGRAM, "disable_by_batch_size": 3}  # drafts once 2 requests are left
+    got, stats = generate(model_dir, prompts, max_tokens, speculative_config=tail_only)
+    assert got == plain and stats.num_draft_tokens > 0
+
+
+def test_stop_strings_logprobs_and_n_see_only_accepted_tokens(smollm2_dir: Path) -> None:
+    """A stop string completed by an accepted draft ends the output there (later accepted
+    tokens dropped), logprobs come one per output token, and ``n = 2`` samples agree."""
+    text = "The code is 4711-AB-99. Repeat: the code is 4711-AB-99. Again: the code is"
+    llm = LLM(str(smollm2_dir), dtype="float32", device="cpu")
+    plain = llm.generate([text], SamplingParams(temperature=0.0, max_tokens=24), use_tqdm=False)
+    reference = plain[0].outputs[0]
+    stop = reference.text[len(reference.text) // 2 :][:3]
+    params = SamplingParams(temperature=0.0, max_tokens=24, stop=[stop], logprobs=1, n=2)
+    expected = llm.generate([text], params, use_tqdm=False)[0].outputs
+    spec = LLM(str(smollm2_dir), dtype="float32", device="cpu", speculative_config=NGRAM)
+    got = spec.generate([text], params, use_tqdm=False)[0].outputs
+    assert spec.engine.stats.num_accepted_tokens > 0
+    for sample in got:
+        assert sample.text == expected[0].text and sample.token_ids == expected[0].token_ids
+        assert sample.stop_reason == stop and sample.finish_reason == "stop"
+        assert sample.logprobs is not None and len(sample.logprobs) == len(sample.token_ids)
+        assert [lp.token_id for lp in sample.logprobs] == sample.token_ids
+
+
+def test_constrained_outputs_roll_the_grammar_back_with_rejected_drafts(
+    smollm2_dir: Path,
+) -> None:
+    """Drafts of a constrained request are checked against the grammar's mask after each
+    earlier draft (the matcher walks them and rolls back): outputs equal decoding without
+    speculation, and drafts were accepted."""
+    from engine import StructuredOutputsParams
+
+    text = (
+        "Codes: QX-4711-ALPHA-BRAVO, QX-4711-ALPHA-BRAVO-CHARLIE, QZ-99. "
+        "Which code is the longest? Answer with the code:"
+    )
+    choices = ["QX-4711-ALPHA-BRAVO", "QX-4711-ALPHA-BRAVO-CHARLIE", "QZ-99"]
+    params = [
+        SamplingParams(
+            temperature=0.0, max_tokens=24, structured_outputs=StructuredOutputsParams(**c)
+        )
+        for c in ({"choice": choices}, {"regex": r"QX-[0-9]{4}-[A-Z]+(-[A-Z]+){0,3}"})
+    ]
+    expected = LLM(str(smollm2_dir), dtype="float32", device="cpu").generate(
+        [text, text], params, use_tqdm=False
+    )
+    spec = LLM(str(smollm2_dir), dtype="float32", device="cpu", speculative_config=NGRAM)
+    got = spec.generate([text, text], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert got[0].outputs[0].text in choices
+    assert spec.engine.stats.num_accepted_tokens > 0
