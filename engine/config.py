@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from engine.speculative_config import SpeculativeConfig, SpeculativeConfigError
 
 
 class EngineConfigError(ValueError):
@@ -49,6 +53,10 @@ class EngineConfig:
     max_schema_depth: int = 64
     num_grammar_threads: int = 2
     pooling_type: str | None = None  # last | mean | cls; default: the model's own files
+    # Speculative decoding (vLLM's dict, the record, or the dict as JSON text as vLLM's
+    # --speculative-config and KVBATCH_ENGINE_SPECULATIVE_CONFIG take it): see
+    # engine/speculative_config.py.
+    speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -71,6 +79,24 @@ class EngineConfig:
             raise EngineConfigError("pooling_type must be last, mean or cls")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
+        if isinstance(self.speculative_config, str):
+            try:
+                self.speculative_config = json.loads(self.speculative_config)
+            except ValueError as exc:
+                raise EngineConfigError(f"speculative_config is not valid JSON: {exc}") from exc
+            if not isinstance(self.speculative_config, dict):
+                raise EngineConfigError("speculative_config must be a JSON object")
+        if isinstance(self.speculative_config, dict):
+            try:
+                self.speculative_config = SpeculativeConfig.from_dict(self.speculative_config)
+            except SpeculativeConfigError as exc:
+                raise EngineConfigError(str(exc)) from exc
+
+    @property
+    def speculative(self) -> SpeculativeConfig | None:
+        """The checked speculative settings (``__post_init__`` turned a dict into one)."""
+        assert not isinstance(self.speculative_config, dict | str)
+        return self.speculative_config
 
     @property
     def torch_device(self) -> torch.device:

@@ -205,6 +205,40 @@ class StructuredOutputs:
         stats.mask_s += time.perf_counter() - start
         return GrammarBitmask(rows, bitmask)
 
+    def fill_draft_bitmask(
+        self, requests: list[Request], drafts: list[list[int]]
+    ) -> GrammarBitmask | None:
+        """The allowed tokens of the rows that verify drafts (``1 + len(drafts[j])`` rows for
+        ``requests[j]``, in order), or None when none is constrained.
+
+        Row ``i`` of a request is its mask after its tokens and its first ``i`` drafts: the
+        matcher walks the drafts, then rolls back, since which of them the target accepts is
+        known only after the forward pass. The walk stops at a draft the grammar refuses:
+        that draft's row forbids it, so it and the drafts after it are rejected anyway.
+        """
+        rows: list[int] = []
+        bitmask: Tensor | None = None
+        first = 0
+        for request, draft in zip(requests, drafts, strict=True):
+            if request.request_id in self._matchers:
+                if bitmask is None:
+                    num_rows = sum(len(d) + 1 for d in drafts)
+                    bitmask = xgr.allocate_token_bitmask(num_rows, self.vocab_size)
+                matcher = self._synced(request).matcher
+                num_walked = 0
+                for i in range(len(draft) + 1):
+                    if matcher.is_terminated():
+                        break
+                    matcher.fill_next_token_bitmask(bitmask, first + i)
+                    rows.append(first + i)
+                    if i == len(draft) or not matcher.accept_token(draft[i]):
+                        break
+                    num_walked += 1
+                if num_walked:
+                    matcher.rollback(num_walked)
+            first += len(draft) + 1
+        return GrammarBitmask(rows, bitmask) if bitmask is not None else None
+
     def accept(self, request: Request, token_id: int) -> None:
         """Advance ``request``'s matcher by the token the sampler chose from its mask."""
         state = self._matchers.get(request.request_id)

@@ -158,6 +158,27 @@ class KVCacheManager:
             self.pool.cache_block(table[index], request.block_hashes[index])
         self._num_cached_blocks[request.request_id] = num_full
 
+    def get_block_ids(self, request: Request) -> list[int]:
+        """The request's block table as ids (the draft model reads its shadow's after a
+        rollback); the manager's own list, not to be changed by the caller."""
+        return self._block_ids.get(request.request_id, [])
+
+    def free_tail(self, request: Request, num_tokens: int) -> None:
+        """Shrink the table to the blocks ``num_tokens`` tokens need, freeing the rest (the
+        slots of rejected speculative tokens). Freed blocks are private and unhashed: only
+        computed tokens are ever cached, and drafts past ``num_tokens`` never count as such.
+        """
+        table = self.block_tables[request.request_id]
+        keep = cdiv(num_tokens, self.block_size)
+        if len(table) <= keep:
+            return
+        assert self._num_cached_blocks[request.request_id] <= keep
+        tail = table[keep:]
+        assert all(block.ref_cnt == 1 and block.block_hash is None for block in tail)
+        del table[keep:]
+        del self._block_ids[request.request_id][keep:]
+        self.pool.free(reversed(tail))
+
     def free(self, request: Request) -> None:
         """Release the request's blocks tail first, so that a later eviction takes the tail
         (least shareable) blocks before the prefix (most shareable) ones."""

@@ -21,16 +21,18 @@ from dataclasses import dataclass, field, replace
 
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.grammar import CompiledGrammar, GrammarCache, StructuredOutputs
+from engine.grammar import CompiledGrammar, GrammarBitmask, GrammarCache, StructuredOutputs
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 from engine.pooler import Pooler, PoolingConfig
 from engine.pooling_params import PoolingParams
+from engine.rejection_sampler import sample_step
 from engine.request import Request, RequestId, RequestStatus
-from engine.sampler import Sampler, SamplerOutput, TokenLogprobs
+from engine.sampler import Sampler, TokenLogprobs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from engine.speculator import Speculator, make_speculator
 from engine.stats import EngineStats, StepStats, StepTimes
 from engine.structured_outputs import StructuredOutputsBounds, check_structured_outputs
 from engine.tokenizer import Tokenizer, has_tokenizer
@@ -137,6 +139,9 @@ class LLMEngine:
         self.pooling_config = PoolingConfig.from_model_dir(config.model, config.pooling_type)
         self.pooler = Pooler(self.pooling_config)
         self._pooling: dict[Hashable, _PoolingGroup] = {}
+        self.speculator: Speculator | None = None
+        if config.speculative is not None:
+            self.speculator = make_speculator(config, self.runner, self.max_model_len)
 
     @property
     def eos_token_id(self) -> int | None:
@@ -298,11 +303,12 @@ class LLMEngine:
         scheduled_at = time.perf_counter()
         inputs = self.runner.prepare(plan)
         prepared_at = time.perf_counter()
-        sampled_requests = plan.sampled_requests
+        sampled = [s for s in plan.scheduled if s.sample]
+        sampled_requests = [s.request for s in sampled]
         masking = None
         if self.structured is not None and self.structured.active:
             # The grammar masks are filled on the CPU while the device runs the forward pass.
-            masking = self._mask_thread.submit(self.structured.fill_bitmask, sampled_requests)
+            masking = self._mask_thread.submit(_fill_masks, self.structured, sampled)
         pooling_chunks = _pooling_chunks(plan)
         if pooling_chunks:
             logits, hidden = self.runner.forward_pooling(inputs)
@@ -310,18 +316,22 @@ class LLMEngine:
         else:
             logits = self.runner.forward(inputs)
         forwarded_at = time.perf_counter()
-        allowed = masking.result() if masking is not None else None
-        sampled = (
-            self.sampler.sample(logits, sampled_requests, allowed)
-            if sampled_requests
-            else SamplerOutput(token_ids=[], logprobs=[])
+        allowed, allowed_drafts = masking.result() if masking is not None else (None, None)
+        new_tokens, new_logprobs = sample_step(
+            self.sampler, sampled, logits, allowed, allowed_drafts
         )
         sampled_at = time.perf_counter()
-        self.scheduler.update_from_output(plan, sampled.token_ids)
-        for request, token_id, logprobs in zip(
-            sampled_requests, sampled.token_ids, sampled.logprobs, strict=True
+        num_tokens_before = [r.num_tokens for r in sampled_requests]
+        self.scheduler.update_from_output(plan, new_tokens)
+        for request, before, tokens, logprobs in zip(
+            sampled_requests, num_tokens_before, new_tokens, new_logprobs, strict=True
         ):
-            self._postprocess(request, token_id, logprobs)
+            num_appended = request.num_tokens - before
+            if num_appended:
+                self._postprocess(request, tokens[:num_appended], logprobs[:num_appended])
+        self.stats.record_speculation(sampled, [len(t) for t in new_tokens])
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         finished: list[EngineOutput] = [*self._pop_finished(), *self._pop_pooled(pooling_chunks)]
         end = time.perf_counter()
         times = StepTimes(
@@ -334,26 +344,39 @@ class LLMEngine:
         self._record_step(plan, len(sampled_requests), times, inputs.graph_size is not None)
         return finished
 
-    def _postprocess(self, request: Request, token_id: int, logprobs: TokenLogprobs | None) -> None:
+    def _postprocess(
+        self, request: Request, token_ids: list[int], logprobs: list[TokenLogprobs | None]
+    ) -> None:
+        """Feed the tokens a step appended, one at a time, to the grammar, the logprobs and
+        the detokenizer. A stop string ends the request on the token that completed it: the
+        tokens after it (accepted drafts) are taken back out of the request."""
         group, sample = self._samples[request.request_id]
-        if self.structured is not None:
-            self.structured.accept(request, token_id)
-        if sample.logprobs is not None and logprobs is not None:
-            sample.logprobs.append(logprobs)
-        stop_string = sample.detokenizer.update([token_id]) if sample.detokenizer else None
-        if stop_string is None and request.status.is_finished and sample.detokenizer:
-            stop_string = sample.detokenizer.flush()
-        if stop_string is not None:
-            sample.stop_reason = stop_string
-            if request.status.is_finished:
-                request.status = RequestStatus.FINISHED_STOPPED
-            else:
-                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
-        elif (
-            request.status is RequestStatus.FINISHED_STOPPED
-            and token_id in request.sampling_params.stop_token_ids
-        ):
-            sample.stop_reason = token_id
+        for i, (token_id, token_logprobs) in enumerate(zip(token_ids, logprobs, strict=True)):
+            last = i == len(token_ids) - 1
+            if self.structured is not None:
+                self.structured.accept(request, token_id)
+            if sample.logprobs is not None and token_logprobs is not None:
+                sample.logprobs.append(token_logprobs)
+            detok = sample.detokenizer
+            stop_string = detok.update([token_id]) if detok else None
+            if stop_string is None and last and request.status.is_finished and detok:
+                stop_string = detok.flush()
+            if stop_string is not None:
+                del request.token_ids[request.num_tokens - (len(token_ids) - 1 - i) :]
+                sample.stop_reason = stop_string
+                if request.status.is_finished:
+                    request.status = RequestStatus.FINISHED_STOPPED
+                else:
+                    self.scheduler.finish_requests(
+                        [request.request_id], RequestStatus.FINISHED_STOPPED
+                    )
+                break
+            if (
+                last
+                and request.status is RequestStatus.FINISHED_STOPPED
+                and token_id in request.sampling_params.stop_token_ids
+            ):
+                sample.stop_reason = token_id
         if request.status.is_finished:
             self._finishing.append(group)
 
@@ -397,6 +420,8 @@ class LLMEngine:
             self._samples.pop(sample.request.request_id, None)
             self._owners.pop(sample.request.request_id, None)
             self.sampler.release(sample.request.request_id)
+            if self.speculator is not None:
+                self.speculator.release(sample.request.request_id)
             if self.structured is not None:
                 self.structured.release(sample.request.request_id)
 
@@ -411,10 +436,10 @@ class LLMEngine:
             # Every sampled chunk yields one new token, the last chunk of a prefill included
             # (its token is the answer's first). The computed positions are prompt work,
             # except a decode's single input: the token sampled one step earlier.
+            # Drafts are neither (record_speculation counts the accepted ones as generated).
+            num_real = scheduled.num_new_tokens - scheduled.num_draft_tokens
             stats.num_generated_tokens += int(scheduled.sample)
-            stats.num_prompt_tokens += scheduled.num_new_tokens - int(
-                scheduled.sample and scheduled.num_new_tokens == 1
-            )
+            stats.num_prompt_tokens += num_real - int(scheduled.sample and num_real == 1)
         cache = self.scheduler.stats()
         stats.num_kv_blocks_used = cache.num_used_blocks
         stats.prefix_cache_queries = cache.prefix_cache_queries
@@ -520,3 +545,16 @@ def _pooling_chunks(plan: SchedulerOutput) -> list[tuple[ScheduledRequest, slice
             chunks.append((scheduled, slice(offset, end)))
         offset = end
     return chunks
+
+
+def _fill_masks(
+    structured: StructuredOutputs, sampled: list[ScheduledRequest]
+) -> tuple[GrammarBitmask | None, GrammarBitmask | None]:
+    """Grammar masks of a step's plain rows and of its draft-verifying rows."""
+    plain = [s.request for s in sampled if not s.num_draft_tokens]
+    verifying = [s for s in sampled if s.num_draft_tokens]
+    allowed = structured.fill_bitmask(plain) if plain else None
+    if not verifying:
+        return allowed, None
+    drafts = [s.draft_token_ids for s in verifying]
+    return allowed, structured.fill_draft_bitmask([s.request for s in verifying], drafts)

@@ -65,6 +65,9 @@ class Request:
     num_preemptions: int = 0
     block_hashes: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
+    # Guessed next tokens for the next step to verify (speculative decoding); never part of
+    # ``token_ids`` until the target model agrees.
+    draft_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -94,6 +97,11 @@ class Request:
         limit = self.sampling_params.max_tokens
         assert limit is not None, "the engine resolves max_tokens=None when a request enters"
         return limit
+
+    @property
+    def is_decoding(self) -> bool:
+        """Every token but the last has its K/V cached: the next step is a decode."""
+        return self.num_computed_tokens == self.num_tokens - 1
 
     def check_token_stop(self) -> RequestStatus | None:
         """The finished state implied by the last sampled token, if any (stop strings are

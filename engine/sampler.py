@@ -110,7 +110,7 @@ class Sampler:
         processed = self._process(raw, requests)
         token_ids = self._choose(processed, requests)
         token_list = token_ids.tolist()
-        return SamplerOutput(token_list, _gather_logprobs(raw, token_ids, token_list, requests))
+        return SamplerOutput(token_list, gather_logprobs(raw, token_ids, token_list, requests))
 
     def _state(self, request: Request) -> _RequestState:
         state = self._states.get(request.request_id)
@@ -193,13 +193,33 @@ class Sampler:
             inv_temperature = torch.tensor([1.0 / p.temperature for p in params])
             seed = int(torch.randint(0, MAX_SEED, (), generator=self._kernel_seeds))
             return sample_gumbel(logits, inv_temperature.to(logits.device, non_blocking=True), seed)
+        probs = self.probs(requests, logits)
+        noise = self._exponential_noise(requests, probs)
+        return probs.div_(noise).argmax(dim=-1)
+
+    def probs(self, requests: list[Request], logits: Tensor) -> Tensor:
+        """The distribution a random row samples from: temperature, top-k, top-p, min-p,
+        softmax (``logits`` holds just these requests' rows; it is not modified)."""
+        params = [r.sampling_params for r in requests]
         temperature = torch.tensor([p.temperature for p in params], device="cpu")
         logits = logits / temperature.to(logits.device, non_blocking=True).unsqueeze(1)
         logits = apply_top_k_top_p(logits, [p.top_k for p in params], [p.top_p for p in params])
         logits = apply_min_p(logits, [p.min_p for p in params])
-        probs = logits.softmax(dim=-1)
-        noise = self._exponential_noise(requests, probs)
-        return probs.div_(noise).argmax(dim=-1)
+        return logits.softmax(dim=-1)
+
+    def process(self, logits: Tensor, requests: list[Request]) -> Tensor:
+        """Bias, min_tokens and penalties of the rows (fp32; ``logits`` is not modified)."""
+        return self._process(logits.float(), requests)
+
+    def generator_for(self, request: Request, device: torch.device) -> torch.Generator:
+        """The random stream a request draws from: its own when seeded, else the shared one."""
+        seed = request.sampling_params.seed
+        if seed is None:
+            return self._shared_generator(device)
+        state = self._state(request)
+        if state.generator is None:
+            state.generator = torch.Generator(device=device).manual_seed(seed)
+        return state.generator
 
     def _exponential_noise(self, requests: list[Request], probs: Tensor) -> Tensor:
         """Exp(1) noise, one ``[V]`` draw per row from the row's own stream."""
@@ -210,13 +230,8 @@ class Sampler:
         else:
             noise = torch.empty_like(probs)
             for i, request in enumerate(requests):
-                seed = request.sampling_params.seed
-                if seed is None:
-                    continue
-                state = self._state(request)
-                if state.generator is None:
-                    state.generator = torch.Generator(device=device).manual_seed(seed)
-                noise[i].exponential_(generator=state.generator)
+                if request.sampling_params.seed is not None:
+                    noise[i].exponential_(generator=self.generator_for(request, device))
             if shared_rows:
                 draw = torch.empty(len(shared_rows), probs.shape[1], device=device)
                 noise[shared_rows] = draw.exponential_(generator=self._shared_generator(device))
@@ -231,7 +246,7 @@ class Sampler:
         return generator
 
 
-def _gather_logprobs(
+def gather_logprobs(
     raw: Tensor, token_ids: Tensor, token_list: list[int], requests: list[Request]
 ) -> list[TokenLogprobs | None]:
     """Log-softmax of the raw logits (what the model believes, before any sampling setting), for

@@ -108,32 +108,53 @@ class Scheduler:
         return output
 
     def update_from_output(
-        self, output: SchedulerOutput, sampled_token_ids: list[int]
+        self, output: SchedulerOutput, sampled_token_ids: list[list[int]]
     ) -> list[Request]:
-        """Record a finished step: advance each request by its chunk, cache the blocks that
-        became full, append sampled tokens (aligned with ``output.sampled_requests``) and
-        return the requests that finished on a token (EOS, stop token, length)."""
+        """Record a finished step: advance each request by its chunk, append its new tokens
+        (aligned with ``output.sampled_requests``: one sampled token, or the accepted drafts
+        and the target's own next token after a speculative step), cache the blocks that
+        became full, and return the requests that finished on a token (EOS, stop token,
+        length). Tokens after the one that finished a request are dropped.
+
+        Rejected drafts roll back: their K/V slots lie past ``num_computed_tokens`` and are
+        overwritten later, and whole blocks holding nothing else go back to the pool.
+        """
         assert len(sampled_token_ids) == sum(1 for s in output.scheduled if s.sample)
         tokens = iter(sampled_token_ids)
         finished: list[Request] = []
         for scheduled in output.scheduled:
             request = scheduled.request
-            token = next(tokens) if scheduled.sample else None
+            new_tokens = next(tokens) if scheduled.sample else None
+            request.draft_token_ids = []
             if request.status is not RequestStatus.RUNNING:  # aborted since schedule()
                 continue
             assert request.num_computed_tokens == scheduled.start_position
-            request.num_computed_tokens += scheduled.num_new_tokens
-            self.kv_cache.cache_blocks(request)
-            if token is None:
+            if new_tokens is None:
+                request.num_computed_tokens += scheduled.num_new_tokens
+                self.kv_cache.cache_blocks(request)
                 continue
+            assert 1 <= len(new_tokens) <= 1 + scheduled.num_draft_tokens
+            status = self._append_tokens(request, new_tokens)
+            # Every appended token but the last had its K/V written by this step.
+            request.num_computed_tokens = request.num_tokens - 1
+            self.kv_cache.cache_blocks(request)
+            if status is not None:
+                self._finish(request, status)
+                finished.append(request)
+            elif scheduled.num_draft_tokens:
+                self.kv_cache.free_tail(request, request.num_tokens)
+        return finished
+
+    def _append_tokens(self, request: Request, new_tokens: list[int]) -> RequestStatus | None:
+        """Append tokens one at a time until one finishes the request; its finished state."""
+        for token in new_tokens:
             request.append_token(token)
             status = request.check_token_stop()
             if status is None and request.num_tokens >= self.max_model_len:
                 status = RequestStatus.FINISHED_LENGTH
             if status is not None:
-                self._finish(request, status)
-                finished.append(request)
-        return finished
+                return status
+        return None
 
     def finish_requests(
         self, request_ids: Iterable[RequestId], status: RequestStatus
@@ -165,20 +186,38 @@ class Scheduler:
         return (request.priority, request.arrival_time, self._arrival_order[request.request_id])
 
     def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
-        """Give each running request its next chunk (a decode is a chunk of one token);
-        return the budget left. Preempts from the tail of the queue when blocks run out."""
+        """Give each running request its next chunk (a decode is a chunk of one token, plus
+        its drafts when it has some); return the budget left. Preempts from the tail of the
+        queue when blocks run out."""
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            num_drafts, block_ids = self._allocate_drafts(request, budget)
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             assert num_new > 0, "a running request always has a token to compute"
-            block_ids = self._allocate_or_preempt(request, num_new, output)
+            if block_ids is None:
+                block_ids = self._allocate_or_preempt(request, num_new, output)
             if block_ids is None:
                 break  # the request itself was the last in the queue and got preempted
-            output.scheduled.append(self._make_scheduled(request, num_new, block_ids))
+            num_new += num_drafts
+            output.scheduled.append(self._make_scheduled(request, num_new, block_ids, num_drafts))
             budget -= num_new
             index += 1
         return budget
+
+    def _allocate_drafts(self, request: Request, budget: int) -> tuple[int, list[int] | None]:
+        """Slots for a decode plus its drafts, as many drafts as the budget and the context
+        allow, if free blocks suffice without preempting anyone; else ``(0, None)``: drafts
+        never cost another request its place."""
+        if not request.draft_token_ids or not request.is_decoding:
+            return 0, None
+        num_drafts = min(
+            len(request.draft_token_ids), budget - 1, self.max_model_len - request.num_tokens
+        )
+        if num_drafts <= 0:
+            return 0, None
+        block_ids = self.kv_cache.allocate_slots(request, 1 + num_drafts)
+        return (num_drafts, block_ids) if block_ids is not None else (0, None)
 
     def _allocate_or_preempt(
         self, request: Request, num_new: int, output: SchedulerOutput
@@ -223,26 +262,31 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_computed
             bisect.insort(self.running, request, key=self._order_key)
-            output.scheduled.append(self._make_scheduled(request, num_new, block_ids))
+            output.scheduled.append(self._make_scheduled(request, num_new, block_ids, 0))
             budget -= num_new
 
     def _make_scheduled(
-        self, request: Request, num_new: int, block_ids: list[int]
+        self, request: Request, num_new: int, block_ids: list[int], num_drafts: int
     ) -> ScheduledRequest:
         start = request.num_computed_tokens
-        end = start + num_new
+        end = start + num_new - num_drafts
+        token_ids = request.token_ids[start:end]
+        if num_drafts:
+            token_ids.extend(request.draft_token_ids[:num_drafts])
         return ScheduledRequest(
             request=request,
-            token_ids=request.token_ids[start:end],
+            token_ids=token_ids,
             start_position=start,
             block_ids=block_ids,
             sample=end == request.num_tokens and request.pooling_params is None,
+            num_draft_tokens=num_drafts,
         )
 
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.draft_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions += 1
         bisect.insort(self.waiting, request, key=self._order_key)

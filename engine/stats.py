@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from engine.scheduler_output import ScheduledRequest
 
 
 @dataclass(slots=True)
@@ -66,6 +69,11 @@ class EngineStats:
     num_running: int = 0
     num_waiting: int = 0
     num_cuda_graph_steps: int = 0
+    # Speculative decoding: drafts verified, drafts the target agreed with, and how many
+    # request-steps verified drafts (each emits its accepted drafts plus one token).
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_spec_verifications: int = 0
     phase_times: StepTimes = field(default_factory=StepTimes)
     last_step: StepStats | None = None
     max_tokens_per_step: int = 0
@@ -80,6 +88,28 @@ class EngineStats:
         return (
             self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
         )
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens a verifying request gains per step (accepted drafts plus its own token)."""
+        if not self.num_spec_verifications:
+            return 0.0
+        return 1.0 + self.num_accepted_tokens / self.num_spec_verifications
+
+    def record_speculation(
+        self, sampled: Sequence[ScheduledRequest], num_new_tokens: Sequence[int]
+    ) -> None:
+        """Count one step's verified drafts (``num_new_tokens`` aligned with ``sampled``)."""
+        for scheduled, count in zip(sampled, num_new_tokens, strict=True):
+            if scheduled.num_draft_tokens:
+                self.num_draft_tokens += scheduled.num_draft_tokens
+                self.num_accepted_tokens += count - 1
+                self.num_generated_tokens += count - 1
+                self.num_spec_verifications += 1
 
     @property
     def mean_tokens_per_step(self) -> float:
@@ -114,6 +144,8 @@ class EngineStats:
             busy_time_s=self.busy_time_s,
             num_kv_blocks_free=self.num_kv_blocks_free,
             prefix_hit_rate=self.prefix_hit_rate,
+            acceptance_rate=self.acceptance_rate,
+            mean_accepted_length=self.mean_accepted_length,
             mean_tokens_per_step=self.mean_tokens_per_step,
             mean_step_time_s=self.mean_step_time_s,
         )

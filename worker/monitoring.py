@@ -33,6 +33,8 @@ _GAUGES = {
     "intake_outstanding": "Lines of the shards this worker holds, not answered yet",
     "intake_watermark": "Outstanding lines below which the worker takes another shard",
     "intake_shards_held": "Shards this worker holds (running or being read)",
+    "acceptance_rate": "Speculative decoding: accepted drafts / verified drafts",
+    "mean_accepted_length": "Speculative decoding: tokens per verifying request-step",
 }
 _COUNTERS = {
     "num_generated_tokens": "Tokens generated",
@@ -49,6 +51,8 @@ _COUNTERS = {
     "engine_request_seconds": "Requests in each step times its seconds, summed (occupancy: "
     "rate / capacity)",
     "intake_shards_taken": "Shard messages this worker has taken from the queue",
+    "num_draft_tokens": "Speculative drafts verified by the target model",
+    "num_accepted_tokens": "Speculative drafts the target model accepted",
 }
 
 

@@ -28,7 +28,9 @@ class ModelInputs:
     input_ids: torch.Tensor  # [num_tokens] int64
     positions: torch.Tensor  # [num_tokens] int64
     attn: AttentionMetadata
-    logits_indices: torch.Tensor  # [num_sampled] int64: the last row of each sampled request
+    # [num_logits] int64: the last row of each sampled request, or its last 1 + d rows when it
+    # verifies d drafts (speculative decoding)
+    logits_indices: torch.Tensor
     num_reqs: int  # real requests; rows past them (a padded decode batch) are padding
     graph_size: int | None = None  # set when padded for the CUDA graph of that batch size
 
@@ -72,7 +74,7 @@ class InputBuffers:
         self.block_table = _Buffer(max_num_reqs * max_blocks_per_req, torch.int32, device)
         self.query_start_loc = _Buffer(max_num_reqs + 1, torch.int32, device)
         self.seq_lens = _Buffer(max_num_reqs, torch.int32, device)
-        self.logits_indices = _Buffer(max_num_reqs, torch.int64, device)
+        self.logits_indices = _Buffer(max(max_num_reqs, max_num_tokens), torch.int64, device)
 
     def build(
         self,
@@ -138,9 +140,7 @@ class InputBuffers:
         self.slot_mapping.np[:num_tokens] = (
             blocks * self.block_size + positions % self.block_size
         )
-        sampled_rows = [i for i, s in enumerate(scheduled) if s.sample]
-        num_sampled = len(sampled_rows)
-        self.logits_indices.np[:num_sampled] = query_start_loc[1:][sampled_rows] - 1
+        num_sampled = self._fill_logits_indices(scheduled, query_start_loc[1 : num_reqs + 1])
 
         if padded > num_reqs:
             self.input_ids.np[num_tokens:padded] = 0
@@ -168,3 +168,22 @@ class InputBuffers:
             graph_size=pad_to,
         )
 
+    def _fill_logits_indices(
+        self, scheduled: Sequence[ScheduledRequest], query_ends: np.ndarray
+    ) -> int:
+        """The rows the model turns into logits; returns how many. A request verifying ``d``
+        drafts gets its last ``1 + d`` rows, in order::
+
+            query_ends = [5, 9]   num_logits = [1, 3]   ->   [4, 6, 7, 8]
+        """
+        num_logits = np.fromiter((s.num_logits for s in scheduled), np.int64, len(scheduled))
+        total = int(num_logits.sum())
+        out = self.logits_indices.np[:total]
+        if total == int(np.count_nonzero(num_logits)):  # no drafts: one row per sampled request
+            out[:] = query_ends[num_logits > 0] - 1
+            return total
+        firsts = np.cumsum(num_logits) - num_logits
+        out[:] = np.repeat(query_ends - num_logits, num_logits) + (
+            np.arange(total) - np.repeat(firsts, num_logits)
+        )
+        return total

@@ -1,5 +1,6 @@
 """KV-cache manager: prefix hits, lazy eviction, fork, and a stateful property test that
-checks every block's content through a simulated paged KV store."""
+checks every block's content through a simulated paged KV store (speculative append and
+rollback among its moves)."""
 
 from __future__ import annotations
 
@@ -209,6 +210,43 @@ class KVCacheMachine(RuleBasedStateMachine):
             for token in extra:  # decode: sampled tokens join the sequence
                 request.append_token(token)
         self._try_allocate(request, chunk, [])
+
+    @rule(
+        request=live,
+        drafts=st.lists(st.integers(0, 3), min_size=1, max_size=9),
+        num_accepted=st.integers(0, 9),
+        bonus=st.integers(0, 3),
+    )
+    def speculate(self, request: Request, drafts: list[int], num_accepted: int, bonus: int) -> None:
+        """A decode verifying drafts: the last token and every draft are written, then only
+        the accepted drafts and the bonus token join the sequence and the rest roll back."""
+        if request.request_id not in self.requests:
+            return
+        if request.num_computed_tokens != request.num_tokens - 1:
+            return
+        block_ids = self.manager.allocate_slots(request, 1 + len(drafts))
+        if block_ids is None:
+            return
+        written = [request.token_ids[-1], *drafts]
+        for offset, token in enumerate(written):
+            position = request.num_computed_tokens + offset
+            block = self.manager.pool.blocks[block_ids[position // self.BLOCK_SIZE]]
+            assert block.ref_cnt == 1 and block.block_hash is None, "write to shared block"
+            self.store.setdefault(block.block_id, [None] * self.BLOCK_SIZE)[
+                position % self.BLOCK_SIZE
+            ] = token
+        for token in [*drafts[: min(num_accepted, len(drafts))], bonus]:
+            request.append_token(token)
+        request.num_computed_tokens = request.num_tokens - 1
+        self.manager.cache_blocks(request)
+        for index, block_hash in enumerate(request.block_hashes):
+            start = index * self.BLOCK_SIZE
+            self.hash_tokens[block_hash] = tuple(request.token_ids[start : start + self.BLOCK_SIZE])
+        self.manager.free_tail(request, request.num_tokens)
+        kept = len(self.manager.get_block_ids(request)) * self.BLOCK_SIZE
+        assert request.num_computed_tokens <= kept < request.num_tokens + self.BLOCK_SIZE, (
+            "a rolled-back block was kept"
+        )
 
     @rule(request=live, chunk=st.integers(1, 40))
     def fork(self, request: Request, chunk: int) -> None:

@@ -34,15 +34,21 @@ class FakeModel:
             position % self.block_size
         )
 
-    def execute(self, output: SchedulerOutput) -> list[int]:
+    def next_token(self, context: list[int]) -> int:
+        return (sum(context) * 31 + len(context) * 7) % VOCAB
+
+    def execute(self, output: SchedulerOutput) -> list[list[int]]:
+        """Each sampled request's new tokens: its sampled one, or, when it verifies drafts,
+        the drafts that equal what it would have sampled, then the token after them."""
         pool = self.scheduler.kv_cache.pool
         for s in output.scheduled:  # context computed in earlier steps must read back
             cached = [self.kv.get(self._slot(s.block_ids, p)) for p in range(s.start_position)]
             assert cached == s.request.token_ids[: s.start_position], s.request.request_id
-            assert (
-                s.token_ids
-                == s.request.token_ids[s.start_position : s.start_position + s.num_new_tokens]
-            )
+            num_real = s.num_new_tokens - s.num_draft_tokens
+            assert s.token_ids == [
+                *s.request.token_ids[s.start_position : s.start_position + num_real],
+                *s.request.draft_token_ids[: s.num_draft_tokens],
+            ]
         sampled = []
         for s in output.scheduled:
             for i, token in enumerate(s.token_ids):
@@ -50,8 +56,14 @@ class FakeModel:
                 assert pool.blocks[s.block_ids[position // self.block_size]].ref_cnt == 1
                 self.kv[self._slot(s.block_ids, position)] = token
             if s.sample:
-                context = s.request.token_ids
-                sampled.append((sum(context) * 31 + len(context) * 7) % VOCAB)
+                context = list(s.request.token_ids)
+                tokens = [self.next_token(context)]
+                for draft in s.draft_token_ids:
+                    if draft != tokens[-1]:
+                        break
+                    context.append(draft)
+                    tokens.append(self.next_token(context))
+                sampled.append(tokens)
         return sampled
 
 
@@ -405,3 +417,47 @@ def test_no_prefix_hit_on_blocks_computed_in_the_same_step() -> None:
     output, _ = step(scheduler, model)
     assert late.num_cached_tokens == 8 and output.scheduled[-1].start_position == 8
     run_all(scheduler, model)
+
+
+@pytest.mark.parametrize("num_blocks", [200, 14])
+def test_speculative_drafts_keep_outputs_and_roll_back_their_blocks(num_blocks: int) -> None:
+    """Drafts that are partly right, wrong, or run past ``max_tokens``: outputs equal a run
+    without drafts (with preemption in the tight cache), blocks stay consistent each step,
+    and fewer steps are needed."""
+    random.seed(3)
+    specs = [(random.randint(5, 30), random.randint(5, 20)) for _ in range(8)]
+    prompts = [[random.randrange(VOCAB) for _ in range(n)] for n, _ in specs]
+
+    def run(speculate: bool) -> tuple[Scheduler, list[Request], int]:
+        scheduler = make_scheduler(num_blocks=num_blocks, budget=40)
+        model = FakeModel(scheduler)
+        requests = [
+            make_request(0, max_tokens, prompt=list(prompt))
+            for prompt, (_, max_tokens) in zip(prompts, specs, strict=True)
+        ]
+        for request in requests:
+            scheduler.add_request(request)
+        rng = random.Random(4)
+        num_steps = 0
+        while scheduler.has_unfinished_requests():
+            if speculate:
+                for request in scheduler.running:
+                    context = list(request.token_ids)
+                    for _ in range(rng.randint(0, 4)):
+                        context.append(model.next_token(context))
+                    if rng.random() < 0.5:
+                        context.append((model.next_token(context) + 1) % VOCAB)
+                    request.draft_token_ids = context[request.num_tokens :]
+            step(scheduler, model)
+            num_steps += 1
+        assert scheduler.kv_cache.block_tables == {}
+        return scheduler, requests, num_steps
+
+    _, reference, plain_steps = run(speculate=False)
+    scheduler, speculated, spec_steps = run(speculate=True)
+    for ref, req in zip(reference, speculated, strict=True):
+        assert req.token_ids == ref.token_ids
+        assert req.status is RequestStatus.FINISHED_LENGTH
+    assert spec_steps < plain_steps
+    if num_blocks == 14:
+        assert scheduler.num_preemptions > 0
