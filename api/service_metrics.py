@@ -33,6 +33,27 @@ SERVICE_METRICS = (
 )
 
 
+# The counters over finished batches: name, help, the labels after model and tenant.
+_FINISHED_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "kvbatch_lines",
+        "Lines of finished batches, by outcome (completed: an answer; failed: an error line).",
+        ("outcome",),
+    ),
+    (
+        "kvbatch_tokens",
+        "Tokens of finished batches: input (cached included), cached, output.",
+        ("kind",),
+    ),
+    ("kvbatch_batches_finished", "Batches that ended, by final status.", ("status",)),
+    (
+        "kvbatch_batch_duration_seconds",
+        "Seconds from in_progress to the end, summed over finished batches.",
+        (),
+    ),
+)
+
+
 class ServiceCollector(Collector):
     def __init__(self, store: JobStore, probe: QueueProbe | None, queues: list[str]) -> None:
         self._store = store
@@ -82,25 +103,9 @@ class ServiceCollector(Collector):
         yield oldest
 
     def _finished_metrics(self) -> Iterator[Metric]:
-        lines = CounterMetricFamily(
-            "kvbatch_lines",
-            "Lines of finished batches, by outcome (completed: an answer; failed: an error line).",
-            labels=["model", "tenant", "outcome"],
-        )
-        tokens = CounterMetricFamily(
-            "kvbatch_tokens",
-            "Tokens of finished batches: input (cached included), cached, output.",
-            labels=["model", "tenant", "kind"],
-        )
-        finished = CounterMetricFamily(
-            "kvbatch_batches_finished",
-            "Batches that ended, by final status.",
-            labels=["model", "tenant", "status"],
-        )
-        duration = CounterMetricFamily(
-            "kvbatch_batch_duration_seconds",
-            "Seconds from in_progress to the end, summed over finished batches.",
-            labels=["model", "tenant"],
+        lines, tokens, finished, duration = (
+            CounterMetricFamily(name, text, labels=["model", "tenant", *by])
+            for name, text, by in _FINISHED_FAMILIES
         )
         for (model, tenant), values in self._finished.totals().values.items():
             for outcome in ("completed", "failed"):

@@ -24,16 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch_checks import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_dtype,
-    check_rank,
-    check_same_device,
-    check_shape,
-    check_unit_stride,
-    strides,
-)
+from kernels import launch_checks as checks
 
 
 @triton.jit
@@ -215,16 +206,16 @@ def _check_inputs(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
 ) -> None:
-    check_rank("query", query, 3)
-    check_rank("k_cache", k_cache, 4)
-    check_rank("block_table", block_table, 2)
-    check_rank("query_start_loc", query_start_loc, 1)
-    check_dtype("query", query, FLOAT_DTYPES)
+    checks.check_rank("query", query, 3)
+    checks.check_rank("k_cache", k_cache, 4)
+    checks.check_rank("block_table", block_table, 2)
+    checks.check_rank("query_start_loc", query_start_loc, 1)
+    checks.check_dtype("query", query, checks.FLOAT_DTYPES)
     for name, t in (("block_table", block_table), ("query_start_loc", query_start_loc)):
-        check_dtype(name, t, INDEX_DTYPES)
-    check_dtype("seq_lens", seq_lens, INDEX_DTYPES)
-    check_same_device(query=query, k_cache=k_cache, v_cache=v_cache, block_table=block_table)
-    check_same_device(query=query, query_start_loc=query_start_loc, seq_lens=seq_lens)
+        checks.check_dtype(name, t, checks.INDEX_DTYPES)
+    checks.check_dtype("seq_lens", seq_lens, checks.INDEX_DTYPES)
+    checks.check_same_device(query=query, k_cache=k_cache, v_cache=v_cache, block_table=block_table)
+    checks.check_same_device(query=query, query_start_loc=query_start_loc, seq_lens=seq_lens)
     if k_cache.dtype != query.dtype or v_cache.dtype != query.dtype:
         raise ValueError(f"caches ({k_cache.dtype}, {v_cache.dtype}) must match {query.dtype}")
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
@@ -236,10 +227,10 @@ def _check_inputs(
     if num_kv_heads == 0 or num_heads % num_kv_heads:
         raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
     num_reqs = block_table.shape[0]
-    check_shape("query_start_loc", query_start_loc, (num_reqs + 1,))
-    check_shape("seq_lens", seq_lens, (num_reqs,))
-    check_unit_stride("query", query)
-    check_unit_stride("k_cache", k_cache)
+    checks.check_shape("query_start_loc", query_start_loc, (num_reqs + 1,))
+    checks.check_shape("seq_lens", seq_lens, (num_reqs,))
+    checks.check_unit_stride("query", query)
+    checks.check_unit_stride("k_cache", k_cache)
 
 
 def paged_attention_triton(
@@ -283,10 +274,10 @@ def paged_attention_triton(
         seq_lens_ptr=seq_lens,
         num_reqs=num_reqs,
         qk_scale=scale * math.log2(math.e),
-        **strides(out, "ot oh"),
-        **strides(query, "qt qh"),
-        **strides(k_cache, "cb cs ch"),
-        **strides(block_table, "bt"),
+        **checks.strides(out, "ot oh"),
+        **checks.strides(query, "qt qh"),
+        **checks.strides(k_cache, "cb cs ch"),
+        **checks.strides(block_table, "bt"),
         GROUP=group,
         HEAD_SIZE=head_size,
         HEAD_PAD=tiles.head_pad,

@@ -10,16 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch_checks import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_dtype,
-    check_rank,
-    check_same_device,
-    check_shape,
-    check_unit_stride,
-    strides,
-)
+from kernels import launch_checks as checks
 
 
 def store_kv_cache_reference(
@@ -102,22 +93,24 @@ def store_kv_cache_triton(
     Grid ``(num_tokens,)``: one program copies all KV heads of one token's key and value;
     a program whose slot is negative writes nothing.
     """
-    check_rank("key", key, 3)
-    check_rank("k_cache", k_cache, 4)
-    check_shape("value", value, tuple(key.shape))
-    check_shape("slot_mapping", slot_mapping, (key.shape[0],))
+    checks.check_rank("key", key, 3)
+    checks.check_rank("k_cache", k_cache, 4)
+    checks.check_shape("value", value, tuple(key.shape))
+    checks.check_shape("slot_mapping", slot_mapping, (key.shape[0],))
     if key.shape[1:] != k_cache.shape[2:]:
         raise ValueError(f"key heads {tuple(key.shape[1:])} != cache {tuple(k_cache.shape[2:])}")
-    check_dtype("key", key, FLOAT_DTYPES)
-    check_dtype("k_cache", k_cache, FLOAT_DTYPES)
-    check_dtype("slot_mapping", slot_mapping, INDEX_DTYPES)
-    check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slots=slot_mapping)
+    checks.check_dtype("key", key, checks.FLOAT_DTYPES)
+    checks.check_dtype("k_cache", k_cache, checks.FLOAT_DTYPES)
+    checks.check_dtype("slot_mapping", slot_mapping, checks.INDEX_DTYPES)
+    checks.check_same_device(
+        key=key, value=value, k_cache=k_cache, v_cache=v_cache, slots=slot_mapping
+    )
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
         raise ValueError("k_cache and v_cache must have the same shape and strides")
     if v_cache.dtype != k_cache.dtype or value.dtype != key.dtype:
         raise ValueError("key/value and k_cache/v_cache must share their dtypes")
     for name, t in (("key", key), ("value", value), ("k_cache", k_cache)):
-        check_unit_stride(name, t)
+        checks.check_unit_stride(name, t)
     num_tokens, num_kv_heads, head_size = key.shape
     if num_tokens == 0:
         return
@@ -127,9 +120,9 @@ def store_kv_cache_triton(
         k_cache_ptr=k_cache,
         v_cache_ptr=v_cache,
         slot_mapping_ptr=slot_mapping,
-        **strides(key, "kt kh"),
-        **strides(value, "vt vh"),
-        **strides(k_cache, "cb cs ch"),
+        **checks.strides(key, "kt kh"),
+        **checks.strides(value, "vt vh"),
+        **checks.strides(k_cache, "cb cs ch"),
         NUM_KV_HEADS=num_kv_heads,
         HEAD_SIZE=head_size,
         BLOCK_SIZE=k_cache.shape[1],

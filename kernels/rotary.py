@@ -13,16 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch_checks import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_dtype,
-    check_rank,
-    check_same_device,
-    check_shape,
-    check_unit_stride,
-    strides,
-)
+from kernels import launch_checks as checks
 
 
 def inverse_frequencies(
@@ -173,21 +164,21 @@ def rotary_embedding_triton(
     Grid ``(num_tokens,)``: one program gathers its token's cos/sin row once and rotates all
     query and key heads with it. Positions are not range-checked (that would need a host sync).
     """
-    check_rank("query", query, 3)
-    check_rank("key", key, 3)
-    check_rank("cos_sin_cache", cos_sin_cache, 2)
+    checks.check_rank("query", query, 3)
+    checks.check_rank("key", key, 3)
+    checks.check_rank("cos_sin_cache", cos_sin_cache, 2)
     num_tokens, num_heads, head_size = query.shape
-    check_shape("positions", positions, (num_tokens,))
-    check_shape("cos_sin_cache", cos_sin_cache, (cos_sin_cache.shape[0], head_size))
+    checks.check_shape("positions", positions, (num_tokens,))
+    checks.check_shape("cos_sin_cache", cos_sin_cache, (cos_sin_cache.shape[0], head_size))
     if key.shape[0] != num_tokens or key.shape[2] != head_size:
         raise ValueError(f"key shape {tuple(key.shape)} does not match query {tuple(query.shape)}")
     if head_size % 2:
         raise ValueError(f"head_size {head_size} must be even for rotate_half")
-    check_dtype("positions", positions, INDEX_DTYPES)
+    checks.check_dtype("positions", positions, checks.INDEX_DTYPES)
     for name, t in (("query", query), ("key", key), ("cos_sin_cache", cos_sin_cache)):
-        check_dtype(name, t, FLOAT_DTYPES)
-        check_unit_stride(name, t)
-    check_same_device(positions=positions, query=query, key=key, cos_sin_cache=cos_sin_cache)
+        checks.check_dtype(name, t, checks.FLOAT_DTYPES)
+        checks.check_unit_stride(name, t)
+    checks.check_same_device(positions=positions, query=query, key=key, cos_sin_cache=cos_sin_cache)
     query_out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     key_out = torch.empty(key.shape, dtype=key.dtype, device=key.device)
     if num_tokens == 0:
@@ -199,9 +190,9 @@ def rotary_embedding_triton(
         key_ptr=key,
         positions_ptr=positions,
         cos_sin_ptr=cos_sin_cache,
-        **strides(query, "qt qh"),
-        **strides(key, "kt kh"),
-        **strides(cos_sin_cache, "cs"),
+        **checks.strides(query, "qt qh"),
+        **checks.strides(key, "kt kh"),
+        **checks.strides(cos_sin_cache, "cs"),
         NUM_HEADS=num_heads,
         NUM_KV_HEADS=key.shape[1],
         HEADS_PAD=triton.next_power_of_2(max(num_heads, key.shape[1])),

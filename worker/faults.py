@@ -11,13 +11,11 @@ the worker and every other batch carry on.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Literal
+from typing import Any, Literal
 
 from engine.config import EngineConfig
 from engine.llm_engine import EngineOutput, LLMEngine
 from engine.outputs import RequestOutput
-from engine.pooling_params import PoolingParams
-from engine.sampling_params import SamplingParams
 
 CrashPoint = Literal["admit", "step"]
 
@@ -36,11 +34,7 @@ class FaultInjectingEngine(LLMEngine):
         self._marked: set[Hashable] = set()
 
     def add_request(
-        self,
-        request_id: Hashable,
-        prompt: str | list[int],
-        params: SamplingParams | PoolingParams,
-        priority: int = 0,
+        self, request_id: Hashable, prompt: str | list[int], *args: Any, **kw: Any
     ) -> None:
         text = prompt
         if isinstance(prompt, list) and self.tokenizer is not None:
@@ -49,7 +43,7 @@ class FaultInjectingEngine(LLMEngine):
             if self.at == "admit":
                 raise InjectedEngineFault(f"injected engine fault for {request_id}")
             self._marked.add(request_id)
-        super().add_request(request_id, prompt, params, priority)
+        super().add_request(request_id, prompt, *args, **kw)
 
     def step(self) -> list[EngineOutput]:
         if marked := self.running_request_ids() & self._marked:

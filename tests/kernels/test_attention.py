@@ -56,9 +56,7 @@ def test_batch_shapes(device: torch.device, q_lens: list[int], seq_lens: list[in
         q_lens,
         seq_lens,
         num_heads=8,
-        num_kv_heads=2,
         head_size=64,
-        block_size=16,
         dtype=torch.float16,
         device=device,
     )
@@ -76,8 +74,6 @@ def test_group_sizes_that_are_not_powers_of_two(
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_size=32,
-        block_size=16,
-        dtype=torch.float32,
         device=device,
     )
     assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
@@ -88,11 +84,8 @@ def test_block_size_other_than_the_key_tile(device: torch.device, block_size: in
     batch = make_batch(
         [3, 1],
         [100, 77],
-        num_heads=4,
-        num_kv_heads=2,
         head_size=32,
         block_size=block_size,
-        dtype=torch.float32,
         device=device,
     )
     assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
@@ -103,11 +96,7 @@ def test_strided_query_from_a_fused_projection(device: torch.device) -> None:
     batch = make_batch(
         [4, 1],
         [4, 20],
-        num_heads=4,
-        num_kv_heads=2,
         head_size=32,
-        block_size=16,
-        dtype=torch.float32,
         device=device,
     )
     qkv = torch.randn(5, 8 * 32, device=device)
@@ -128,7 +117,6 @@ def test_block_ids_past_int32_element_offsets(device: torch.device) -> None:
         batch = make_batch(
             [3, 1, 1],
             [40, 33, 70],
-            num_heads=4,
             num_kv_heads=num_kv_heads,
             head_size=head_size,
             block_size=block_size,
@@ -147,11 +135,6 @@ def _small_batch(device: torch.device) -> PagedBatch:
     return make_batch(
         [2, 1],
         [2, 9],
-        num_heads=4,
-        num_kv_heads=2,
-        head_size=16,
-        block_size=16,
-        dtype=torch.float32,
         device=device,
     )
 

@@ -46,11 +46,6 @@ def _run_every_op(device: torch.device) -> list[torch.Tensor]:
     batch = make_batch(
         [3, 1],
         [3, 20],
-        num_heads=4,
-        num_kv_heads=2,
-        head_size=16,
-        block_size=16,
-        dtype=torch.float32,
         device=device,
     )
     key = torch.randn(4, 2, 16, device=device)
