@@ -11,16 +11,18 @@ from pathlib import Path
 
 import redis
 
+from jobs.service_settings import redis_client
+
 
 class CommandFailed(Exception):
     """A failure whose message tells the user what to do; printed without a traceback."""
 
 
-def require_redis(url: str, timeout_s: float = 3.0) -> None:
-    """Raise :class:`CommandFailed` unless Redis answers at ``url``."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry=None
-    )
+def require_redis(url: str, sentinel_master: str = "mymaster", timeout_s: float = 3.0) -> None:
+    """Raise :class:`CommandFailed` unless Redis answers at ``url`` (the master, behind
+    ``sentinel://`` URLs)."""
+    options = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s, "retry": None}
+    client = redis_client(url, sentinel_master, **options)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -19,6 +19,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from api.server import serve
     from api.settings import get_settings
 
-    require_redis(get_settings().redis_url)
+    settings = get_settings()
+    require_redis(settings.redis_url, settings.redis_sentinel_master)
     serve(host=args.host, port=args.port)
     return 0

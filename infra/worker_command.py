@@ -38,7 +38,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     require_weights(model_dir)
     from worker.settings import get_worker_settings
 
-    require_redis(get_worker_settings().redis_url)
+    settings = get_worker_settings()
+    require_redis(settings.redis_url, settings.redis_sentinel_master)
     from worker.main import run_worker
 
     run_worker(
