@@ -28,6 +28,7 @@ def paged_attention_reference(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    *,
     key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
     value: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
