@@ -28,11 +28,18 @@ def paged_attention_reference(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    *,
+    key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
+    value: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
     """Plain-PyTorch paged attention: gather K/V per request, then SDPA.
 
     Decode-only rows (query length 1) are batched into one padded SDPA call, since a step of
-    continuous batching is mostly decodes; prefill chunks run one request at a time.
+    continuous batching is mostly decodes; prefill chunks run one request at a time. Given
+    the step's own ``key``/``value``, a prefill chunk with no cached context (``seq_len ==
+    q_len``: a whole prompt, or a first chunk) attends to those directly with ``is_causal``:
+    the same numbers as reading them back from the cache, without the gather, the explicit
+    mask and the masked half of the scores (embedding requests are all such chunks).
     """
     _, num_heads, head_size = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -64,11 +71,19 @@ def paged_attention_reference(
 
     for r in prefill_rows:
         q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
+        q = query[q_start : q_start + q_len].transpose(0, 1)[None]  # [1, heads, q_len, hs]
+        if key is not None and value is not None and ctx == q_len:
+            k = key[q_start : q_start + q_len].transpose(0, 1)[None]  # [1, kvh, q_len, hs]
+            v = value[q_start : q_start + q_len].transpose(0, 1)[None]
+            o = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, enable_gqa=True
+            )
+            out[q_start : q_start + q_len] = o[0].transpose(0, 1)
+            continue
         num_ctx_blocks = (ctx + block_size - 1) // block_size
         blocks = block_table[r : r + 1, :num_ctx_blocks].long()  # [1, nb]
         k = gather_head_major(k_cache, blocks, ctx)  # [1, kvh, ctx, hs]
         v = gather_head_major(v_cache, blocks, ctx)
-        q = query[q_start : q_start + q_len].transpose(0, 1)[None]  # [1, heads, q_len, hs]
         # Causal with an offset: query i sits at position ctx - q_len + i.
         q_pos = torch.arange(ctx - q_len, ctx, device=query.device)
         mask = torch.arange(ctx, device=query.device)[None, :] <= q_pos[:, None]

@@ -67,11 +67,15 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """``key``/``value``: the step's new K/V, already stored; the PyTorch path attends to
+    them directly for chunks with no cached context (the Triton kernel reads the cache)."""
     args = (query, k_cache, v_cache, block_table, query_start_loc, seq_lens)
     if use_triton(query):
         return paged_attention_triton(*args, max_query_len, max_seq_len, scale)
-    return paged_attention_reference(*args, max_query_len, max_seq_len, scale)
+    return paged_attention_reference(*args, max_query_len, max_seq_len, scale, key=key, value=value)
 
 
 def store_kv_cache(

@@ -58,4 +58,6 @@ def paged_attend(
         meta.max_query_len,
         meta.max_seq_len,
         scale,
+        key=key,
+        value=value,
     )

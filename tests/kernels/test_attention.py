@@ -156,3 +156,41 @@ def test_rejects_bad_inputs(device: torch.device) -> None:
     odd_heads = batch.query[:, :3]  # 3 query heads over 2 KV heads
     with pytest.raises(ValueError, match="multiple"):
         paged_attention_triton(odd_heads, *args[1:])
+
+
+def _step_kv(batch: PagedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's new K/V, as ``store_kv_cache`` wrote them: read back through the tables."""
+    block_size = batch.k_cache.shape[1]
+    slots = []
+    starts, lens = batch.query_start_loc.tolist(), batch.seq_lens.tolist()
+    for r, ctx in enumerate(lens):
+        q_len = starts[r + 1] - starts[r]
+        for pos in range(ctx - q_len, ctx):
+            slots.append(
+                int(batch.block_table[r, pos // block_size]) * block_size + pos % block_size
+            )
+    index = torch.tensor(slots, device=batch.query.device)
+    flat = (c.view(-1, *c.shape[2:]) for c in (batch.k_cache, batch.v_cache))
+    key, value = (c[index] for c in flat)
+    return key, value
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), HEADS)
+def test_fresh_prefills_may_attend_to_the_steps_own_kv(
+    device: torch.device, num_heads: int, num_kv_heads: int
+) -> None:
+    """The reference's shortcut for chunks with no cached context (causal SDPA on the step's
+    K/V) gives what reading the cache gives, beside decodes and prefix-cached chunks."""
+    batch = make_batch(
+        MIXED_Q_LENS,
+        MIXED_SEQ_LENS,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=32,
+        block_size=16,
+        dtype=torch.float32,
+        device=device,
+    )
+    key, value = _step_kv(batch)
+    shortcut = paged_attention_reference(*batch.args(), key=key, value=value)
+    assert_close(shortcut, paged_attention_reference(*batch.args()))
