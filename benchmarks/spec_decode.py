@@ -15,7 +15,9 @@ shared and noisy) and every arm's prefix cache reset before it runs:
   its tokenizer, so these bound draft-model speculation here rather than show a win.
 
 Tokens/s counts output tokens over the wall time of the whole ``generate`` call (prefill
-included). Batch 1 runs its prompts one ``generate`` call at a time.
+included). Batch 1 runs its prompts one ``generate`` call at a time. The process's CPU time
+is recorded beside it (``cpu_ratio_per_round``: output tokens per CPU second, spec over
+plain), which a neighbour's load disturbs far less than wall time on a shared machine.
 
     python -m benchmarks.spec_decode --rounds 3
 """
@@ -87,11 +89,13 @@ def run_arm(llm: LLM, prompts: list[list[int]], batch: int, max_tokens: int) -> 
         stats.num_spec_verifications,
     )
     outputs: list[list[int]] = []
+    cpu_start = time.process_time()
     start = time.perf_counter()
     for i in range(0, len(prompts), batch):
         done = llm.generate(prompts[i : i + batch], params, use_tqdm=False)
         outputs += [o.outputs[0].token_ids for o in done]
     elapsed = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
     num_tokens = sum(len(o) for o in outputs)
     num_drafts = stats.num_draft_tokens - drafts
     num_accepted = stats.num_accepted_tokens - accepted
@@ -100,6 +104,8 @@ def run_arm(llm: LLM, prompts: list[list[int]], batch: int, max_tokens: int) -> 
         "seconds": elapsed,
         "output_tokens": num_tokens,
         "tokens_per_s": num_tokens / elapsed,
+        "cpu_seconds": cpu_s,
+        "tokens_per_cpu_s": num_tokens / cpu_s,
         "num_draft_tokens": num_drafts,
         "num_accepted_tokens": num_accepted,
         "acceptance_rate": num_accepted / num_drafts if num_drafts else 0.0,
@@ -147,6 +153,10 @@ def compare(
                 "ratio_median": round(median / base, 3),
                 "ratio_per_round": [
                     round(s["tokens_per_s"] / p["tokens_per_s"], 3)
+                    for s, p in zip(spec_runs, plain, strict=True)
+                ],
+                "cpu_ratio_per_round": [
+                    round(s["tokens_per_cpu_s"] / p["tokens_per_cpu_s"], 3)
                     for s, p in zip(spec_runs, plain, strict=True)
                 ],
                 "acceptance_rate": round(spec_runs[-1]["acceptance_rate"], 3),

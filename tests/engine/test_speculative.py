@@ -32,6 +32,13 @@ def random_draft(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model("llama", tmp_path_factory.mktemp("draft") / "llama", seed=7)
 
 
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2_dir: Path) -> tuple[LLM, LLM]:
+    """SmolLM2 without and with n-gram speculation, shared by this module's text tests."""
+    plain = LLM(str(smollm2_dir), dtype="float32", device="cpu")
+    return plain, LLM(str(smollm2_dir), dtype="float32", device="cpu", speculative_config=NGRAM)
+
+
 def repeating_prompts(vocab_size: int) -> list[list[int]]:
     """Prompts that quote themselves, so that prompt lookup finds drafts."""
     gen = torch.Generator().manual_seed(5)
@@ -158,19 +165,21 @@ def test_disable_by_batch_size_turns_drafts_off_for_large_batches(
     assert got == plain and stats.num_draft_tokens > 0
 
 
-def test_stop_strings_logprobs_and_n_see_only_accepted_tokens(smollm2_dir: Path) -> None:
+def test_stop_strings_logprobs_and_n_see_only_accepted_tokens(
+    smollm2_pair: tuple[LLM, LLM],
+) -> None:
     """A stop string completed by an accepted draft ends the output there (later accepted
     tokens dropped), logprobs come one per output token, and ``n = 2`` samples agree."""
     text = "The code is 4711-AB-99. Repeat: the code is 4711-AB-99. Again: the code is"
-    llm = LLM(str(smollm2_dir), dtype="float32", device="cpu")
+    llm, spec = smollm2_pair
     plain = llm.generate([text], SamplingParams(temperature=0.0, max_tokens=24), use_tqdm=False)
     reference = plain[0].outputs[0]
     stop = reference.text[len(reference.text) // 2 :][:3]
     params = SamplingParams(temperature=0.0, max_tokens=24, stop=[stop], logprobs=1, n=2)
     expected = llm.generate([text], params, use_tqdm=False)[0].outputs
-    spec = LLM(str(smollm2_dir), dtype="float32", device="cpu", speculative_config=NGRAM)
+    accepted_before = spec.engine.stats.num_accepted_tokens
     got = spec.generate([text], params, use_tqdm=False)[0].outputs
-    assert spec.engine.stats.num_accepted_tokens > 0
+    assert spec.engine.stats.num_accepted_tokens > accepted_before
     for sample in got:
         assert sample.text == expected[0].text and sample.token_ids == expected[0].token_ids
         assert sample.stop_reason == stop and sample.finish_reason == "stop"
@@ -179,7 +188,7 @@ def test_stop_strings_logprobs_and_n_see_only_accepted_tokens(smollm2_dir: Path)
 
 
 def test_constrained_outputs_roll_the_grammar_back_with_rejected_drafts(
-    smollm2_dir: Path,
+    smollm2_pair: tuple[LLM, LLM],
 ) -> None:
     """Drafts of a constrained request are checked against the grammar's mask after each
     earlier draft (the matcher walks them and rolls back): outputs equal decoding without
@@ -197,11 +206,10 @@ def test_constrained_outputs_roll_the_grammar_back_with_rejected_drafts(
         )
         for c in ({"choice": choices}, {"regex": r"QX-[0-9]{4}-[A-Z]+(-[A-Z]+){0,3}"})
     ]
-    expected = LLM(str(smollm2_dir), dtype="float32", device="cpu").generate(
-        [text, text], params, use_tqdm=False
-    )
-    spec = LLM(str(smollm2_dir), dtype="float32", device="cpu", speculative_config=NGRAM)
+    llm, spec = smollm2_pair
+    accepted_before = spec.engine.stats.num_accepted_tokens
+    expected = llm.generate([text, text], params, use_tqdm=False)
     got = spec.generate([text, text], params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
     assert got[0].outputs[0].text in choices
-    assert spec.engine.stats.num_accepted_tokens > 0
+    assert spec.engine.stats.num_accepted_tokens > accepted_before
