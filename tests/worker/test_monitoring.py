@@ -7,6 +7,7 @@ import urllib.request
 
 import redis
 
+from engine.stats import EngineStats
 from infra.harness.redis_server import free_port
 from infra.harness.service import REDIS_URL
 from worker.engine_load import EngineLoad
@@ -24,8 +25,11 @@ def test_occupancy_waste_and_intake_reach_the_stats_hash_and_prometheus() -> Non
     intake.received("t", is_shard=True)
     intake.sized("t", 3)
 
+    speculation = EngineStats(num_draft_tokens=8, num_accepted_tokens=6, num_spec_verifications=2)
+
     def snapshot() -> dict[str, float]:
-        return {**load.snapshot(), **intake.snapshot()}
+        spec = {k: speculation.as_dict()[k] for k in ("num_draft_tokens", "acceptance_rate")}
+        return {**load.snapshot(), **intake.snapshot(), **spec}
 
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     key = f"test-monitoring-{secrets.token_hex(4)}:workers:w"
@@ -51,6 +55,8 @@ def test_occupancy_waste_and_intake_reach_the_stats_hash_and_prometheus() -> Non
         assert 'kvbatch_worker_engine_request_seconds_total{device="cpu",model="m"} 2.0' in text
         assert 'kvbatch_worker_engine_capacity{device="cpu",model="m"} 4.0' in text
         assert 'kvbatch_worker_intake_watermark{device="cpu",model="m"} 7.0' in text
+        assert 'kvbatch_worker_num_draft_tokens_total{device="cpu",model="m"} 8.0' in text
+        assert 'kvbatch_worker_acceptance_rate{device="cpu",model="m"} 0.75' in text
     finally:
         publisher.close()
         client.delete(key)
