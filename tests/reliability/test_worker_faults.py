@@ -172,17 +172,18 @@ def test_a_rerun_computes_only_the_lines_its_killed_run_had_not_finished(
 def test_sigterm_hands_back_a_long_shard_after_the_grace_keeping_its_finished_lines(
     stack_parts: dict[str, object],
 ) -> None:
-    """One 48-line shard on an engine of 4 sequences (seconds of work), a grace of 2 s: the
-    worker stops within seconds, not when the shard is done, and the next worker runs
-    only the lines the first had not finished."""
+    """One 48-line shard of 48 tokens a line on an engine of 2 sequences (about 8 s of work
+    on a quiet machine, far more than the grace), a grace of 1 s: the worker stops within
+    seconds, not when the shard is done, and the next worker runs only the lines the first
+    had not finished."""
     knobs = {
         "shard_size": 48,
-        "engine_max_num_seqs": 4,
+        "engine_max_num_seqs": 2,
         "shard_commit_lines": 1,
-        "shutdown_grace_s": 2,
+        "shutdown_grace_s": 1,
     }
     with fast_stack(**stack_parts, **knobs) as live:  # type: ignore[arg-type]
-        lines = long_lines("g", 48)
+        lines = long_lines("g", 48, max_tokens=48)
         batch_id = submit(live, lines)
         first = live.start_worker(concurrency=1)
         wait_shard_count(live, batch_id, 8, first)
