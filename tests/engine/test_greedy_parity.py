@@ -53,8 +53,17 @@ def reference(model_dir: Path) -> tuple[list[list[int]], list[int], list[list[in
     return prompts, max_tokens, expected
 
 
-@pytest.mark.parametrize("shape", list(ENGINE_SHAPES))
-@pytest.mark.parametrize("model", MODELS)
+# SmolLM2 skips "block16": its "chunked" and "preempt" runs already page in blocks of 16,
+# and each SmolLM2 run costs over a minute of CI; the tiny models run every shape.
+PARITY_CASES = [
+    pytest.param(model, shape, id=f"{model}-{shape}")
+    for model in MODELS
+    for shape in ENGINE_SHAPES
+    if (model, shape) != ("smollm2", "block16")
+]
+
+
+@pytest.mark.parametrize(("model", "shape"), PARITY_CASES)
 def test_greedy_matches_transformers(model: str, shape: str, model_dirs: dict[str, Path]) -> None:
     check_parity(model_dirs[model], shape)
 
