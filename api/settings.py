@@ -85,7 +85,7 @@ class Settings(ServiceSettings):
     # Output and error files without output_expires_after: kept this long (default 30 days).
     output_file_ttl_s: int = Field(default=30 * 24 * 3600, ge=3600)
     intake_threads: int = 2
-    # Quotas by "tenant/model", "tenant" or "*" (JSON): jobs/quotas.py.
+    # Quotas by "tenant/model", "tenant" or "*" (JSON): jobs/state/quotas.py.
     tenant_quotas: dict[str, Quota] = Field(default_factory=dict)
     # Signs the cursors of /v1/batches/{id}/results; empty: derived from the API keys.
     results_cursor_secret: str = ""

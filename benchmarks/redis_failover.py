@@ -3,7 +3,7 @@
     python -m benchmarks.redis_failover
 
 Starts one master and one replica (AOF on) and three sentinels on loopback
-(tests/reliability/processes.py: master declared down after 1 s), the API in a thread and
+(infra/harness/sentinel.py: master declared down after 1 s), the API in a thread and
 one ``kvbatch worker`` process, both on the ``sentinel://`` URL, and a batch of ``--lines``
 chat lines in shards of 16. Once the worker's engine has requests in flight the master is
 SIGKILLed. Writes ``benchmarks/results/redis_failover.json``: seconds from the kill to the

@@ -3,7 +3,7 @@
 An extension of OpenAI's API: the output and error lines of the shards done so far, in
 pages, with an opaque cursor to go on (``after``). Every line is byte-identical to its line
 in the final output or error file and appears exactly once across pages, also across the
-batch's end (jobs/live_results.py).
+batch's end (jobs/pipeline/live_results.py).
 """
 
 from __future__ import annotations

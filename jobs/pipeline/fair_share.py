@@ -15,7 +15,7 @@ jumped by at most ``fair_share_burst`` shards per arrival and two busy tenants a
 
 Pumps run after intake queues a batch, after each shard task, and with the periodic sweep.
 Each step is one Lua script, so concurrent pumps never release a shard twice; a shard lost
-between the step and its broker message is sent again by the watchdog (jobs/watchdog.py).
+between the step and its broker message is sent again by the watchdog (jobs/pipeline/watchdog.py).
 The watchdog also sends a shard held here longer than its silence (twice the visibility
 timeout): that shard then runs out of turn, and its later release finds it done.
 """

@@ -1,6 +1,6 @@
 """Retention: files past their ``expires_at`` are deleted from storage and from Redis.
 
-Every file with an ``expires_at`` is indexed by it (``P:file_expiry``, jobs/store.py): an
+Every file with an ``expires_at`` is indexed by it (``P:file_expiry``, jobs/state/store.py): an
 upload's comes from ``expires_after`` or ``batch_file_ttl_s``, an output file's from the
 batch's ``output_expires_after`` or ``output_file_ttl_s``. The sweep runs periodically on
 the workers and takes the oldest first, a bounded number per run.

@@ -1,8 +1,9 @@
 """A batch's result lines while it runs, page by page, each line served exactly once.
 
-While the batch runs, lines come from the shards' result objects (jobs/results.py), in the
-order shards were done (``P:shards_order``): a shard is appended once, when its two objects
-became final, and a done shard never runs again, so its lines never change. The final files
+While the batch runs, lines come from the shards' result objects
+(jobs/state/shard_ledger.py), in the order shards were done (``P:shards_order``): a shard is
+appended once, when its two objects became final, and a done shard never runs again, so its
+lines never change. The final files
 are those same objects copied in shard order, so every line is byte-identical to its line
 in the final output or error file.
 

@@ -32,7 +32,8 @@ COUNTER_FIELDS = (
     "cached_tokens",
     "output_tokens",
     "reasoning_tokens",
-    "result_lines",  # output and error lines of the shards done so far (jobs/live_results.py)
+    # output and error lines of the shards done so far (jobs/pipeline/live_results.py)
+    "result_lines",
 )
 TIMESTAMP_FIELDS = (
     "in_progress_at",

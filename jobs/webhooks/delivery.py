@@ -4,7 +4,7 @@
     webhook-timestamp: this attempt's Unix time
     webhook-signature: "v1," + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}"))
 
-Redirects are not followed (a redirect could lead anywhere, the checks of jobs/webhook_urls.py
+Redirects are not followed (a redirect could lead anywhere, the checks of jobs/webhooks/urls.py
 apply to the URL the tenant named), and any answer but a 2xx counts as a failure.
 """
 

@@ -1,6 +1,6 @@
 """Webhook events of ended batches: built once, kept in Redis until delivered.
 
-    batch ends ─► P:ended (same step as its status move, jobs/store.py)
+    batch ends ─► P:ended (same step as its status move, jobs/state/store.py)
         └─ collect (periodic task) ─► P:webhook:{event id} hash ─► deliver task(s)
 
 An event's id is derived from its batch and type, so whatever runs twice (a collect that

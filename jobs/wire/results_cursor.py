@@ -1,6 +1,6 @@
 """The opaque cursor of ``GET /v1/batches/{id}/results``: where a reader stopped, signed.
 
-A cursor names a point in the stream of one batch's result lines (jobs/live_results.py)::
+A cursor names a point in the stream of one batch's result lines (jobs/pipeline/live_results.py)::
 
     running:  shards in the order they were done   order[pos], part 0 = outputs, 1 = errors,
               ``offset`` lines of that part already read
