@@ -27,7 +27,7 @@ from moto.server import ThreadedMotoServer
 from openai import OpenAI
 
 from benchmarks.common import write_result
-from infra.harness.batches import chat_line, jsonl
+from infra.harness.batches import chat_line, create_chat_batch
 from infra.harness.redis_server import free_port
 from infra.harness.service import REDIS_URL
 from infra.harness.stack import Stack, open_stack
@@ -42,10 +42,7 @@ def create(client: OpenAI, tag: str) -> str:
         chat_line(f"{tag}-{i}", f"Say {i}.", max_tokens=SHAPE["max_tokens"])
         for i in range(SHAPE["lines"])
     ]
-    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-    return client.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-    ).id
+    return create_chat_batch(client, lines)
 
 
 def wait_done(client: OpenAI, batch_id: str) -> None:

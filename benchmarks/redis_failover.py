@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks.common import write_result
 from benchmarks.worker_recovery import MODELS, wait_for
 from engine.model_fetch import fetch_model
-from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
 from infra.harness.sentinel import SentinelGroup
 from infra.harness.service import make_settings, run_server
 from infra.harness.stack import Stack
@@ -57,10 +57,7 @@ def run(num_lines: int) -> dict[str, Any]:
             try:
                 worker = stack.start_worker(concurrency=None)
                 api = stack.client()
-                file = api.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-                batch_id = api.batches.create(
-                    input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-                ).id
+                batch_id = create_chat_batch(api, lines)
                 prefix = settings.key_prefix
                 wait_for(
                     "requests in flight",

@@ -32,7 +32,7 @@ import redis
 
 from benchmarks.common import write_result
 from engine.model_fetch import fetch_model
-from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
 from infra.harness.service import REDIS_URL, make_settings, run_server
 from infra.harness.stack import Stack
 from infra.harness.tiny_models import build_tiny_chat_model
@@ -73,10 +73,7 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
         try:
             first = stack.start_worker(concurrency=None)
             api = stack.client()
-            file = api.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-            batch_id = api.batches.create(
-                input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
-            ).id
+            batch_id = create_chat_batch(api, lines)
             batch_key = f"{settings.key_prefix}:batch:{batch_id}"
             wait_for(
                 "output tokens",

@@ -31,6 +31,14 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
+def create_chat_batch(client: OpenAI, lines: list[dict[str, Any]]) -> str:
+    """Upload ``lines`` and create a 24 h chat-completions batch of them; its id."""
+    file = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    return client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+
+
 def wait_settled(client: OpenAI, batch_id: str, timeout_s: float = 20.0) -> Batch:
     """Poll until intake has moved the batch out of ``validating``."""
     return _wait(client, batch_id, lambda status: status != "validating", timeout_s, 0.05)
