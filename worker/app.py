@@ -22,7 +22,13 @@ celery_app.steps["consumer"].add(IntakeGate)
 
 
 def configure(settings: WorkerSettings) -> None:
-    """(Re)apply settings, e.g. those ``run_worker`` installed from its command line."""
+    """(Re)apply settings, e.g. those ``run_worker`` installed from its command line.
+
+    The beat schedule's folder is made here, not where beat starts: ``celery worker --beat``
+    started by Celery's own command line never passes through ``run_worker``, and beat's
+    shelve crashes on a missing folder (as it did on a fresh clone, where ``var/`` is absent).
+    """
+    settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
     celery_app.conf.update(celery_config(settings))
 
 

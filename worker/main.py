@@ -57,8 +57,6 @@ def run_worker(
     from worker.app import celery_app, configure
 
     configure(settings)
-    if beat:
-        settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
     argv = worker_argv(
         concurrency or settings.shard_threads_or_default(),
         queues=queues or [settings.shard_queue],
@@ -78,5 +76,4 @@ def run_beat(settings: WorkerSettings | None = None, loglevel: str = "INFO") -> 
     from worker.app import celery_app, configure
 
     configure(settings)
-    settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
     celery_app.start(argv=["beat", f"--loglevel={loglevel}"])

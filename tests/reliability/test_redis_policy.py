@@ -34,7 +34,7 @@ def test_api_and_worker_refuse_an_evicting_redis(own_redis: RedisServer, tmp_pat
         time.sleep(0.2)
     worker.stop()
     assert worker.process.returncode != 0
-    assert REFUSAL in worker.log_tail(), worker.log_tail()
+    assert REFUSAL in worker.log_path.read_text(errors="replace"), worker.log_tail()
 
     allowed = settings.model_copy(update={"allow_evicting_redis": True})
     api = ApiProcess(allowed, tmp_path / "api-allowed.log")
