@@ -1,7 +1,8 @@
-"""Shared helpers for benchmarks: hardware description and result files."""
+"""Shared helpers for benchmarks: command-line options, hardware description and result files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_options(doc: str | None, **defaults: int | float | str) -> argparse.Namespace:
+    """The command line of a benchmark whose options are plain values: ``num_texts=1000`` is
+    ``--num-texts``, an ``int`` that defaults to 1000. ``doc`` (the module's docstring) gives
+    ``--help`` its first line."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    for name, default in defaults.items():
+        assert not isinstance(default, bool), "a flag needs its own add_argument"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return parser.parse_args()
 
 
 def hardware() -> dict[str, Any]:

@@ -16,7 +16,6 @@ alternate that many times on the same texts and each rate is over the summed tim
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from benchmarks.common import write_result
+from benchmarks.common import parse_options, write_result
 from engine import LLM
 from engine.model_fetch import fetch_model
 from engine.tokenizer import Tokenizer
@@ -71,14 +70,15 @@ def run_engine(llm: LLM, texts: list[list[int]]) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-texts", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parse_options(
+        __doc__,
+        num_texts=1000,
+        batch_size=32,
+        max_num_batched_tokens=2048,
+        rounds=1,
+        seed=0,
+        device="cpu",
+    )
 
     model_dir = fetch_model("smollm2-135m-instruct")
     tokenizer = Tokenizer.from_pretrained(str(model_dir))

@@ -12,7 +12,6 @@ prompts and per-prompt limits. Output tokens/s of each and their ratio go to
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from benchmarks.common import write_result
+from benchmarks.common import parse_options, write_result
 from engine import LLM, SamplingParams
 from engine.model_fetch import fetch_model
 from engine.tokenizer import Tokenizer
@@ -84,11 +83,7 @@ def run_engine(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parse_options(__doc__, num_prompts=64, seed=0, device="cpu")
 
     model_dir = fetch_model("smollm2-135m-instruct")
     tokenizer = Tokenizer.from_pretrained(str(model_dir))

@@ -16,7 +16,6 @@ The model is a tiny random-weight Llama with SmolLM2's tokenizer (tests/tiny_mod
 
 from __future__ import annotations
 
-import argparse
 import signal
 import tempfile
 import time
@@ -24,13 +23,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_result
+from benchmarks.common import parse_options, write_result
 from benchmarks.worker_recovery import MODELS, wait_for
 from engine.model_fetch import fetch_model
 from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
 from infra.harness.sentinel import SentinelGroup
-from infra.harness.service import make_settings, run_server
-from infra.harness.stack import Stack
+from infra.harness.service import make_settings
+from infra.harness.stack import running_stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
 from jobs.service_settings import redis_client
@@ -52,34 +51,30 @@ def run(num_lines: int) -> dict[str, Any]:
     ]
     log_tail = ""
     try:
-        with run_server(settings) as server:
-            stack = Stack(server, settings, client, tmp, worker_settings)
-            try:
-                worker = stack.start_worker(concurrency=None)
-                api = stack.client()
-                batch_id = create_chat_batch(api, lines)
-                prefix = settings.key_prefix
-                wait_for(
-                    "requests in flight",
-                    lambda: worker_stats(client, prefix, worker.name).get("num_submitted", 0) > 0,
-                    timeout_s=300,
-                )
-                group.master.stop(signal.SIGKILL)
-                killed = time.monotonic()
-                promoted = wait_for(
-                    "promotion", lambda: group.master_port() == group.replica.port, 120, 0.1
-                )
-                time.sleep(5)
-                alive = worker.process.poll() is None
-                if not alive:  # what an orchestrator does: start it again
-                    log_tail = worker.log_tail(3000)
-                    stack.start_worker(concurrency=None)
-                batch = wait_batch(api, batch_id, {"completed", "failed"}, timeout_s=1800)
-                ended = time.monotonic()
-                outputs, errors = result_lines(api, batch)
-                resends = client.hgetall(f"{prefix}:shard_resends:{batch_id}")
-            finally:
-                stack.stop_workers()
+        with running_stack(settings, client, tmp, worker_settings) as stack:
+            worker = stack.start_worker(concurrency=None)
+            api = stack.client()
+            batch_id = create_chat_batch(api, lines)
+            prefix = settings.key_prefix
+            wait_for(
+                "requests in flight",
+                lambda: worker_stats(client, prefix, worker.name).get("num_submitted", 0) > 0,
+                timeout_s=300,
+            )
+            group.master.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            promoted = wait_for(
+                "promotion", lambda: group.master_port() == group.replica.port, 120, 0.1
+            )
+            time.sleep(5)
+            alive = worker.process.poll() is None
+            if not alive:  # what an orchestrator does: start it again
+                log_tail = worker.log_tail(3000)
+                stack.start_worker(concurrency=None)
+            batch = wait_batch(api, batch_id, {"completed", "failed"}, timeout_s=1800)
+            ended = time.monotonic()
+            outputs, errors = result_lines(api, batch)
+            resends = client.hgetall(f"{prefix}:shard_resends:{batch_id}")
     finally:
         group.stop()
     seen = Counter(line["custom_id"] for line in outputs + errors)
@@ -107,9 +102,7 @@ def _critical_line(log_tail: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=128)
-    args = parser.parse_args()
+    args = parse_options(__doc__, lines=128)
     result = run(args.lines)
     print(result)
     write_result("redis_failover", result)

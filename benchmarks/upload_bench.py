@@ -10,7 +10,6 @@ sharded (``in_progress``). Writes ``benchmarks/results/upload_bench.json`` and `
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ import psutil
 import redis
 from openai import OpenAI
 
+from benchmarks.common import parse_options
 from infra.harness.service import ApiProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,10 +148,7 @@ def write_markdown(result: dict[str, object], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=50_000)
-    parser.add_argument("--line-bytes", type=int, default=3900)
-    args = parser.parse_args()
+    args = parse_options(__doc__, lines=50_000, line_bytes=3900)
     result = run(args.lines, args.line_bytes)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "upload_bench.json").write_text(json.dumps(result, indent=2) + "\n")

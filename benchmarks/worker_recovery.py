@@ -20,7 +20,6 @@ what is measured is recovery, not speed.
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import tempfile
 import time
@@ -30,11 +29,11 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import write_result
+from benchmarks.common import parse_options, write_result
 from engine.model_fetch import fetch_model
 from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
-from infra.harness.service import REDIS_URL, make_settings, run_server
-from infra.harness.stack import Stack
+from infra.harness.service import REDIS_URL, make_settings
+from infra.harness.stack import running_stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
 
@@ -68,41 +67,37 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
         for i in range(num_lines)
     ]
     total_output = sum(max_tokens_of(i) for i in range(num_lines))
-    with run_server(settings) as server:
-        stack = Stack(server, settings, client, tmp, worker_settings)
-        try:
-            first = stack.start_worker(concurrency=None)
-            api = stack.client()
-            batch_id = create_chat_batch(api, lines)
-            batch_key = f"{settings.key_prefix}:batch:{batch_id}"
-            wait_for(
-                "output tokens",
-                lambda: int(client.hget(batch_key, "output_tokens") or 0) >= kill_at * total_output,
-                timeout_s=900,
-                poll_s=0.02,
-            )
-            first.kill()
-            killed = time.monotonic()
-            done_at_kill = int(client.hget(batch_key, "output_tokens") or 0)
-            second = stack.start_worker(concurrency=None)  # loads while the lease runs out
-            resends_key = f"{settings.key_prefix}:shard_resends:{batch_id}"
-            deliveries_key = f"{settings.key_prefix}:shard_deliveries:{batch_id}"
-            resent = wait_for("resend", lambda: client.hlen(resends_key) > 0, 600, 0.2)
-            rerun = wait_for(
-                "rerun",  # a second start, or the batch already ended (its bookkeeping gone)
-                lambda: (
-                    int(client.hget(deliveries_key, "0") or 0) > 1
-                    or client.hget(batch_key, "status") in ("finalizing", "completed", "failed")
-                ),
-                600,
-            )
-            batch = wait_batch(api, batch_id, {"completed", "failed"}, timeout_s=900)
-            ended = time.monotonic()
-            time.sleep(3)  # the second worker's last stats (published every 2 s)
-            stats = worker_stats(client, settings.key_prefix, second.name)
-            outputs, errors = result_lines(api, batch)
-        finally:
-            stack.stop_workers()
+    with running_stack(settings, client, tmp, worker_settings) as stack:
+        first = stack.start_worker(concurrency=None)
+        api = stack.client()
+        batch_id = create_chat_batch(api, lines)
+        batch_key = f"{settings.key_prefix}:batch:{batch_id}"
+        wait_for(
+            "output tokens",
+            lambda: int(client.hget(batch_key, "output_tokens") or 0) >= kill_at * total_output,
+            timeout_s=900,
+            poll_s=0.02,
+        )
+        first.kill()
+        killed = time.monotonic()
+        done_at_kill = int(client.hget(batch_key, "output_tokens") or 0)
+        second = stack.start_worker(concurrency=None)  # loads while the lease runs out
+        resends_key = f"{settings.key_prefix}:shard_resends:{batch_id}"
+        deliveries_key = f"{settings.key_prefix}:shard_deliveries:{batch_id}"
+        resent = wait_for("resend", lambda: client.hlen(resends_key) > 0, 600, 0.2)
+        rerun = wait_for(
+            "rerun",  # a second start, or the batch already ended (its bookkeeping gone)
+            lambda: (
+                int(client.hget(deliveries_key, "0") or 0) > 1
+                or client.hget(batch_key, "status") in ("finalizing", "completed", "failed")
+            ),
+            600,
+        )
+        batch = wait_batch(api, batch_id, {"completed", "failed"}, timeout_s=900)
+        ended = time.monotonic()
+        time.sleep(3)  # the second worker's last stats (published every 2 s)
+        stats = worker_stats(client, settings.key_prefix, second.name)
+        outputs, errors = result_lines(api, batch)
     seen = Counter(line["custom_id"] for line in outputs + errors)
     usage = batch.usage
     assert usage is not None
@@ -131,10 +126,7 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=256)
-    parser.add_argument("--kill-at", type=float, default=0.9)
-    args = parser.parse_args()
+    args = parse_options(__doc__, lines=256, kill_at=0.9)
     result = run(args.lines, args.kill_at)
     print(result)
     write_result("worker_recovery", result)

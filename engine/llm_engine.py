@@ -464,12 +464,25 @@ class LLMEngine:
             return prompt, self.tokenizer.encode(prompt)
         return None, list(prompt)
 
-    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+    def _check_token_ids(self, token_ids: list[int], what: str) -> None:
+        """``what`` names the tokens in the error: the "prompt" or the embedding "input"."""
         if not token_ids:
-            raise InvalidRequestError("the prompt is empty")
+            raise InvalidRequestError(f"the {what} is empty")
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in token_ids):
-            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+            raise InvalidRequestError(f"{what} token ids must be in [0, {vocab})")
+
+    def _check_fits_cache(self, num_tokens: int, what: str) -> None:
+        """A request whose positions outnumber the whole KV cache could never be scheduled."""
+        blocks_needed = -(-num_tokens // self.config.block_size)
+        if blocks_needed > self.runner.num_kv_blocks:
+            raise InvalidRequestError(
+                f"{what} needs {blocks_needed} KV blocks but the cache "
+                f"has only {self.runner.num_kv_blocks}"
+            )
+
+    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        self._check_token_ids(token_ids, "prompt")
         assert params.max_tokens is not None, "resolved by add_request"
         total = len(token_ids) + params.max_tokens
         if total > self.max_model_len:
@@ -477,34 +490,21 @@ class LLMEngine:
                 f"prompt ({len(token_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
                 f"{total}, over the model's context length of {self.max_model_len} tokens"
             )
-        blocks_needed = -(-total // self.config.block_size)
-        if blocks_needed > self.runner.num_kv_blocks:
-            raise InvalidRequestError(
-                f"a request of {total} tokens needs {blocks_needed} KV blocks but the cache "
-                f"has only {self.runner.num_kv_blocks}"
-            )
+        self._check_fits_cache(total, f"a request of {total} tokens")
+        vocab = self.model_config.vocab_size
         if params.stop and self.tokenizer is None:
             raise InvalidRequestError("stop strings need a tokenizer; this model has none")
         if any(not 0 <= t < vocab for t in [*params.stop_token_ids, *params.logit_bias]):
             raise InvalidRequestError(f"stop_token_ids and logit_bias keys must be in [0, {vocab})")
 
     def _validate_pooling(self, token_ids: list[int], params: PoolingParams) -> None:
-        if not token_ids:
-            raise InvalidRequestError("the input is empty")
-        vocab = self.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in token_ids):
-            raise InvalidRequestError(f"input token ids must be in [0, {vocab})")
+        self._check_token_ids(token_ids, "input")
         if len(token_ids) > self.max_model_len:
             raise InvalidRequestError(
                 f"the input has {len(token_ids)} tokens, over the model's context length of "
                 f"{self.max_model_len} tokens"
             )
-        blocks_needed = -(-(len(token_ids) + 1) // self.config.block_size)
-        if blocks_needed > self.runner.num_kv_blocks:
-            raise InvalidRequestError(
-                f"an input of {len(token_ids)} tokens needs {blocks_needed} KV blocks but the "
-                f"cache has only {self.runner.num_kv_blocks}"
-            )
+        self._check_fits_cache(len(token_ids) + 1, f"an input of {len(token_ids)} tokens")
         self.check_dimensions(params.dimensions)
 
     def check_dimensions(self, dimensions: int | None) -> None:

@@ -135,18 +135,12 @@ class EngineStats:
             del self.recent[0]
 
     def as_dict(self) -> dict[str, Any]:
-        """Flat numbers (plus ``last_step``) for logs, ``celery inspect`` and metrics."""
+        """Flat numbers (plus ``last_step``) for logs, ``celery inspect`` and metrics: the
+        counters, the phase times and every derived number (each property)."""
         data = asdict(self)
         data.pop("recent")
         phases = data.pop("phase_times")
         data.update({f"time_{name}": seconds for name, seconds in phases.items()})
-        data.update(
-            busy_time_s=self.busy_time_s,
-            num_kv_blocks_free=self.num_kv_blocks_free,
-            prefix_hit_rate=self.prefix_hit_rate,
-            acceptance_rate=self.acceptance_rate,
-            mean_accepted_length=self.mean_accepted_length,
-            mean_tokens_per_step=self.mean_tokens_per_step,
-            mean_step_time_s=self.mean_step_time_s,
-        )
+        derived = (name for name, attr in vars(EngineStats).items() if isinstance(attr, property))
+        data.update({name: getattr(self, name) for name in derived})
         return data

@@ -15,6 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from jobs.limits import Limits
 from jobs.pipeline.fair_share import FairShareSettings
 from jobs.state.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
@@ -51,7 +52,7 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
     s3_part_bytes: int = 8 * 1024 * 1024
     s3_create_bucket: bool = False
 
-    max_line_bytes: int = 2_000_000
+    max_line_bytes: int = Limits().max_line_bytes
 
     # How long a worker's Redis commands keep retrying through a Redis restart (seconds).
     redis_ride_out_s: float = 30.0

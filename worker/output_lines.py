@@ -19,11 +19,10 @@ from jobs.wire.responses import (
     Choice,
     Completion,
     TokenLogprob,
-    chat_completion_body,
+    completion_body,
     embedding_list_body,
     error_body,
     response_body,
-    text_completion_body,
 )
 from worker.host_records import Failed, Finished, HostResult, Interrupted, Refused, Stopped
 
@@ -78,17 +77,12 @@ def success_line(
             created=created,
             request=body.model_dump(mode="json", exclude_none=True, by_alias=True),
         )
-    elif isinstance(body, ChatCompletionBody):
-        payload = chat_completion_body(
-            completion,
-            response_id=f"chatcmpl-{secrets.token_hex(12)}",
-            model=body.model,
-            created=created,
-        )
     else:
-        payload = text_completion_body(
+        chat = isinstance(body, ChatCompletionBody)
+        payload = completion_body(
             completion,
-            response_id=f"cmpl-{secrets.token_hex(12)}",
+            chat=chat,
+            response_id=f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}",
             model=body.model,
             created=created,
         )

@@ -13,18 +13,16 @@ from openai.types import Batch
 from infra.harness.service import MODEL
 
 
+def batch_line(custom_id: str, url: str, **body: Any) -> dict[str, Any]:
+    """One input line for ``url``; the body names the test model unless ``body`` does."""
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": {"model": MODEL, **body}}
+
+
 def chat_line(custom_id: str, content: str = "Say hi.", **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": 8,
-            **body,
-        },
-    }
+    messages = [{"role": "user", "content": content}]
+    return batch_line(
+        custom_id, "/v1/chat/completions", **{"messages": messages, "max_tokens": 8, **body}
+    )
 
 
 def jsonl(lines: list[dict[str, Any]]) -> bytes:

@@ -10,64 +10,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-REVIEW_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
+
+def _record(properties: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-schema object that holds exactly ``properties``, every one of them required."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+REVIEW_SCHEMA = _record(
+    {
         "product": {"type": "string", "maxLength": 40},
         "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
         "rating": {"type": "number", "minimum": 1, "maximum": 5},
         "price_usd": {"type": "number"},
-    },
-    "required": ["product", "sentiment", "rating", "price_usd"],
-    "additionalProperties": False,
-}
+    }
+)
 
-INVOICE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
+INVOICE_SCHEMA = _record(
+    {
         "invoice_number": {"type": "string", "maxLength": 20},
-        "vendor": {
-            "type": "object",
-            "properties": {
+        "vendor": _record(
+            {
                 "name": {"type": "string", "maxLength": 40},
                 "country": {"type": "string", "maxLength": 30},
-            },
-            "required": ["name", "country"],
-            "additionalProperties": False,
-        },
+            }
+        ),
         "items": {
             "type": "array",
             "minItems": 1,
             "maxItems": 3,
-            "items": {
-                "type": "object",
-                "properties": {
+            "items": _record(
+                {
                     "description": {"type": "string", "maxLength": 40},
                     "quantity": {"type": "integer"},
                     "unit_price": {"type": "number"},
-                },
-                "required": ["description", "quantity", "unit_price"],
-                "additionalProperties": False,
-            },
+                }
+            ),
         },
         "total": {"type": "number"},
-    },
-    "required": ["invoice_number", "vendor", "items", "total"],
-    "additionalProperties": False,
-}
+    }
+)
 
-STAFF_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
+STAFF_SCHEMA = _record(
+    {
         "name": {"type": "string", "maxLength": 40},
         "age": {"type": "integer", "minimum": 16, "maximum": 99},
         "is_manager": {"type": "boolean"},
         "remote": {"type": "boolean"},
         "years_at_company": {"type": "integer", "minimum": 0},
-    },
-    "required": ["name", "age", "is_manager", "remote", "years_at_company"],
-    "additionalProperties": False,
-}
+    }
+)
 
 _PRODUCTS = [
     ("AeroPress coffee maker", "love it, makes great coffee every morning", 5, 39.95),

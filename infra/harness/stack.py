@@ -63,8 +63,17 @@ def open_stack(
         "shard_lease_s": 6,
         "unacked_restore_interval_s": 1,
     }
+    with running_stack(settings, client, tmp, {**defaults, **worker_settings}) as stack:
+        yield stack
+
+
+@contextmanager
+def running_stack(
+    settings: Settings, client: redis.Redis, tmp: Path, worker_settings: dict[str, object]
+) -> Iterator[Stack]:
+    """The API on ``settings`` in a thread; the workers the caller starts are stopped on exit."""
     with run_server(settings) as server:
-        stack = Stack(server, settings, client, tmp, {**defaults, **worker_settings})
+        stack = Stack(server, settings, client, tmp, worker_settings)
         try:
             yield stack
         finally:

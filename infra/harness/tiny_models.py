@@ -68,6 +68,16 @@ def build_tiny_model(kind: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def model_variant(src: Path, dst: Path, **config_changes: Any) -> Path:
+    """A copy of the model directory ``src`` with ``config_changes`` made to its
+    ``config.json``: a model the engine must treat differently, or refuse."""
+    shutil.copytree(src, dst)
+    config_path = dst / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, **config_changes}))
+    return dst
+
+
 CHAT_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.limits import Limits
 from jobs.pipeline.shards import shard_key, shard_prefix
 from jobs.pipeline.uploads import file_storage_key
 from jobs.state.ids import BatchId, FileId, new_file_id, new_request_id
@@ -55,7 +56,7 @@ class BatchFinalizer:
     ledger: ShardLedger
     storage: Storage
     lock_ttl_s: int = field(default=600, kw_only=True)
-    max_line_bytes: int = field(default=2_000_000, kw_only=True)
+    max_line_bytes: int = field(default=Limits().max_line_bytes, kw_only=True)
     clock: Callable[[], float] = field(default=time.time, kw_only=True)
 
     def stop_reason(self, batch: BatchRecord) -> StopReason | None:

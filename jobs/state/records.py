@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pydantic import BaseModel
+
 from jobs.state.ids import BatchId, FileId, TenantId
 from jobs.state.status import BatchStatus
 from jobs.wire.objects import (
@@ -59,6 +61,12 @@ def _opt_int(raw: str) -> int | None:
     return int(raw) if raw else None
 
 
+def _same_named(record: object, public: type[BaseModel]) -> dict[str, Any]:
+    """The record's values (fields and properties) for the public object's fields of the same
+    name; ``to_public`` replaces those the record keeps in another form."""
+    return {name: getattr(record, name) for name in public.model_fields if hasattr(record, name)}
+
+
 @dataclass(slots=True)
 class FileRecord:
     id: FileId
@@ -87,14 +95,7 @@ class FileRecord:
         )
 
     def to_public(self) -> FileObject:
-        return FileObject(
-            id=self.id,
-            bytes=self.bytes,
-            created_at=self.created_at,
-            filename=self.filename,
-            purpose=self.purpose,
-            expires_at=self.expires_at,
-        )
+        return FileObject(**_same_named(self, FileObject))
 
 
 @dataclass(slots=True)
@@ -166,25 +167,12 @@ class BatchRecord:
         errors = (
             BatchErrors(data=[BatchErrorItem(**e) for e in self.errors]) if self.errors else None
         )
-        return BatchObject(
-            id=self.id,
-            endpoint=self.endpoint,
-            model=self.model,
-            input_file_id=self.input_file_id,
-            completion_window=self.completion_window,
-            status=self.status.value,
-            output_file_id=self.output_file_id,
-            error_file_id=self.error_file_id,
-            errors=errors,
-            created_at=self.created_at,
-            expires_at=self.expires_at,
-            request_counts=RequestCounts(
-                total=c.get("total", 0), completed=c.get("completed", 0), failed=c.get("failed", 0)
-            ),
-            usage=usage,
-            metadata=self.metadata,
-            downloadable_lines=self.downloadable_lines,
-        ).model_copy(update=self.timestamps)
+        counts = RequestCounts(
+            total=c.get("total", 0), completed=c.get("completed", 0), failed=c.get("failed", 0)
+        )
+        public = _same_named(self, BatchObject) | self.timestamps
+        public |= {"status": self.status.value, "errors": errors, "request_counts": counts}
+        return BatchObject(**public, usage=usage)
 
     @property
     def downloadable_lines(self) -> int:

@@ -70,29 +70,6 @@ def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None
     }
 
 
-def chat_completion_body(
-    completion: Completion, *, response_id: str, model: str, created: int
-) -> dict[str, Any]:
-    """A ``chat.completion`` object, as ``POST /v1/chat/completions`` returns it."""
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
-                "finish_reason": c.finish_reason,
-                "logprobs": _chat_logprobs(c.logprobs),
-            }
-            for i, c in enumerate(completion.choices)
-        ],
-        "usage": _usage(completion),
-        "system_fingerprint": None,
-    }
-
-
 def _text_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
     """Legacy completions logprobs: parallel lists, ``text_offset`` into the choice's text.
 
@@ -114,24 +91,35 @@ def _text_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None
     }
 
 
-def text_completion_body(
-    completion: Completion, *, response_id: str, model: str, created: int
+def _chat_choice(choice: Choice) -> dict[str, Any]:
+    return {
+        "message": {"role": "assistant", "content": choice.text, "refusal": None},
+        "finish_reason": choice.finish_reason,
+        "logprobs": _chat_logprobs(choice.logprobs),
+    }
+
+
+def _text_choice(choice: Choice) -> dict[str, Any]:
+    return {
+        "text": choice.text,
+        "finish_reason": choice.finish_reason,
+        "logprobs": _text_logprobs(choice.logprobs),
+    }
+
+
+def completion_body(
+    completion: Completion, *, chat: bool, response_id: str, model: str, created: int
 ) -> dict[str, Any]:
-    """A ``text_completion`` object, as ``POST /v1/completions`` returns it."""
+    """A ``chat.completion`` object as ``POST /v1/chat/completions`` returns it or, not
+    ``chat``, a ``text_completion`` as ``POST /v1/completions`` does: one envelope around
+    choices that hold a message or a text, each with its endpoint's form of logprobs."""
+    choice_body = _chat_choice if chat else _text_choice
     return {
         "id": response_id,
-        "object": "text_completion",
+        "object": "chat.completion" if chat else "text_completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": i,
-                "text": c.text,
-                "finish_reason": c.finish_reason,
-                "logprobs": _text_logprobs(c.logprobs),
-            }
-            for i, c in enumerate(completion.choices)
-        ],
+        "choices": [{"index": i, **choice_body(c)} for i, c in enumerate(completion.choices)],
         "usage": _usage(completion),
         "system_fingerprint": None,
     }

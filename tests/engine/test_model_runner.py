@@ -9,8 +9,6 @@ request's (a prefix-cache hit). The reference is each prompt run alone through t
 from __future__ import annotations
 
 import itertools
-import json
-import shutil
 from functools import cache
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from engine.models.model_config import ModelConfigError
 from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from infra.harness.tiny_models import model_variant
 
 KINDS = ["llama", "qwen2", "qwen3"]
 BLOCK_SIZE = 4
@@ -190,11 +189,9 @@ def test_max_model_len_defaults_to_the_model_and_may_only_shrink(
 def test_unsupported_architecture_is_a_clear_error(
     tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    model_dir = tmp_path / "gpt2ish"
-    shutil.copytree(tiny_model_dirs["llama"], model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    config["architectures"] = ["GPT2LMHeadModel"]
-    (model_dir / "config.json").write_text(json.dumps(config))
+    model_dir = model_variant(
+        tiny_model_dirs["llama"], tmp_path / "gpt2ish", architectures=["GPT2LMHeadModel"]
+    )
     with pytest.raises(ModelConfigError, match=r"unsupported model architecture.*GPT2LMHeadModel"):
         make_runner(model_dir)
     assert issubclass(ModelConfigError, ValueError)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.pooler import PoolingConfig, PoolingType
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
+from infra.harness.tiny_models import model_variant
 
 
 def _token_lists(seed: int, lengths: list[int], vocab: int = 512) -> list[list[int]]:
@@ -113,15 +113,10 @@ def test_blocks_free_after_last_chunk_and_generation_shares_steps(
     )
 
 
-def _copy_model(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_sentence_transformers_files_choose_pooling(
     tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    model_dir = _copy_model(tiny_model_dirs["qwen3"], tmp_path / "st")
+    model_dir = model_variant(tiny_model_dirs["qwen3"], tmp_path / "st")
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {
@@ -159,9 +154,7 @@ def test_dimensions_need_matryoshka(tiny_model_dirs: dict[str, Path], tmp_path: 
     plain = LLM(str(tiny_model_dirs["llama"]), runner="pooling", num_kv_blocks=64)
     with pytest.raises(InvalidRequestError, match="matryoshka"):
         plain.embed(prompt, PoolingParams(dimensions=16), use_tqdm=False)
-    model_dir = _copy_model(tiny_model_dirs["llama"], tmp_path / "mrl")
-    config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "is_matryoshka": True}))
+    model_dir = model_variant(tiny_model_dirs["llama"], tmp_path / "mrl", is_matryoshka=True)
     llm = LLM(str(model_dir), runner="pooling", num_kv_blocks=64)
     full = torch.tensor(llm.embed(prompt, use_tqdm=False)[0].outputs.embedding)
     short = llm.embed(prompt, PoolingParams(dimensions=16), use_tqdm=False)[0].outputs.embedding

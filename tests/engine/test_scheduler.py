@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -109,6 +110,12 @@ def make_scheduler(
     return Scheduler(config, num_kv_blocks=num_blocks, max_model_len=max_model_len)
 
 
+def make_fake_engine(**scheduler_options: Any) -> tuple[Scheduler, FakeModel]:
+    """A scheduler (``make_scheduler``'s options) and the fake model that runs its steps."""
+    scheduler = make_scheduler(**scheduler_options)
+    return scheduler, FakeModel(scheduler)
+
+
 def step(scheduler: Scheduler, model: FakeModel) -> tuple[SchedulerOutput, list[Request]]:
     output = scheduler.schedule()
     assert output.num_batched_tokens <= scheduler.max_num_batched_tokens
@@ -141,8 +148,7 @@ def test_chunked_prefill_spreads_a_long_prompt_under_the_budget() -> None:
 
 
 def test_prefill_and_decode_of_different_requests_share_a_step() -> None:
-    scheduler = make_scheduler(budget=20)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(budget=20)
     first = make_request(8, max_tokens=10)
     scheduler.add_request(first)
     step(scheduler, model)
@@ -205,8 +211,7 @@ def test_preemption_with_a_tiny_cache_recomputes_to_the_same_outputs() -> None:
 
 
 def test_preemption_evicts_the_last_admitted_and_requeues_it_first() -> None:
-    scheduler = make_scheduler(num_blocks=4, block_size=4, budget=64)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(num_blocks=4, block_size=4, budget=64)
     first, second, third = (make_request(7, max_tokens=9) for _ in range(3))
     for request in (first, second, third):
         scheduler.add_request(request)
@@ -229,8 +234,7 @@ def test_preemption_evicts_the_last_admitted_and_requeues_it_first() -> None:
 
 
 def test_a_request_preempting_itself_stops_for_the_step() -> None:
-    scheduler = make_scheduler(num_blocks=3, block_size=4, budget=64, max_model_len=12)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(num_blocks=3, block_size=4, budget=64, max_model_len=12)
     first, second = make_request(4, max_tokens=8), make_request(4, max_tokens=8)
     scheduler.add_request(first)
     scheduler.add_request(second)
@@ -256,8 +260,7 @@ def test_priority_lower_value_is_admitted_first_then_arrival_order() -> None:
 
 
 def test_abort_of_waiting_and_running_requests_frees_their_blocks() -> None:
-    scheduler = make_scheduler(num_blocks=16, budget=64, max_num_seqs=1)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(num_blocks=16, budget=64, max_num_seqs=1)
     running, waiting = make_request(10, max_tokens=50), make_request(10, max_tokens=50)
     scheduler.add_request(running)
     scheduler.add_request(waiting)
@@ -275,8 +278,7 @@ def test_abort_of_waiting_and_running_requests_frees_their_blocks() -> None:
 
 
 def test_abort_between_schedule_and_update_is_skipped() -> None:
-    scheduler = make_scheduler()
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine()
     kept, dropped = make_request(6, max_tokens=3), make_request(6, max_tokens=3)
     scheduler.add_request(kept)
     scheduler.add_request(dropped)
@@ -291,8 +293,7 @@ def test_abort_between_schedule_and_update_is_skipped() -> None:
 
 @pytest.mark.parametrize("prefix_caching", [True, False])
 def test_n_children_share_the_parent_prompt_blocks(prefix_caching: bool) -> None:
-    scheduler = make_scheduler(block_size=4, prefix_caching=prefix_caching)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(block_size=4, prefix_caching=prefix_caching)
     parent = make_request(10, max_tokens=5)
     children = [
         make_request(0, 5, prompt=list(parent.prompt_token_ids), parent=parent) for _ in range(2)
@@ -315,8 +316,7 @@ def test_n_children_share_the_parent_prompt_blocks(prefix_caching: bool) -> None
 
 
 def test_child_of_a_finished_parent_schedules_normally() -> None:
-    scheduler = make_scheduler(block_size=4)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(block_size=4)
     parent = make_request(10, max_tokens=1)
     scheduler.add_request(parent)
     step(scheduler, model)
@@ -328,8 +328,7 @@ def test_child_of_a_finished_parent_schedules_normally() -> None:
 
 
 def test_prefix_cache_hits_show_in_stats_and_cached_tokens() -> None:
-    scheduler = make_scheduler(block_size=4)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(block_size=4)
     shared = [random.randrange(VOCAB) for _ in range(13)]
     first = make_request(0, 2, prompt=[*shared, 1, 2])
     scheduler.add_request(first)
@@ -345,8 +344,7 @@ def test_prefix_cache_hits_show_in_stats_and_cached_tokens() -> None:
 
 
 def test_eos_and_max_model_len_finish_requests() -> None:
-    scheduler = make_scheduler(max_model_len=10)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(max_model_len=10)
     long = make_request(8, max_tokens=50)
     scheduler.add_request(long)
     prompt = [5, 6, 7]
@@ -375,8 +373,7 @@ def test_add_request_rejects_requests_that_can_never_run() -> None:
 
 def test_random_workload_with_aborts_keeps_every_invariant() -> None:
     rng = random.Random(3)
-    scheduler = make_scheduler(num_blocks=16, block_size=4, budget=16, max_num_seqs=5)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(num_blocks=16, block_size=4, budget=16, max_num_seqs=5)
     prefixes = [[rng.randrange(VOCAB) for _ in range(20)] for _ in range(3)]
     live: list[Request] = []
     for _ in range(300):
@@ -403,8 +400,7 @@ def test_random_workload_with_aborts_keeps_every_invariant() -> None:
 def test_no_prefix_hit_on_blocks_computed_in_the_same_step() -> None:
     """Blocks are published only after the step that computes them, so a request admitted
     beside another with the same prefix computes it too instead of reading unwritten KV."""
-    scheduler = make_scheduler(block_size=4)
-    model = FakeModel(scheduler)
+    scheduler, model = make_fake_engine(block_size=4)
     prompt = [random.randrange(VOCAB) for _ in range(9)]
     first, twin = make_request(0, 3, prompt=list(prompt)), make_request(0, 3, prompt=list(prompt))
     scheduler.add_request(first)
@@ -429,8 +425,7 @@ def test_speculative_drafts_keep_outputs_and_roll_back_their_blocks(num_blocks: 
     prompts = [[random.randrange(VOCAB) for _ in range(n)] for n, _ in specs]
 
     def run(speculate: bool) -> tuple[Scheduler, list[Request], int]:
-        scheduler = make_scheduler(num_blocks=num_blocks, budget=40)
-        model = FakeModel(scheduler)
+        scheduler, model = make_fake_engine(num_blocks=num_blocks, budget=40)
         requests = [
             make_request(0, max_tokens, prompt=list(prompt))
             for prompt, (_, max_tokens) in zip(prompts, specs, strict=True)

@@ -8,8 +8,6 @@ without speculation on prompts that repeat themselves, where n-gram drafts are m
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.config import EngineConfigError
-from infra.harness.tiny_models import build_tiny_model
+from infra.harness.tiny_models import build_tiny_model, model_variant
 from tests.engine.test_greedy_parity import reference
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
@@ -141,10 +139,7 @@ def test_bad_speculative_config_is_an_engine_config_error(
 def test_draft_with_another_vocabulary_is_an_engine_config_error(
     tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    other = tmp_path / "other_vocab"
-    shutil.copytree(tiny_model_dirs["llama"], other)
-    config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    other = model_variant(tiny_model_dirs["llama"], tmp_path / "other_vocab", vocab_size=1000)
     spec = {"model": str(other), "num_speculative_tokens": 2}
     with pytest.raises(EngineConfigError, match="vocabulary"):
         LLM(str(tiny_model_dirs["llama"]), device="cpu", speculative_config=spec)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import pytest
-import redis
 
 from jobs.state.ids import BatchId
 from jobs.state.shard_ledger import ShardLedger
@@ -15,17 +13,6 @@ from jobs.state.store import JobStore
 
 BATCH = BatchId("batch_0123abcd")
 LockFactory = Callable[[JobStore, ShardLedger], AbstractContextManager[bool]]
-
-
-@pytest.fixture
-def parts() -> Iterator[tuple[JobStore, ShardLedger]]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    prefix = f"kvbatch-test-locks-{secrets.token_hex(4)}"
-    store = JobStore(client, prefix)
-    yield store, ShardLedger(client, store)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 LOCKS: dict[str, tuple[str, LockFactory]] = {
@@ -36,9 +23,8 @@ LOCKS: dict[str, tuple[str, LockFactory]] = {
 
 @pytest.mark.parametrize("name", sorted(LOCKS))
 def test_an_expired_holder_does_not_release_the_next_holders_lock(
-    parts: tuple[JobStore, ShardLedger], name: str
+    store: JobStore, ledger: ShardLedger, name: str
 ) -> None:
-    store, ledger = parts
     kind, take = LOCKS[name]
     key = store.key(kind, BATCH)
     with take(store, ledger) as first:
@@ -59,9 +45,9 @@ def test_an_expired_holder_does_not_release_the_next_holders_lock(
 
 
 def test_an_expired_lease_holder_does_not_drop_the_next_runs_lease(
-    parts: tuple[JobStore, ShardLedger],
+    store: JobStore,
+    ledger: ShardLedger,
 ) -> None:
-    store, ledger = parts
     assert ledger.hold_lease(BATCH, 0, ttl_s=60, token="first")
     assert not ledger.hold_lease(BATCH, 0, ttl_s=60, token="second")
     store.client.delete(store.key("shard_lease", BATCH, "0"))  # the first run's lease lapsed

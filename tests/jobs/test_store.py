@@ -56,9 +56,8 @@ def test_status_predicates() -> None:
     assert BatchStatus.IN_PROGRESS not in ALLOWED_TRANSITIONS[BatchStatus.COMPLETED]
 
 
-def test_counters_are_atomic_increments(store: JobStore) -> None:
+def test_counters_are_atomic_increments(store: JobStore, ledger: ShardLedger) -> None:
     batch = new_batch(store)
-    ledger = ShardLedger(store._redis, store)
     ledger.add_counts(batch.id, 0, completed=3, input_tokens=10, output_tokens=5)
     ledger.add_counts(batch.id, 1, completed=1, failed=2)
     public = store.get_batch(TENANT, batch.id)

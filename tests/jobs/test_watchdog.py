@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
-
 import pytest
-import redis
 
 from jobs.pipeline.watchdog import ShardWatchdog
 from jobs.state.ids import FileId, TenantId, new_batch_id, new_file_id
@@ -39,17 +35,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def parts() -> Iterator[tuple[JobStore, ShardLedger]]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    prefix = f"kvbatch-test-watchdog-{secrets.token_hex(4)}"
-    store = JobStore(client, prefix)
-    yield store, ShardLedger(client, store)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
-
-
 def running_batch(store: JobStore, num_shards: int, priority: str | None = None) -> BatchRecord:
     record = BatchRecord(
         id=new_batch_id(),
@@ -69,9 +54,9 @@ def running_batch(store: JobStore, num_shards: int, priority: str | None = None)
 
 
 def test_only_silent_shards_are_sent_again_and_then_wait_another_silence(
-    parts: tuple[JobStore, ShardLedger],
+    store: JobStore,
+    ledger: ShardLedger,
 ) -> None:
-    store, ledger = parts
     batch = running_batch(store, num_shards=5, priority="2")
     sender, clock = SentShards(), Clock(STARTED + SILENCE_S - 1)
     watchdog = ShardWatchdog(store, ledger, sender, SILENCE_S, clock)
@@ -93,9 +78,8 @@ def test_only_silent_shards_are_sent_again_and_then_wait_another_silence(
 
 @pytest.mark.parametrize("how", ["cancelling", "stop_flag", "all_done", "finalizing"])
 def test_batches_that_need_no_more_runs_are_left_alone(
-    parts: tuple[JobStore, ShardLedger], how: str
+    store: JobStore, ledger: ShardLedger, how: str
 ) -> None:
-    store, ledger = parts
     batch = running_batch(store, num_shards=2)
     if how == "cancelling":
         store.transition(batch.id, BatchStatus.CANCELLING, STARTED + 1)
@@ -113,11 +97,11 @@ def test_batches_that_need_no_more_runs_are_left_alone(
 
 
 def test_a_dead_run_is_sent_again_at_once_and_a_queued_shard_is_not(
-    parts: tuple[JobStore, ShardLedger],
+    store: JobStore,
+    ledger: ShardLedger,
 ) -> None:
     """Well inside the silence: shard 0 ran and its lease lapsed (the worker died), shard 1
     runs under a live lease, shard 2 only waits in the queue (no worker had room)."""
-    store, ledger = parts
     batch = running_batch(store, num_shards=3)
     sender = SentShards()
     watchdog = ShardWatchdog(store, ledger, sender, SILENCE_S, Clock(STARTED + 5))

@@ -17,10 +17,10 @@ import redis
 
 from infra.harness.batches import chat_line, jsonl
 from infra.harness.redis_server import RedisServer
-from infra.harness.service import REDIS_URL, make_settings, run_server
+from infra.harness.service import REDIS_URL, make_settings
+from infra.harness.stack import Stack, running_stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from tests.api import conftest as api_fixtures
-from tests.worker.conftest import Stack
 
 redis_client = api_fixtures.redis_client
 session_prefix = api_fixtures.session_prefix
@@ -62,12 +62,8 @@ def fast_stack(
         "worker_model": model,
         **worker,
     }
-    with run_server(settings) as server:
-        stack = Stack(server, settings, client, tmp, worker_settings)
-        try:
-            yield stack
-        finally:
-            stack.stop_workers()
+    with running_stack(settings, client, tmp, worker_settings) as stack:
+        yield stack
 
 
 @pytest.fixture

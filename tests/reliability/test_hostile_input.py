@@ -93,6 +93,14 @@ def corpus_stack(
         yield stack, stack.start_worker(concurrency=2)
 
 
+@pytest.fixture
+def stack(corpus_stack: tuple[Stack, WorkerProcess]) -> Iterator[Stack]:
+    """The corpus stack for one test; its worker must outlive whatever the test sent."""
+    stack, worker = corpus_stack
+    yield stack
+    assert worker.process.poll() is None, worker.log_tail()
+
+
 def upload(stack: Stack, content: bytes) -> httpx.Response:
     return httpx.post(
         f"{stack.server.url}/v1/files",
@@ -106,10 +114,7 @@ def upload(stack: Stack, content: bytes) -> httpx.Response:
 @pytest.mark.parametrize(
     ("content", "status", "code"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS]
 )
-def test_hostile_file(
-    corpus_stack: tuple[Stack, WorkerProcess], content: bytes, status: str, code: str | None
-) -> None:
-    stack, worker = corpus_stack
+def test_hostile_file(stack: Stack, content: bytes, status: str, code: str | None) -> None:
     uploaded = upload(stack, content)
     assert uploaded.status_code == 200, uploaded.text
     client = stack.client()
@@ -134,13 +139,9 @@ def test_hostile_file(
         for error in errors:  # each bad body answered as the endpoint would: a 400
             assert error["response"]["status_code"] == 400, error
             assert error["response"]["body"]["error"]["param"], error
-    assert worker.process.poll() is None, worker.log_tail()
 
 
-def test_prompts_over_the_context_go_to_the_error_file(
-    corpus_stack: tuple[Stack, WorkerProcess],
-) -> None:
-    stack, worker = corpus_stack
+def test_prompts_over_the_context_go_to_the_error_file(stack: Stack) -> None:
     long_prompt = "lorem ipsum dolor " * 1500  # well over the model's 2048 positions
     lines = [
         chat_line("ok-0", "Short.", max_tokens=2),
@@ -158,14 +159,10 @@ def test_prompts_over_the_context_go_to_the_error_file(
     for error in refused.values():
         assert error["response"]["status_code"] == 400, error
         assert error["response"]["body"]["error"]["code"], error
-    assert worker.process.poll() is None, worker.log_tail()
 
 
-def test_bad_parameter_lines_are_400_lines_and_every_other_line_runs(
-    corpus_stack: tuple[Stack, WorkerProcess],
-) -> None:
+def test_bad_parameter_lines_are_400_lines_and_every_other_line_runs(stack: Stack) -> None:
     """As the OpenAI Batch API does: 50 lines, 5 with bad parameters, 45 answers, 5 errors."""
-    stack, worker = corpus_stack
     bad: dict[int, tuple[str, dict[str, Any]]] = {
         7: ("temperature", {"temperature": 5}),
         13: ("foo", {"foo": "bar"}),
@@ -195,4 +192,3 @@ def test_bad_parameter_lines_are_400_lines_and_every_other_line_runs(
         assert error["param"] == param and error["code"] and error["message"], error
         assert error["type"] == "invalid_request_error"
     assert "tool calling is not supported" in by_id["r-34"]["response"]["body"]["error"]["message"]
-    assert worker.process.poll() is None, worker.log_tail()

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.harness.batches import chat_line, jsonl, wait_batch
 from infra.harness.redis_server import RedisServer, free_port
-from infra.harness.service import KEYS, make_settings, run_server
+from infra.harness.service import KEYS, make_settings
+from infra.harness.stack import running_stack
 from tests.reliability.conftest import FAST_WORKER
-from tests.worker.conftest import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -54,57 +54,51 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
         "worker_model": fast_chat_model,
         "metrics_port": metrics_port,
     }
-    with run_server(settings) as server:
-        stack = Stack(server, settings, client, tmp_path, worker_settings)
-        try:
-            api = stack.client()
-            lines = [chat_line(f"m-{i}", f"Number {i}.", max_tokens=3) for i in range(16)]
-            file = api.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-            batch = api.batches.create(
-                input_file_id=file.id,
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-                metadata={"priority": "3"},
-            )
-            wait_batch(api, batch.id, {"in_progress"}, timeout_s=30)
-            time.sleep(1.2)
-            waiting = scrape(f"{server.url}/metrics")
-            queue = settings.shard_queue
-            assert value(waiting, "kvbatch_queued_shards", queue=queue, priority="3") == 2
-            assert value(waiting, "kvbatch_queued_shards", queue=queue, priority="5") == 0
-            assert value(waiting, "kvbatch_oldest_queued_shard_age_seconds", queue=queue) > 1
-            assert value(waiting, "kvbatch_batches", status="in_progress") == 1
+    with running_stack(settings, client, tmp_path, worker_settings) as stack:
+        api = stack.client()
+        lines = [chat_line(f"m-{i}", f"Number {i}.", max_tokens=3) for i in range(16)]
+        file = api.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = api.batches.create(
+            input_file_id=file.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"priority": "3"},
+        )
+        wait_batch(api, batch.id, {"in_progress"}, timeout_s=30)
+        time.sleep(1.2)
+        waiting = scrape(f"{stack.server.url}/metrics")
+        queue = settings.shard_queue
+        assert value(waiting, "kvbatch_queued_shards", queue=queue, priority="3") == 2
+        assert value(waiting, "kvbatch_queued_shards", queue=queue, priority="5") == 0
+        assert value(waiting, "kvbatch_oldest_queued_shard_age_seconds", queue=queue) > 1
+        assert value(waiting, "kvbatch_batches", status="in_progress") == 1
 
-            worker = stack.start_worker(concurrency=2)
-            done = wait_batch(api, batch.id, {"completed", "failed"}, timeout_s=120)
-            assert done.status == "completed", done
-            after = scrape(f"{server.url}/metrics")
-            assert value(after, "kvbatch_queued_shards", queue=queue, priority="3") == 0
-            assert value(after, "kvbatch_batches", status="completed") == 1
-            assert value(after, "kvbatch_batches", status="in_progress") == 0
-            model = lines[0]["body"]["model"]
-            by = {"model": model, "tenant": tenant}
-            assert value(after, "kvbatch_lines_total", **by, outcome="completed") == 16
-            assert value(after, "kvbatch_lines_total", **by, outcome="failed") == 0
-            assert done.usage is not None
-            tokens_out = value(after, "kvbatch_tokens_total", **by, kind="output")
-            assert tokens_out == done.usage.output_tokens > 0
-            assert (
-                value(after, "kvbatch_tokens_total", **by, kind="input") == done.usage.input_tokens
-            )
-            assert value(after, "kvbatch_batches_finished_total", **by, status="completed") == 1
+        worker = stack.start_worker(concurrency=2)
+        done = wait_batch(api, batch.id, {"completed", "failed"}, timeout_s=120)
+        assert done.status == "completed", done
+        after = scrape(f"{stack.server.url}/metrics")
+        assert value(after, "kvbatch_queued_shards", queue=queue, priority="3") == 0
+        assert value(after, "kvbatch_batches", status="completed") == 1
+        assert value(after, "kvbatch_batches", status="in_progress") == 0
+        model = lines[0]["body"]["model"]
+        by = {"model": model, "tenant": tenant}
+        assert value(after, "kvbatch_lines_total", **by, outcome="completed") == 16
+        assert value(after, "kvbatch_lines_total", **by, outcome="failed") == 0
+        assert done.usage is not None
+        tokens_out = value(after, "kvbatch_tokens_total", **by, kind="output")
+        assert tokens_out == done.usage.output_tokens > 0
+        assert value(after, "kvbatch_tokens_total", **by, kind="input") == done.usage.input_tokens
+        assert value(after, "kvbatch_batches_finished_total", **by, status="completed") == 1
 
-            engine = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-            labels = {"model": fast_chat_model.name, "device": "cpu"}
-            assert value(engine, "kvbatch_worker_num_finished_requests_total", **labels) >= 16
-            listening = [
-                c.laddr
-                for c in psutil.Process(worker.process.pid).net_connections(kind="tcp")
-                if c.status == psutil.CONN_LISTEN and c.laddr.port == metrics_port
-            ]
-            assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
-        finally:
-            stack.stop_workers()
+        engine = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        labels = {"model": fast_chat_model.name, "device": "cpu"}
+        assert value(engine, "kvbatch_worker_num_finished_requests_total", **labels) >= 16
+        listening = [
+            c.laddr
+            for c in psutil.Process(worker.process.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == metrics_port
+        ]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
     strays = [k for k in client.scan_iter(count=1000) if not k.startswith(settings.key_prefix)]
     assert not strays, f"keys outside the deployment's prefix: {strays[:10]}"
     assert any(k.startswith(f"{settings.key_prefix}:broker:") for k in client.scan_iter())

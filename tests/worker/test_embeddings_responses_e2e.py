@@ -16,7 +16,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.responses import Response
 
 from engine import LLM
-from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
+from infra.harness.batches import batch_line, chat_line, jsonl, result_lines, wait_batch
 from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 from infra.harness.service import MODEL, SMOLLM2
 from tests.worker.conftest import Stack
@@ -29,12 +29,7 @@ TOKEN_IDS = [[504, 2365, 314, 253, 1848], [28, 29, 30]]
 
 
 def embedding_line(custom_id: str, **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/embeddings",
-        "body": {"model": MODEL, **body},
-    }
+    return batch_line(custom_id, "/v1/embeddings", **body)
 
 
 def submit(stack: Stack, endpoint: str, lines: list[dict[str, Any]], **metadata: str) -> str:
@@ -138,12 +133,7 @@ QUESTIONS = ["Name a color.", "What is 2 + 2?", "Say hello in French."]
 
 
 def responses_line(custom_id: str, **body: Any) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/responses",
-        "body": {"model": MODEL, **body},
-    }
+    return batch_line(custom_id, "/v1/responses", **body)
 
 
 def _structured_pairs() -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -11,9 +11,8 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 
-from infra.harness.batches import jsonl, result_lines, wait_batch
+from infra.harness.batches import batch_line, jsonl, result_lines, wait_batch
 from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, Document, extraction_messages
-from infra.harness.service import MODEL
 from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once
 
@@ -25,7 +24,7 @@ STACK_SETTINGS = {"max_line_bytes": BIG_LINE_BYTES}  # read by the module's ``st
 
 
 def _line(custom_id: str, url: str = "/v1/chat/completions", **body: Any) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": url, "body": {"model": MODEL, **body}}
+    return batch_line(custom_id, url, **body)
 
 
 def _extraction_line(doc: Document) -> dict[str, Any]:
