@@ -11,7 +11,7 @@ import redis
 from api.service_metrics import ServiceCollector
 from api.settings import Settings
 from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_dispatch import open_fair_queue
+from jobs.pipeline.fair_dispatch import open_fair_queues
 from jobs.pipeline.intake import BatchIntake
 from jobs.service_settings import (
     SENTINEL_SCHEME,
@@ -22,6 +22,7 @@ from jobs.service_settings import (
 from jobs.state.ids import BatchId
 from jobs.state.service_stats import QueueProbe
 from jobs.state.store import JobStore
+from jobs.state.worker_registry import WorkerRegistry
 from jobs.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Resources:
     intake: BatchIntake
     executor: ThreadPoolExecutor
     collector: ServiceCollector  # the service's state for /metrics
+    registry: WorkerRegistry  # the live workers and what they serve
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -48,7 +50,7 @@ class Resources:
         storage = open_storage(settings)
         dispatcher = ShardDispatcher(
             settings.resolved_broker_url,
-            settings.shard_queue,
+            settings.model_router(),
             settings.broker_transport_options(),
         )
         intake = BatchIntake(
@@ -57,7 +59,7 @@ class Resources:
             dispatcher,
             settings.limits(),
             quotas=settings.tenant_quotas,
-            fair=open_fair_queue(settings, redis.Redis(connection_pool=pool), dispatcher),
+            fair=open_fair_queues(settings, redis.Redis(connection_pool=pool), dispatcher),
         )
         executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
         broker = settings.resolved_broker_url
@@ -65,8 +67,13 @@ class Resources:
         if broker.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
             client = redis_client(broker, master, decode_responses=True)
             probe = QueueProbe(client, settings.resolved_broker_key_prefix)
-        collector = ServiceCollector(store, probe, [settings.shard_queue])
-        return cls(settings, pool, store, storage, dispatcher, intake, executor, collector)
+        router = settings.model_router()
+        queues = [router.queue_of(model) for model in sorted(settings.models)]
+        collector = ServiceCollector(store, probe, sorted(set(queues)))
+        registry = WorkerRegistry(redis.Redis(connection_pool=pool), settings.key_prefix)
+        return cls(
+            settings, pool, store, storage, dispatcher, intake, executor, collector, registry
+        )
 
     def submit_intake(self, batch_id: BatchId) -> None:
         """Validate a batch on the intake threads, never on the event loop."""

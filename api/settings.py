@@ -1,15 +1,14 @@
 """Service settings from the environment (prefix ``KVBATCH_``), behind a cached getter.
 
 ``KVBATCH_API_KEYS`` maps bearer keys to tenants, either ``"key1:tenantA,key2:tenantB"``
-or a JSON object; ``KVBATCH_MODELS`` maps served model names to model directories, either
-``"name=path,other=path"`` or JSON. ``KVBATCH_TENANT_PRIORITIES`` gives tenants a
+or a JSON object (``KVBATCH_MODELS`` is a shared service setting: jobs/service_settings.py).
+``KVBATCH_TENANT_PRIORITIES`` gives tenants a
 ``metadata.priority`` range other than ``KVBATCH_PRIORITY_RANGE`` (``1-9``), either
 ``"tenantA=0-9"`` or JSON.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from functools import lru_cache
 from typing import Annotated, Any
@@ -19,7 +18,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from jobs.limits import Limits
 from jobs.pipeline.admission import ALL_PRIORITIES
-from jobs.service_settings import ServiceSettings
+from jobs.service_settings import ServiceSettings, parse_pairs
 from jobs.state.quotas import Quota
 
 
@@ -31,21 +30,6 @@ def _priority_range(text: str) -> range:
     if not allowed or allowed.start < ALL_PRIORITIES.start or allowed.stop > ALL_PRIORITIES.stop:
         raise ValueError(f"a priority range lies within 0-9, got {text!r}")
     return allowed
-
-
-def _pairs(value: Any, separator: str) -> dict[str, str]:
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    text = str(value or "").strip()
-    if text.startswith("{"):
-        return {str(k): str(v) for k, v in json.loads(text).items()}
-    pairs: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, val = item.partition(separator)
-        if not sep or not key or not val:
-            raise ValueError(f"expected 'name{separator}value', got {item!r}")
-        pairs[key.strip()] = val.strip()
-    return pairs
 
 
 _LIMITS = Limits()
@@ -67,7 +51,6 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
 
     api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # metadata.priority values a tenant may ask for ("lo-hi"; 0 is the most urgent).
     priority_range: str = "1-9"
     tenant_priorities: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
@@ -93,17 +76,12 @@ class Settings(ServiceSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> dict[str, str]:
-        return _pairs(value, ":")
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _parse_models(cls, value: Any) -> dict[str, str]:
-        return _pairs(value, "=")
+        return parse_pairs(value, ":")
 
     @field_validator("tenant_priorities", mode="before")
     @classmethod
     def _parse_priorities(cls, value: Any) -> dict[str, str]:
-        pairs = _pairs(value, "=")
+        pairs = parse_pairs(value, "=")
         for text in pairs.values():
             _priority_range(text)
         return pairs

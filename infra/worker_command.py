@@ -18,6 +18,12 @@ def add_worker_parser(subparsers: argparse._SubParsersAction) -> None:
         help="model directory or known model name (default smollm2-135m-instruct)",
     )
     parser.add_argument(
+        "--served-name",
+        default=None,
+        help="the model name this worker serves: batches naming it come to its shard queue "
+        "(default: the KVBATCH_MODELS name of --model's directory, else the directory's name)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=positive_int,
         default=None,
@@ -47,5 +53,6 @@ def _run_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         beat=args.beat,
         hostname=args.hostname,
+        served_name=args.served_name,
     )
     return 0

@@ -6,17 +6,20 @@ wires the whole service; each process adds its own settings in a subclass.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import redis
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from jobs.limits import Limits
 from jobs.pipeline.fair_share import FairShareSettings
+from jobs.pipeline.routing import ModelRouter
 from jobs.state.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
 from jobs.webhooks.settings import WebhookSettings
@@ -36,7 +39,13 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
     redis_sentinel_master: str = "mymaster"
     key_prefix: str = "kvbatch"
     broker_url: str | None = None
+    # Housekeeping tasks; each served model's shards go to "{shard_queue}.{model}"
+    # (jobs/pipeline/routing.py).
     shard_queue: str = "kvbatch.shards"
+    # Served model names -> model directories: "name=path,other=path" or JSON. The API
+    # accepts batches for these names; a worker whose model directory is one of them
+    # serves it under that name (worker/settings.py).
+    models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # The Celery broker's keys (queues, ``unacked``, ``unacked_index``): under
     # ``{key_prefix}:broker:`` unless set ("" puts them at the top level of the database).
     broker_key_prefix: str | None = None
@@ -59,6 +68,15 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
     # Start even on a Redis whose maxmemory-policy may evict keys (jobs/state/redis_policy.py).
     allow_evicting_redis: bool = False
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> dict[str, str]:
+        return parse_pairs(value, "=")
+
+    def model_router(self) -> ModelRouter:
+        """Where each served model's shards go."""
+        return ModelRouter(self.shard_queue)
+
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or self.redis_url
@@ -77,6 +95,22 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
         if self.broker_key_prefix is not None:
             return self.broker_key_prefix
         return f"{self.key_prefix}:broker:"
+
+
+def parse_pairs(value: Any, separator: str) -> dict[str, str]:
+    """``"a=b,c=d"`` (with ``separator``) or a JSON object, as a dict of strings."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    text = str(value or "").strip()
+    if text.startswith("{"):
+        return {str(k): str(v) for k, v in json.loads(text).items()}
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, val = item.partition(separator)
+        if not sep or not key or not val:
+            raise ValueError(f"expected 'name{separator}value', got {item!r}")
+        pairs[key.strip()] = val.strip()
+    return pairs
 
 
 def check_redis_policies(settings: ServiceSettings) -> None:

@@ -17,11 +17,15 @@
 - ``priority_steps`` 0-9: the Redis transport serves priority 0 first; metadata.priority
   0-9 maps onto it one to one (lower runs first, as in the engine's scheduler).
 - Task events on, so that Flower shows workers, tasks and their arguments.
+- ``task_queues``: housekeeping and the shard queue of the model this worker serves
+  (jobs/pipeline/routing.py), so ``celery worker`` without ``--queues`` consumes exactly those.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from kombu import Exchange, Queue
 
 from worker.beat import beat_schedule
 from worker.settings import WorkerSettings
@@ -46,6 +50,12 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": settings.shard_queue,
+        # The names Celery gives a queue a message is sent to by name (direct exchange of
+        # the same name), so producers' messages land in them.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in settings.consumed_queues()
+        ],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -43,6 +43,7 @@ def run_worker(
     beat: bool = False,
     hostname: str | None = None,
     queues: Sequence[str] | None = None,
+    served_name: str | None = None,
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker holding the engine of ``model_dir`` until it is shut down.
@@ -50,16 +51,21 @@ def run_worker(
     Up to ``concurrency`` shard tasks run at once, all feeding the same engine (unset:
     ``KVBATCH_SHARD_THREADS``, or a quarter of the engine's ``max_num_seqs``); ``beat`` embeds
     the scheduler of ``kvbatch.expire_batches`` (run it in one process per deployment).
+    It consumes the shard queue of ``served_name`` (unset: ``KVBATCH_WORKER_SERVED_NAME``,
+    else derived from ``model_dir``: :meth:`WorkerSettings.served_name`) and housekeeping.
     Other settings come from ``KVBATCH_*`` variables (worker/settings.py).
     """
-    settings = get_worker_settings().model_copy(update={"worker_model": str(model_dir)})
+    update: dict[str, str] = {"worker_model": str(model_dir)}
+    if served_name:
+        update["worker_served_name"] = served_name
+    settings = get_worker_settings().model_copy(update=update)
     install_worker_settings(settings)
     from worker.app import celery_app, configure
 
     configure(settings)
     argv = worker_argv(
         concurrency or settings.shard_threads_or_default(),
-        queues=queues or [settings.shard_queue],
+        queues=queues or settings.consumed_queues(),
         beat=beat,
         hostname=hostname,
         loglevel=loglevel,

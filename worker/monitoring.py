@@ -1,6 +1,7 @@
 """Engine statistics where operators look: a Redis hash per worker, Prometheus, Celery.
 
 P:workers:{hostname}   hash, refreshed every ``interval_s``, expires when the worker dies
+P:registry:{hostname}  what it serves (jobs/state/worker_registry.py), the same heartbeat
 :{metrics_port}/metrics  Prometheus text, read from the host on each scrape
 celery inspect stats   the same numbers under "kvbatch" (Flower's worker page shows them)
 """
@@ -16,6 +17,8 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from jobs.state.worker_registry import WorkerInfo, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class StatsPublisher:
         metrics_host: str = "127.0.0.1",
         model: str = "",
         device: str = "",
+        registration: tuple[WorkerRegistry, WorkerInfo] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._redis: Any = client
@@ -99,12 +103,17 @@ class StatsPublisher:
         self._metrics_host = metrics_host
         self._model = model
         self._device = device
+        self._registration = registration
+        self._ttl_s = int(interval_s * 3) + 10
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-publisher", daemon=True)
 
     def start(self) -> None:
         if self._metrics_port:  # 0: off
             self._serve_metrics(self._metrics_port)
+        if self._registration is not None:  # serving from now on, not from the first tick
+            registry, info = self._registration
+            registry.register(info, self._ttl_s)
         self._thread.start()
 
     def _serve_metrics(self, port: int) -> None:
@@ -129,14 +138,20 @@ class StatsPublisher:
         if self._thread.is_alive():
             self._thread.join(self._interval_s + 5)
         self._redis.delete(self._key)
+        if self._registration is not None:
+            registry, info = self._registration
+            registry.unregister(info.hostname)
 
     def publish(self) -> None:
         stats = self._snapshot()
         flat = {k: str(v) for k, v in stats.items() if isinstance(v, int | float)}
         with self._redis.pipeline() as pipe:
             pipe.hset(self._key, mapping=flat)
-            pipe.expire(self._key, int(self._interval_s * 3) + 10)
+            pipe.expire(self._key, self._ttl_s)
             pipe.execute()
+        if self._registration is not None:
+            registry, info = self._registration
+            registry.register(info, self._ttl_s)
 
     def _run(self) -> None:
         while not self._closing.wait(self._interval_s):

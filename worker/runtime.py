@@ -16,13 +16,14 @@ from typing import Any
 
 from engine.llm_engine import LLMEngine
 from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_dispatch import open_fair_queue
+from jobs.pipeline.fair_dispatch import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
 from jobs.service_settings import check_redis_policies, open_redis, open_storage
 from jobs.state.checkpoints import CommitPolicy
 from jobs.state.shard_ledger import ShardLedger, StopReason
 from jobs.state.store import JobStore
+from jobs.state.worker_registry import WorkerInfo, WorkerRegistry
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
 from worker.intake import ShardIntake
@@ -51,10 +52,10 @@ class WorkerRuntime:
         )
         self.dispatcher = ShardDispatcher(
             settings.resolved_broker_url,
-            settings.shard_queue,
+            settings.model_router(),
             settings.broker_transport_options(),
         )
-        self.fair = open_fair_queue(settings, self.redis, self.dispatcher)  # tenants' turns
+        self.fair = open_fair_queues(settings, self.redis, self.dispatcher)  # tenants' turns
         # Twice the visibility timeout: the broker brings back a dead worker's messages
         # after one; only a message lost outright stays silent that long.
         self.watchdog = ShardWatchdog(
@@ -65,9 +66,10 @@ class WorkerRuntime:
         self.intake = ShardIntake(
             self.engine_config.max_num_seqs, settings.shard_threads_or_default()
         )
-        self.queue_probe = QueueProbe(
+        self.served_name = settings.served_name()
+        self.queue_probe = QueueProbe(  # this worker's own shard queue
             settings.resolved_broker_url,
-            settings.shard_queue,
+            settings.model_router().queue_of(self.served_name),
             settings.broker_transport_options(),
         )
         self.host = EngineHost(
@@ -99,6 +101,18 @@ class WorkerRuntime:
             metrics_host=settings.metrics_host,
             model=Path(settings.worker_model).name,
             device=str(self.engine_config.torch_device),
+            registration=(WorkerRegistry(self.redis, settings.key_prefix), self._info(hostname)),
+        )
+
+    def _info(self, hostname: str) -> WorkerInfo:
+        """What this worker announces it serves (``GET /v1/models`` counts them)."""
+        config = self.engine_config
+        return WorkerInfo(
+            hostname=hostname,
+            model=self.served_name,
+            device=str(config.torch_device),
+            max_num_seqs=config.max_num_seqs,
+            max_model_len=config.max_model_len,
         )
 
     def snapshot(self) -> dict[str, Any]:

@@ -23,6 +23,9 @@ class WorkerSettings(ServiceSettings):
     )
 
     worker_model: str = DEFAULT_MODEL
+    # The model name this worker serves, whose shard queue it consumes (unset: derived from
+    # ``worker_model``, see :meth:`served_name`).
+    worker_served_name: str | None = None
 
     # Reliability (see worker/celeryconfig.py for how they are used).
     visibility_timeout_s: int = 3600
@@ -78,6 +81,22 @@ class WorkerSettings(ServiceSettings):
         if self.shard_threads is not None:
             return self.shard_threads
         return max(4, self.engine.max_num_seqs // 4)
+
+    def served_name(self) -> str:
+        """The served model name: ``worker_served_name``; else the ``KVBATCH_MODELS`` name
+        whose directory is ``worker_model``; else that directory's name (the name
+        ``kvbatch up`` serves a model under)."""
+        if self.worker_served_name:
+            return self.worker_served_name
+        own = Path(self.worker_model).resolve()
+        for name, path in sorted(self.models.items()):
+            if Path(path).resolve() == own:
+                return name
+        return Path(self.worker_model).name
+
+    def consumed_queues(self) -> list[str]:
+        """Housekeeping, and the shard queue of the model this worker serves."""
+        return self.model_router().worker_queues(self.served_name())
 
     def engine_config(self) -> EngineConfig:
         """The engine this worker runs: the engine section on ``worker_model``."""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ResourcesDep, SettingsDep, StoreDep, TenantDep
 from jobs.errors import JobsError, NotFound
 from jobs.pipeline.batches import cancel_batch, create_batch
+from jobs.pipeline.routing import note_unserved
 from jobs.pipeline.uploads import MAX_EXPIRY_S, MIN_EXPIRY_S
 from jobs.state.quotas import ActiveBatches, quota_for
 from jobs.state.store import InvalidCursor
@@ -76,23 +77,31 @@ def create(
 @router.get("", response_model=ListPage[BatchObject])
 def list_batches(
     tenant: TenantDep,
-    store: StoreDep,
+    resources: ResourcesDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ListPage[BatchObject]:
     try:
-        page = store.list_batches(tenant, after=after, limit=limit)
+        page = resources.store.list_batches(tenant, after=after, limit=limit)
     except InvalidCursor as exc:
         raise JobsError(f"'after' names no batch: {exc}", param="after") from exc
-    return ListPage[BatchObject].of([r.to_public() for r in page.items], page.has_more)
+    batches = [r.to_public() for r in page.items]
+    if any(b.status == "in_progress" for b in batches):
+        routes, workers = resources.settings.model_router(), resources.registry.workers_by_model()
+        batches = [note_unserved(b, routes, workers) for b in batches]
+    return ListPage[BatchObject].of(batches, page.has_more)
 
 
 @router.get("/{batch_id}", response_model=BatchObject)
-def retrieve(batch_id: str, tenant: TenantDep, store: StoreDep) -> BatchObject:
-    record = store.get_batch(tenant, batch_id)
+def retrieve(batch_id: str, tenant: TenantDep, resources: ResourcesDep) -> BatchObject:
+    record = resources.store.get_batch(tenant, batch_id)
     if record is None:
         raise NotFound(f"No such batch: {batch_id}", param="batch_id", code="batch_not_found")
-    return record.to_public()
+    batch = record.to_public()
+    if batch.status != "in_progress":
+        return batch
+    workers = resources.registry.workers_by_model()
+    return note_unserved(batch, resources.settings.model_router(), workers)
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchObject)

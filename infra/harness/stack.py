@@ -29,10 +29,11 @@ class Stack:
     def client(self) -> OpenAI:
         return self.server.client()
 
-    def start_worker(self, concurrency: int | None = 4) -> WorkerProcess:
-        """A worker process; ``concurrency=None`` starts it as ``kvbatch worker`` does."""
+    def start_worker(self, concurrency: int | None = 4, **overrides: object) -> WorkerProcess:
+        """A worker process; ``concurrency=None`` starts it as ``kvbatch worker`` does;
+        ``overrides`` change its worker settings (``worker_model=``...)."""
         name = f"w{len(self.workers)}-{secrets.token_hex(3)}@test"
-        env = service_env(self.settings, **self.worker_settings)
+        env = service_env(self.settings, **{**self.worker_settings, **overrides})
         worker = WorkerProcess(env, name, self.tmp / f"{name}.log", concurrency)
         self.workers.append(worker)
         wait_worker_ready(worker, self.redis, self.settings.key_prefix)

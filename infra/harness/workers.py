@@ -25,7 +25,8 @@ from jobs.service_settings import ServiceSettings
 
 
 def service_env(settings: Settings, **worker: object) -> dict[str, str]:
-    """The ``KVBATCH_*`` environment that points a worker at the same service as ``settings``."""
+    """The ``KVBATCH_*`` environment that points a worker at the same service as ``settings``
+    (``worker`` adds worker settings: ``worker_model=``, ``worker_served_name=``...)."""
     env = dict(os.environ)
     for name in ServiceSettings.model_fields:
         value = getattr(settings, name)
@@ -36,12 +37,17 @@ def service_env(settings: Settings, **worker: object) -> dict[str, str]:
     for name, value in worker.items():
         env[f"KVBATCH_{name.upper()}"] = str(value)
     env.setdefault("KVBATCH_WORKER_MODEL", str(SMOLLM2))
+    if len(settings.models) == 1 and "worker_served_name" not in worker:
+        # A stack serving one model name: whatever model the worker holds (a tiny stand-in
+        # for SmolLM2 in most tests) answers that name's shard queue.
+        env["KVBATCH_WORKER_SERVED_NAME"] = next(iter(settings.models))
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
 
 
 def worker_argv(env: dict[str, str], name: str, concurrency: int | None) -> list[str]:
-    """The command line: Celery's own with ``concurrency`` threads, or ``kvbatch worker``."""
+    """The command line: Celery's own with ``concurrency`` threads, or ``kvbatch worker``;
+    either consumes the queues of the worker's settings (worker/celeryconfig.py)."""
     if concurrency is None:
         model = env["KVBATCH_WORKER_MODEL"]
         return [sys.executable, "-m", "infra.cli", "worker", "--model", model]
@@ -49,7 +55,6 @@ def worker_argv(env: dict[str, str], name: str, concurrency: int | None) -> list
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",
-        f"--queues={env['KVBATCH_SHARD_QUEUE']}",
         f"--hostname={name}",
         "--loglevel=INFO",
         "--without-mingle",

@@ -3,8 +3,11 @@
 Without it, intake pushes every shard straight onto the broker's FIFO list of its priority,
 and one tenant's 20 queued batches sit in front of another tenant's single batch. With it::
 
-    intake ──► P:fair:q:{prio}:{tenant}  (one list per tenant)  ──pump──►  broker list {prio}
-                      P:fair:ready:{prio}  zset tenant -> shards released so far
+    intake ──► P:fair:{lane}:q:{prio}:{tenant}  (one list per tenant)  ──pump──►  broker list {prio}
+                      P:fair:{lane}:ready:{prio}  zset tenant -> shards released so far
+
+Each model's shard queue is its own lane (jobs/pipeline/fair_dispatch.py): turns are taken
+among the tenants of one model, and one model's backlog never fills another's window.
 
 ``pump`` keeps at most ``fair_share_window`` messages waiting in each broker list; to fill
 a free place it takes the next shard of the **least-served** tenant with shards waiting at
@@ -80,9 +83,11 @@ class FairQueue:
         send: Sender,
         queued: Callable[[], dict[int, int]],
         settings: FairShareSettings,
+        lane: str = "",
     ) -> None:
         self._redis: Any = client
-        self._prefix = prefix.rstrip(":")
+        # One lane per broker queue (each model's), its keys under P:fair:{lane}:...
+        self._prefix = ":".join(filter(None, (prefix.rstrip(":"), "fair", lane)))
         self._send = send
         self._queued = queued
         self.settings = settings
@@ -90,7 +95,7 @@ class FairQueue:
         self._next = self._redis.register_script(_NEXT)
 
     def _key(self, *parts: object) -> str:
-        return ":".join((self._prefix, "fair", *map(str, parts)))
+        return ":".join((self._prefix, *map(str, parts)))
 
     def submit(self, tenant: str, batch_id: str, num_shards: int, priority: int) -> None:
         """Queue a batch's shards for its tenant, then release what fits (or send at once)."""

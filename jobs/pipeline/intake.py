@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from jobs.limits import Limits
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_share import FairQueue
+from jobs.pipeline.fair_dispatch import ModelFairQueues
 from jobs.pipeline.shards import ShardWriter
 from jobs.state.ids import BatchId
 from jobs.state.quotas import ActiveBatches, Quota, QuotaExceeded, TokenEstimate, quota_for
@@ -61,7 +61,7 @@ class BatchIntake:
     limits: Limits
     clock: Callable[[], float] = time.time
     quotas: dict[str, Quota] = field(default_factory=dict)
-    fair: FairQueue | None = None
+    fair: ModelFairQueues | None = None
 
     def run(self, batch_id: BatchId) -> None:
         """Take one batch from ``validating`` to ``in_progress`` or ``failed``."""
@@ -113,16 +113,18 @@ class BatchIntake:
         if started is None:
             shards.discard()
             return
-        self._dispatch(batch, result.num_shards)
+        assert result.model is not None, "a valid batch names its model"
+        self._dispatch(batch, result.num_shards, result.model)
 
-    def _dispatch(self, batch: BatchRecord, num_shards: int) -> None:
+    def _dispatch(self, batch: BatchRecord, num_shards: int, model: str) -> None:
+        """Send the shards to ``model``'s queue (jobs/pipeline/routing.py)."""
         priority = priority_of(batch.metadata)
         try:
             if self.fair is not None:  # per-tenant queues, released in turns
-                self.fair.submit(batch.tenant, batch.id, num_shards, priority)
+                self.fair.submit(batch.tenant, batch.id, num_shards, priority, model)
             else:
                 for index in range(num_shards):
-                    self.dispatcher.dispatch(batch.id, index, priority)
+                    self.dispatcher.dispatch(batch.id, index, priority, model)
         except Exception:
             log.exception("dispatch of %s failed", batch.id)
             issue = LineIssue("dispatch_failed", "the batch could not be queued for inference")

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class ShardSender(Protocol):
-    def dispatch(self, batch_id: str, shard_index: int, priority: int) -> str: ...
+    def dispatch(self, batch_id: str, shard_index: int, priority: int, model: str) -> str: ...
 
 
 @dataclass(slots=True)
@@ -79,6 +79,7 @@ class ShardWatchdog:
         silent = [i for i in undone if i not in leased and quiet[i] > self.silence_s]
         resend = sorted({*dead, *silent})
         priority = priority_of(batch.metadata)
+        assert batch.model, "an in_progress batch has its model (set by intake)"
         for index in resend:
             if index in running:
                 log.warning("the run of shard %s/%d died: sending it again", batch_id, index)
@@ -86,7 +87,7 @@ class ShardWatchdog:
                 log.warning(
                     "shard %s/%d silent for %.0f s: sending it again", batch_id, index, quiet[index]
                 )
-            self.sender.dispatch(batch_id, index, priority)
+            self.sender.dispatch(batch_id, index, priority, batch.model)
             if index in running:  # sent: the dead run is accounted for (unless one replaced it)
                 self.ledger.clear_running(batch_id, index, running[index])
             self.ledger.count_resend(batch_id, index)

@@ -22,7 +22,7 @@ def drain_tasks(live: LiveServer) -> list[tuple[dict[str, Any], int | None, str]
     options = settings.broker_transport_options()
     found = []
     with Connection(settings.redis_url, transport_options=options) as conn:
-        queue = conn.SimpleQueue(settings.shard_queue)
+        queue = conn.SimpleQueue(settings.model_router().queue_of(MODEL))
         while True:
             try:
                 message = queue.get(timeout=0.2)

@@ -189,3 +189,31 @@ def test_workers_everywhere_take_their_shard_intake_from_the_engine(
     small = WorkerSettings(engine=EngineConfig(model="m", max_num_seqs=8), shard_threads=None)
     assert small.shard_threads_or_default() == 4
     assert WorkerSettings(shard_threads=3).shard_threads_or_default() == 3
+
+
+def test_each_worker_pool_consumes_its_own_served_models_queue(
+    compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """Two pools for two models, in Compose and in Kubernetes: each serves a name the API
+    accepts (KVBATCH_MODELS) and so consumes that model's shard queue, no two alike."""
+    compose_models = compose["x-kvbatch-env"]["KVBATCH_MODELS"]
+    k8s_models = by_kind(k8s, "ConfigMap")["kvbatch-config"]["data"]["KVBATCH_MODELS"]
+    services = compose["services"].values()
+    compose_workers = [s["command"] for s in services if s.get("command", [""])[0] == "worker"]
+    deployments = by_kind(k8s, "Deployment")
+    k8s_workers = [
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+        for name, d in deployments.items()
+        if name.startswith("kvbatch-worker")
+    ]
+    pools = {"compose": (compose_models, compose_workers), "k8s": (k8s_models, k8s_workers)}
+    for where, (models, commands) in pools.items():
+        queues = []
+        for argv in commands:
+            args = build_parser().parse_args(argv)
+            settings = WorkerSettings(
+                worker_model=args.model, worker_served_name=args.served_name, models=models
+            )
+            assert settings.served_name() in settings.models, (where, argv)
+            queues.append(settings.consumed_queues()[1])
+        assert len(commands) == 2 and len(set(queues)) == 2, (where, queues)

@@ -13,6 +13,7 @@ from jobs.state.store import JobStore
 
 SILENCE_S = 100.0
 STARTED = 1_000
+MODEL = "model-a"
 
 
 class SentShards:
@@ -22,7 +23,8 @@ class SentShards:
     def __init__(self) -> None:
         self.sent: list[tuple[str, int, int]] = []
 
-    def dispatch(self, batch_id: str, shard_index: int, priority: int) -> str:
+    def dispatch(self, batch_id: str, shard_index: int, priority: int, model: str) -> str:
+        assert model == MODEL  # to the queue of the batch's model
         self.sent.append((batch_id, shard_index, priority))
         return f"task-{len(self.sent)}"
 
@@ -48,6 +50,7 @@ def running_batch(store: JobStore, num_shards: int, priority: str | None = None)
         metadata={"priority": priority} if priority else None,
         timestamps={"in_progress_at": STARTED},
         num_shards=num_shards,
+        model=MODEL,
     )
     store.put_batch(record)
     return record

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.harness.batches import chat_line, jsonl, wait_batch
 from infra.harness.redis_server import RedisServer, free_port
-from infra.harness.service import KEYS, make_settings
+from infra.harness.service import KEYS, MODEL, make_settings
 from infra.harness.stack import running_stack
 from tests.reliability.conftest import FAST_WORKER
 
@@ -67,7 +67,7 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
         wait_batch(api, batch.id, {"in_progress"}, timeout_s=30)
         time.sleep(1.2)
         waiting = scrape(f"{stack.server.url}/metrics")
-        queue = settings.shard_queue
+        queue = settings.model_router().queue_of(MODEL)
         assert value(waiting, "kvbatch_queued_shards", queue=queue, priority="3") == 2
         assert value(waiting, "kvbatch_queued_shards", queue=queue, priority="5") == 0
         assert value(waiting, "kvbatch_oldest_queued_shard_age_seconds", queue=queue) > 1

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from infra.harness.batches import jsonl, result_lines, wait_batch
+from infra.harness.service import MODEL
 from infra.harness.workers import WorkerProcess, worker_stats
 from tests.reliability.conftest import fast_stack, long_lines
 from tests.worker.conftest import Stack
@@ -46,7 +47,8 @@ def submit(stack: Stack, lines: list[dict[str, Any]], priority: int | None = Non
 
 def queue_depth(stack: Stack) -> int:
     s = stack.settings
-    probe = QueueProbe(s.resolved_broker_url, s.shard_queue, s.broker_transport_options())
+    queue = s.model_router().queue_of(MODEL)
+    probe = QueueProbe(s.resolved_broker_url, queue, s.broker_transport_options())
     try:
         return probe()
     finally:

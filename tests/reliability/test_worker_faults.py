@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from infra.harness.batches import chat_line, result_lines, wait_batch
+from infra.harness.service import MODEL
 from infra.harness.workers import WorkerProcess, worker_stats
 from jobs.pipeline.dispatch import ShardDispatcher
 from tests.reliability.conftest import fast_stack, long_lines, submit
@@ -79,12 +80,12 @@ def test_duplicate_shard_messages_write_each_line_once(stack: Stack) -> None:
         time.sleep(0.05)
     settings = stack.settings
     dispatcher = ShardDispatcher(
-        settings.resolved_broker_url, settings.shard_queue, settings.broker_transport_options()
+        settings.resolved_broker_url, settings.model_router(), settings.broker_transport_options()
     )
     try:
         for index in range(len(lines) // settings.shard_size):
             for _ in range(2):  # each shard now has three messages on the queue
-                dispatcher.dispatch(batch_id, index, priority=0)
+                dispatcher.dispatch(batch_id, index, priority=0, model=MODEL)
     finally:
         dispatcher.close()
     stack.start_worker(concurrency=4)

@@ -9,6 +9,7 @@ import redis
 
 from infra.harness.service import REDIS_URL
 from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.pipeline.routing import ModelRouter
 from jobs.service_settings import PRIORITY_STEPS
 from worker.engine_load import EngineLoad
 from worker.intake import ShardIntake
@@ -119,13 +120,14 @@ def test_idle_time_counts_as_waste_only_while_the_queue_holds_shards() -> None:
 def test_queue_probe_counts_every_priority_list_under_the_broker_key_prefix() -> None:
     queue = f"test-probe-{secrets.token_hex(4)}"
     options = {"priority_steps": PRIORITY_STEPS, "global_keyprefix": f"{queue}:broker:"}
-    probe = QueueProbe(REDIS_URL, queue, options)
-    dispatcher = ShardDispatcher(REDIS_URL, queue, options)
+    router = ModelRouter(queue)
+    probe = QueueProbe(REDIS_URL, router.queue_of("m"), options)
+    dispatcher = ShardDispatcher(REDIS_URL, router, options)
     client = redis.Redis.from_url(REDIS_URL)
     try:
         assert probe() == 0
         for index, priority in enumerate([0, 5, 9]):
-            dispatcher.dispatch("batch_ab", index, priority)
+            dispatcher.dispatch("batch_ab", index, priority, "m")
         assert probe() == 3
     finally:
         probe.close()
