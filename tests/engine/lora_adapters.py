@@ -21,7 +21,7 @@ class AdapterSpec:
     on the tiny models and on SmolLM2: answers change, nothing overflows."""
 
     rank: int
-    alpha: float
+    alpha: int
     seed: int
     use_rslora: bool = False
     std: float = 0.1
@@ -55,7 +55,7 @@ def build_random_adapter(base_dir: Path, out_dir: Path, spec: AdapterSpec) -> Pa
             if "lora_A" in name or "lora_B" in name:
                 std = spec.std * ((64 / param.shape[1]) ** 0.5 if "lora_A" in name else 1.0)
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(str(out_dir))
     return out_dir
 
 
@@ -70,5 +70,7 @@ def peft_greedy(
     base_dir: Path, adapter_dir: Path | None, prompts: list[list[int]], max_tokens: int
 ) -> list[list[int]]:
     """Greedy outputs of each prompt alone: base transformers when ``adapter_dir`` is None."""
-    model = load_hf_model(base_dir) if adapter_dir is None else load_peft_model(base_dir, adapter_dir)
+    model = (
+        load_hf_model(base_dir) if adapter_dir is None else load_peft_model(base_dir, adapter_dir)
+    )
     return [hf_greedy(model, p, max_tokens) for p in prompts]
