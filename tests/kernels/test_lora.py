@@ -82,7 +82,9 @@ def test_rejects_bad_inputs(device: torch.device) -> None:
     sorted_ids, starts = _mapping([0, 1], device)
     x = torch.randn(2, 96, device=device)
     with pytest.raises(ValueError, match="dtype"):
-        lora_shrink_triton(x, torch.randn(NUM_SLOTS, 48, 96, device=device).half(), sorted_ids, starts)
+        lora_shrink_triton(
+            x, torch.randn(NUM_SLOTS, 48, 96, device=device).half(), sorted_ids, starts
+        )
     with pytest.raises(ValueError, match="does not fit"):
         lora_shrink_triton(x, torch.randn(NUM_SLOTS, 48, 64, device=device), sorted_ids, starts)
     y, shrunk = torch.randn(2, 128, device=device), torch.zeros(2, 48, device=device)
