@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.grammar import CompiledGrammar, GrammarBitmask, GrammarCache, StructuredOutputs
+from engine.lora_manager import LoRAManager
+from engine.lora_request import LoRARequest
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 from engine.pooler import Pooler, PoolingConfig
@@ -117,6 +119,15 @@ class LLMEngine:
             Tokenizer.from_pretrained(config.model) if has_tokenizer(config.model) else None
         )
         self.scheduler = Scheduler(config, self.runner.num_kv_blocks, self.max_model_len)
+        self.lora: LoRAManager | None = None
+        if self.scheduler.lora_slots is not None:
+            self.lora = LoRAManager(
+                self.runner.model,
+                self.scheduler.lora_slots,
+                config.max_lora_rank,
+                self.runner.device,
+                config.lora_download_dir,
+            )
         self.sampler = Sampler(self.model_config.vocab_size, seed=config.seed)
         self.stats = EngineStats(num_kv_blocks_total=self.runner.num_kv_blocks)
         self._groups: dict[Hashable, _RequestGroup] = {}
@@ -155,12 +166,20 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | PoolingParams,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> None:
-        """Queue a request (to generate, or to embed with ``PoolingParams``); raises
-        ``InvalidRequestError`` for one that could never run."""
+        """Queue a request (to generate, or to embed with ``PoolingParams``), under
+        ``lora_request``'s adapter if given; raises ``InvalidRequestError`` for one that
+        could never run, ``LoRAAdapterError`` for an adapter that cannot."""
         if request_id in self._groups or request_id in self._pooling:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
         text, token_ids = self._tokenize(prompt)
+        if lora_request is not None:
+            if self.lora is None:
+                raise InvalidRequestError("LoRA requests need an engine made with enable_lora=True")
+            if isinstance(params, PoolingParams):
+                raise InvalidRequestError("embedding requests cannot run under a LoRA adapter")
+            self.lora.register(lora_request)
         if isinstance(params, PoolingParams):
             self._add_pooling(request_id, text, token_ids, params, priority)
             return
@@ -181,6 +200,7 @@ class LLMEngine:
                 arrival_time=float(serial),
                 priority=priority,
                 parent=parent,
+                lora_request=lora_request,
             )
             parent = parent or request
             detok = None
@@ -301,6 +321,8 @@ class LLMEngine:
             self._start_compiled(wait_s=0.01)  # only compiling requests: wait, do not spin
             return [*self._pop_finished()]
         scheduled_at = time.perf_counter()
+        if self.lora is not None:
+            self.lora.load_pending()
         inputs = self.runner.prepare(plan)
         prepared_at = time.perf_counter()
         sampled = [s for s in plan.scheduled if s.sample]
