@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 from engine.llm_engine import LLMEngine
@@ -100,7 +99,7 @@ class WorkerRuntime:
             interval_s=settings.stats_interval_s,
             metrics_port=settings.metrics_port,
             metrics_host=settings.metrics_host,
-            model=Path(settings.worker_model).name,
+            model=self.served_name,
             device=str(self.engine_config.torch_device),
             registration=(WorkerRegistry(self.redis, settings.key_prefix), self._info(hostname)),
         )
