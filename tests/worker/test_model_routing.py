@@ -54,11 +54,11 @@ def pools(
     models[GHOST] = str(tmp / "ghost")
     overrides: dict[str, object] = {"models": models, "shard_size": 2}
     with open_stack(prefix, tmp, s3_endpoint, redis_client, settings_overrides=overrides) as live:
-        live.start_worker(concurrency=2, worker_model=model_dirs[MODEL_A])
+        live.start_worker(concurrency=2, wait=False, worker_model=model_dirs[MODEL_A])
         beat_b = tmp / "beat-schedule-b"  # each embedded beat keeps its own schedule file
-        live.start_worker(
-            concurrency=None, worker_model=model_dirs[MODEL_B], beat_schedule_path=beat_b
-        )
+        model_b = model_dirs[MODEL_B]
+        live.start_worker(None, wait=False, worker_model=model_b, beat_schedule_path=beat_b)
+        live.wait_ready()
         yield live
 
 
