@@ -19,7 +19,7 @@ from redis.sentinel import Sentinel
 
 from jobs.limits import Limits
 from jobs.pipeline.fair_share import FairShareSettings
-from jobs.pipeline.routing import ModelRouter
+from jobs.pipeline.routing import ModelRouter, model_shard_queue
 from jobs.state.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
 from jobs.webhooks.settings import WebhookSettings
@@ -71,7 +71,10 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
-        return parse_pairs(value, "=")
+        models = parse_pairs(value, "=")
+        for name in models:  # each name is a queue's suffix: refused now, not at dispatch
+            model_shard_queue("q", name)
+        return models
 
     def model_router(self) -> ModelRouter:
         """Where each served model's shards go."""
