@@ -181,10 +181,13 @@ def test_bad_adapters_are_refused(
         "use_dora": LoRARequest("dora", 7, str(dora)),
         "already names adapter": LoRARequest("clash", good.int_id, wide.path),
     }
-    llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=good)  # registers id 1
+    llm.engine.add_lora(good)  # registered ahead of its requests, as a service would
     for message, lora in cases.items():
         with pytest.raises(LoRAAdapterError, match=message):
             llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=lora)
+        with pytest.raises(LoRAAdapterError, match=message):
+            llm.engine.add_lora(lora)
+    assert llm.engine.list_loras() == [good]
     assert not llm.engine.has_unfinished_requests()
     expected = peft_greedy(model_dir, Path(good.path), [prompt], MAX_TOKENS)[0]
     out = llm.generate([prompt, prompt], GREEDY, use_tqdm=False, lora_request=[good, None])
