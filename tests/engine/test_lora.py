@@ -21,7 +21,7 @@ from infra.harness.workloads import CORPUS
 from tests.engine.lora_adapters import SPECS, build_random_adapter, peft_greedy
 from tests.engine.prompts import random_token_prompts, text_token_prompts
 
-NUM_PROMPTS = 12
+NUM_PROMPTS = 8
 MAX_PROMPT_LEN = 60
 MAX_TOKENS = 8
 # SmolLM2 (30 layers, 49k vocabulary) costs far more per prompt on the CI's two cores: one
