@@ -217,6 +217,19 @@ class LLMEngine:
             self._compiling.append((group, compiling))
             self._start_compiled()
 
+    def add_lora(self, lora_request: LoRARequest) -> None:
+        """Read and check an adapter ahead of its requests (a service registering the
+        adapters it serves); raises ``LoRAAdapterError`` for one that cannot run here."""
+        if self.lora is None:
+            raise InvalidRequestError("LoRA adapters need an engine made with enable_lora=True")
+        self.lora.register(lora_request)
+
+    def list_loras(self) -> list[LoRARequest]:
+        """The adapters this engine has read, by ``int_id``."""
+        if self.lora is None:
+            return []
+        return [self.lora.adapters[i].request for i in sorted(self.lora.adapters)]
+
     def _grammar_future(self, params: SamplingParams) -> Future[CompiledGrammar] | None:
         """Check a request's output constraint and start compiling it (or find it compiled)."""
         constraint = params.structured_outputs

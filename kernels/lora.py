@@ -42,9 +42,7 @@ from kernels.launch_checks import (
 def _runs(slot_start: torch.Tensor) -> list[tuple[int, int, int]]:
     """``(slot, start, end)`` of every slot with tokens, read on the host."""
     starts = slot_start.tolist()
-    return [
-        (s, starts[s], starts[s + 1]) for s in range(len(starts) - 1) if starts[s + 1] > starts[s]
-    ]
+    return [(s, a, b) for s, (a, b) in enumerate(itertools.pairwise(starts)) if b > a]
 
 
 def lora_shrink_reference(
@@ -53,12 +51,18 @@ def lora_shrink_reference(
     sorted_token_ids: torch.Tensor,  # [num_tokens] int: token rows grouped by slot
     slot_start: torch.Tensor,  # [num_slots + 1] int: slot i's run in sorted_token_ids
 ) -> torch.Tensor:  # [num_tokens, S * R] fp32; rows of base-model tokens are zero
-    """One matmul per slot present: the rows of its tokens against its ``A``."""
+    """The adapter tokens gathered in slot order once, then one matmul per slot present on
+    its contiguous run: a few large ops whatever the mix, which is what the CPU needs."""
     out = torch.zeros(x.shape[0], lora_a.shape[1], dtype=torch.float32, device=x.device)
-    for slot, start, end in _runs(slot_start):
-        rows = sorted_token_ids[start:end].long()
-        out[rows] = (x[rows] @ lora_a[slot].T).float()
-    return out
+    runs = _runs(slot_start)
+    if not runs:
+        return out
+    ids = sorted_token_ids[: runs[-1][2]].long()
+    xs = x.index_select(0, ids)
+    us = torch.empty(len(ids), lora_a.shape[1], dtype=x.dtype, device=x.device)
+    for slot, start, end in runs:
+        torch.mm(xs[start:end], lora_a[slot].T, out=us[start:end])
+    return out.index_copy_(0, ids, us.float())
 
 
 def lora_expand_reference(
@@ -70,17 +74,19 @@ def lora_expand_reference(
     slot_start: torch.Tensor,
 ) -> torch.Tensor:
     """``y[t, shard s] += shrunk[t, s] @ B[slot(t), shard s]^T``, added in fp32 and rounded
-    once to ``y``'s dtype; returns ``y``."""
+    once to ``y``'s dtype; returns ``y``. One matmul per (slot present, shard)."""
+    runs = _runs(slot_start)
+    if not runs:
+        return y
     rank = lora_b.shape[2]
-    offsets = shard_offsets
-    for slot, start, end in _runs(slot_start):
-        rows = sorted_token_ids[start:end].long()
-        for s in range(len(offsets) - 1):
-            cols = slice(offsets[s], offsets[s + 1])
-            u = shrunk[rows, s * rank : (s + 1) * rank]
-            delta = u @ lora_b[slot, cols].float().T
-            y[rows, cols] = (y[rows, cols].float() + delta).to(y.dtype)
-    return y
+    ids = sorted_token_ids[: runs[-1][2]].long()
+    us = shrunk.index_select(0, ids)
+    rows = y.index_select(0, ids).float()
+    for slot, start, end in runs:
+        for s, (c0, c1) in enumerate(itertools.pairwise(shard_offsets)):
+            b = lora_b[slot, c0:c1].float().T
+            rows[start:end, c0:c1].addmm_(us[start:end, s * rank : (s + 1) * rank], b)
+    return y.index_copy_(0, ids, rows.to(y.dtype))
 
 
 @triton.jit

@@ -91,3 +91,19 @@ def test_rejects_bad_inputs(device: torch.device) -> None:
     b = torch.randn(NUM_SLOTS, 128, RANK, device=device)
     with pytest.raises(ValueError, match="shard_offsets"):
         lora_expand_triton(y, shrunk, b, (0, 64, 100), sorted_ids, starts)
+
+
+@pytest.mark.parametrize("rank", [8, 64])
+def test_single_shard_ranks_below_and_above_a_tile(device: torch.device, rank: int) -> None:
+    """An o/down projection (one shard) at a rank under the 16-wide minimum tile (masked)
+    and one of a whole 64-wide tile."""
+    slots = [0, 1, -1, 1, 2, 0]
+    x = torch.randn(len(slots), 80, device=device)
+    a = 0.2 * torch.randn(NUM_SLOTS, rank, 80, device=device)
+    b = 0.2 * torch.randn(NUM_SLOTS, 40, rank, device=device)
+    y = torch.randn(len(slots), 40, device=device)
+    sorted_ids, starts = _mapping(slots, device)
+    shrunk = lora_shrink_triton(x, a, sorted_ids, starts)
+    assert_close(shrunk, lora_shrink_reference(x, a, sorted_ids, starts))
+    expected = lora_expand_reference(y.clone(), shrunk, b, (0, 40), sorted_ids, starts)
+    assert_close(lora_expand_triton(y.clone(), shrunk, b, (0, 40), sorted_ids, starts), expected)
