@@ -8,6 +8,7 @@ from api.settings import Settings
 from engine import LoRARequest
 from jobs.adapters import RegisteredAdapter, parse_adapters
 from worker.adapter_table import adapter_requests
+from worker.settings import WorkerSettings
 
 
 def test_short_and_json_forms_agree() -> None:
@@ -48,3 +49,17 @@ def test_a_worker_runs_its_own_models_adapters_with_stable_ids() -> None:
         "b": LoRARequest("b", 2, "/x/b"),
     }
     assert adapter_requests(adapters, "other") == {"c": LoRARequest("c", 3, "/c")}
+
+
+def test_a_worker_reads_the_short_form_from_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KVBATCH_MODELS", "m=/models/m")
+    monkeypatch.setenv("KVBATCH_LORA_ADAPTERS", "a=m:s3://bucket/a")
+    monkeypatch.setenv("KVBATCH_ENGINE_MAX_LORA_RANK", "32")
+    settings = WorkerSettings(worker_model="/models/m")
+    assert settings.adapters() == {"a": LoRARequest("a", 1, "s3://bucket/a")}
+    config = settings.engine_config()
+    assert config.enable_lora and config.max_lora_rank == 32
+    other = WorkerSettings(worker_model="/models/other")  # no adapters: LoRA stays off
+    assert other.adapters() == {} and not other.engine_config().enable_lora

@@ -23,6 +23,7 @@ from engine import LLM, SamplingParams
 from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
 from infra.harness.stack import Stack, open_stack
 from infra.harness.tiny_models import build_tiny_chat_model, build_tiny_model
+from jobs.state.worker_registry import WorkerRegistry
 from tests.engine.lora_adapters import SPECS, build_random_adapter
 from worker.adapter_table import adapter_requests
 
@@ -111,6 +112,8 @@ def test_adapter_batches_match_offline_greedy_and_name_the_adapter(
     client = live.client()
     listed = {m.id: (m.model_extra or {}).get("parent") for m in client.models.list().data}
     assert listed == {BASE: None, **{name: BASE for name in [*GOOD, *BAD]}}
+    [worker] = WorkerRegistry(live.redis, live.settings.key_prefix).live()
+    assert (worker.model, worker.adapters) == (BASE, sorted([*GOOD, *BAD]))
     batch_ids = {name: create_chat_batch(client, lines_for(name)) for name in (BASE, *GOOD)}
     expected = offline_answers(live, deployment["base"])
     assert len({tuple(answers) for answers in expected.values()}) == 3  # adapters change them
