@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.llm_engine import LLMEngine
+from engine.lora_adapter import LoRAAdapterError
 from engine.outputs import RequestOutput
 from worker.engine_load import EngineLoad, QueueDepth, watch_queue
 from worker.host_records import (
@@ -237,7 +238,16 @@ class EngineHost:
             return
         try:
             prompt = self._render(submission.prompt)
-            engine.add_request(request_id, prompt, submission.params, submission.priority)
+            engine.add_request(
+                request_id,
+                prompt,
+                submission.params,
+                submission.priority,
+                lora_request=submission.lora_request,
+            )
+        except LoRAAdapterError as exc:  # every line of that adapter is refused alike
+            adapter = submission.lora_request.name if submission.lora_request else "?"
+            self._resolve(Refused(request_id, f"LoRA adapter {adapter!r} cannot run: {exc}"))
         except ValueError as exc:
             self._resolve(Refused(request_id, str(exc)))
         except Exception as exc:

@@ -91,6 +91,7 @@ class WorkerRuntime:
                 max_line_bytes=settings.max_line_bytes,
                 commit=CommitPolicy(settings.shard_commit_lines, settings.shard_commit_interval_s),
             ),
+            adapters=settings.adapters(),
         )
         self.publisher = StatsPublisher(
             self.snapshot,
@@ -113,6 +114,7 @@ class WorkerRuntime:
             device=str(config.torch_device),
             max_num_seqs=config.max_num_seqs,
             max_model_len=config.max_model_len,
+            adapters=sorted(self.runner.adapters),
         )
 
     def snapshot(self) -> dict[str, Any]:

@@ -19,10 +19,11 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from engine.lora_request import LoRARequest
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.shards import shard_key
@@ -112,6 +113,8 @@ class ShardRunner:
     finalizer: BatchFinalizer
     host: EngineHost
     limits: ShardLimits
+    # The LoRA adapters of the model this worker holds, by the name a line's model uses.
+    adapters: Mapping[str, LoRARequest] = field(default_factory=dict)
 
     def run(self, batch_id: str, index: int, ticket: IntakeTicket = NO_TICKET) -> str:
         """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log.
@@ -257,7 +260,13 @@ class ShardRunner:
                 for key, request in zip(keys, requests, strict=True):
                     self.host.submit(
                         Submission(
-                            key, batch.id, request.prompt, request.params, results.put, priority
+                            key,
+                            batch.id,
+                            request.prompt,
+                            request.params,
+                            results.put,
+                            priority,
+                            request.lora_request,
                         )
                     )
                     while not results.empty():
@@ -299,7 +308,7 @@ class ShardRunner:
         stopped = self.host.stop_reason(batch_id)
         if stopped is not None:
             return stopped_line(line.custom_id, stopped)
-        return requests_of(line, self.host.engine)
+        return requests_of(line, self.host.engine, self.adapters)
 
     def _collect(
         self, batch_id: str, index: int, run: _ShardRun, result: HostResult, ticket: IntakeTicket
