@@ -29,6 +29,10 @@ class LoRASlotTable:
         self.num_loads = 0
         self.num_evictions = 0
 
+    def can_acquire(self, int_id: int) -> bool:
+        """Whether ``acquire(int_id)`` would succeed now (it changes nothing)."""
+        return int_id in self._slot_of or bool(self._idle)
+
     def acquire(self, int_id: int) -> int | None:
         """A slot holding (or about to hold) adapter ``int_id`` for one more user, or None
         when all slots are in use by other adapters."""

@@ -250,6 +250,9 @@ class Scheduler:
         while index < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[index]
             parent = request.parent
+            if request.lora_request is not None and not self._lora_slot_available(request):
+                index += 1  # every slot is busy with other adapters: wait, let others by
+                continue
             if request.pooling_params is not None:
                 computed = []  # pooling needs every prompt position's hidden state
             elif parent is None or parent.status.is_finished:
@@ -259,15 +262,12 @@ class Scheduler:
             else:
                 index += 1
                 continue
-            if not self._acquire_lora_slot(request):
-                index += 1  # every slot is busy with other adapters: wait, let others by
-                continue
             num_computed = len(computed) * self.block_size
             num_new = min(request.num_tokens - num_computed, budget)
             block_ids = self.kv_cache.allocate_slots(request, num_new, computed)
             if block_ids is None:
-                self._release_lora_slot(request)
                 break  # FCFS: nobody behind it may overtake it for blocks
+            self._acquire_lora_slot(request)
             del self.waiting[index]
             if request.status is RequestStatus.WAITING:
                 request.num_cached_tokens = num_computed
@@ -294,16 +294,19 @@ class Scheduler:
             num_draft_tokens=num_drafts,
         )
 
-    def _acquire_lora_slot(self, request: Request) -> bool:
-        """Whether the request may run: it needs no adapter, or a slot now holds its own."""
+    def _lora_slot_available(self, request: Request) -> bool:
+        assert self.lora_slots is not None and request.lora_request is not None
+        return self.lora_slots.can_acquire(request.lora_request.int_id)
+
+    def _acquire_lora_slot(self, request: Request) -> None:
+        """Give an admitted adapter request the slot holding its adapter (loaded into one
+        the step before its forward pass if none does); ``_lora_slot_available`` said so."""
         if request.lora_request is None:
-            return True
+            return
         assert self.lora_slots is not None and request.lora_slot < 0
         slot = self.lora_slots.acquire(request.lora_request.int_id)
-        if slot is None:
-            return False
+        assert slot is not None, "checked by _lora_slot_available, nothing ran in between"
         request.lora_slot = slot
-        return True
 
     def _release_lora_slot(self, request: Request) -> None:
         if request.lora_slot >= 0:

@@ -85,3 +85,10 @@ def test_block_hashes_differ_per_adapter() -> None:
     base_only: list[int] = []
     extend_block_hashes(base_only, prompt, 4)
     assert base_only == hashes[0], "base-model keys are unchanged by LoRA support"
+
+
+def test_can_acquire_changes_nothing() -> None:
+    table = LoRASlotTable(1)
+    assert table.can_acquire(1) and table.acquire(1) == 0
+    assert table.can_acquire(1) and not table.can_acquire(2)
+    assert table.users == [1] and table.take_pending() == [(0, 1)]
