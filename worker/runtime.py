@@ -24,6 +24,7 @@ from jobs.state.checkpoints import CommitPolicy
 from jobs.state.shard_ledger import ShardLedger, StopReason
 from jobs.state.store import JobStore
 from jobs.state.worker_registry import WorkerInfo, WorkerRegistry
+from worker.adapter_table import preload_adapters
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
 from worker.intake import ShardIntake
@@ -123,11 +124,15 @@ class WorkerRuntime:
 
     def _load_engine(self) -> LLMEngine:
         config = self.engine_config
+        engine: LLMEngine
         if self.settings.fault_crash_marker:
-            return FaultInjectingEngine(
+            engine = FaultInjectingEngine(
                 config, self.settings.fault_crash_marker, self.settings.fault_crash_at
             )
-        return LLMEngine(config)
+        else:
+            engine = LLMEngine(config)
+        preload_adapters(engine, self.runner.adapters)
+        return engine
 
     def forward_if_misrouted(self, batch_id: str, shard_index: int) -> bool:
         """Send a shard of another model's batch to its own model's queue instead of running

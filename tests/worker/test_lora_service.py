@@ -143,7 +143,12 @@ def test_bad_adapters_answer_each_line_with_an_error(live: Stack) -> None:
             assert response["status_code"] == 400
             message = response["body"]["error"]["message"]
             assert f"LoRA adapter {name!r}" in message and BAD[name] in message, message
-    # The worker lived through them: a good adapter's batch still runs.
+    # The worker found them out while loading, and lived through their lines: a good
+    # adapter's batch still runs.
+    log = live.workers[0].log_tail(100_000)
+    for name in BAD:
+        assert f"LoRA adapter {name!r} cannot run on this model" in log, log
+
     after = wait_batch(client, create_chat_batch(client, lines_for("sql")[:1]), {"completed"})
     assert after.request_counts is not None and after.request_counts.completed == 1
 
