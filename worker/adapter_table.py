@@ -40,11 +40,10 @@ def preload_adapters(engine: LLMEngine, adapters: Mapping[str, LoRARequest]) -> 
     download that failed for a passing reason is tried again then)."""
     if not adapters:
         return []
-    assert engine.lora is not None, "a worker with adapters runs its engine with LoRA on"
     refused = []
     for name, request in sorted(adapters.items()):
         try:
-            engine.lora.register(request)
+            engine.add_lora(request)
         except LoRAAdapterError as exc:
             log.warning("LoRA adapter %r cannot run on this model: %s", name, exc)
             refused.append(name)
