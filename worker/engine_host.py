@@ -7,9 +7,10 @@
 
 Tasks run in Celery's thread pool; only the engine thread touches the engine (and its
 tokenizer's chat template), so the engine needs no locks. Its parts: the bounded inbox
-(:mod:`worker.submission_queue`), the stop watcher's thread (:mod:`worker.stop_watcher`)
-and the isolation of a failed step's culprit (:mod:`worker.step_isolation`); what goes in
-and comes out is typed in :mod:`worker.host_records`.
+(:mod:`worker.submission_queue`), the stop watcher's thread (:mod:`worker.stop_watcher`),
+the isolation of a failed step's culprit (:mod:`worker.step_isolation`) and the tenants'
+turns in the engine's waiting queue (:mod:`worker.fair_order`); what goes in and comes out
+is typed in :mod:`worker.host_records`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any
 
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
 from worker.engine_load import EngineLoad, QueueDepth, watch_queue
+from worker.fair_order import FairOrder
 from worker.host_records import (
     ChatPrompt,
     Failed,
@@ -77,6 +80,7 @@ class EngineHost:
         self._inbox = SubmissionQueue(max_pending, self._closing)
         self._stops = StopWatcher(stop_checker, stop_poll_s, self._closing)
         self._isolation = StepIsolation()
+        self._order = FairOrder()  # engine thread only
         self._lock = threading.Lock()  # guards stats and _throughput
         self._stats = HostStats()
         self._throughput: deque[tuple[float, int]] = deque(maxlen=64)
@@ -237,7 +241,10 @@ class EngineHost:
             return
         try:
             prompt = self._render(submission.prompt)
-            engine.add_request(request_id, prompt, submission.params, submission.priority)
+            params = submission.params
+            cost = params.n if isinstance(params, SamplingParams) else 1
+            tag = self._order.admit(request_id, submission.tenant, cost)
+            engine.add_request(request_id, prompt, params, submission.priority, arrival_time=tag)
         except ValueError as exc:
             self._resolve(Refused(request_id, str(exc)))
         except Exception as exc:
@@ -295,6 +302,7 @@ class EngineHost:
             self._stats.num_failed_steps += 1
         for submission in suspects:
             engine.abort_request(submission.request_id)
+            self._order.done(submission.request_id)  # re-added later with a fresh tag
         culprit = self._isolation.failed(suspects)
         if culprit is not None:
             log.error("engine step failed on %s alone: %s", culprit.request_id, exc)
@@ -316,6 +324,7 @@ class EngineHost:
 
     def _resolve(self, result: HostResult) -> None:
         submission = self._inflight.pop(result.request_id)
+        self._order.done(result.request_id)
         with self._lock:
             self._stats.num_resolved += 1
         self._inbox.release()

@@ -81,6 +81,7 @@ class Submission:
     params: SamplingParams | PoolingParams  # pooling: an embedding, in the same steps
     sink: Callable[[HostResult], None]
     priority: int = 0
+    tenant: str = ""  # whose turn it is: tenants share the engine fairly (worker/fair_order.py)
 
 
 @dataclass(slots=True)

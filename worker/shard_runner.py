@@ -257,7 +257,13 @@ class ShardRunner:
                 for key, request in zip(keys, requests, strict=True):
                     self.host.submit(
                         Submission(
-                            key, batch.id, request.prompt, request.params, results.put, priority
+                            key,
+                            batch.id,
+                            request.prompt,
+                            request.params,
+                            results.put,
+                            priority,
+                            batch.tenant,
                         )
                     )
                     while not results.empty():
