@@ -72,6 +72,7 @@ class EngineHost:
         queue_depth: QueueDepth | None = None,
         max_pending: int = 512,
         stop_poll_s: float = 0.5,
+        fair_order: bool = True,
     ) -> None:
         self._factory = engine_factory
         self._queue_depth = queue_depth
@@ -80,7 +81,7 @@ class EngineHost:
         self._inbox = SubmissionQueue(max_pending, self._closing)
         self._stops = StopWatcher(stop_checker, stop_poll_s, self._closing)
         self._isolation = StepIsolation()
-        self._order = FairOrder()  # engine thread only
+        self._order = FairOrder() if fair_order else None  # engine thread only
         self._lock = threading.Lock()  # guards stats and _throughput
         self._stats = HostStats()
         self._throughput: deque[tuple[float, int]] = deque(maxlen=64)
@@ -242,8 +243,10 @@ class EngineHost:
         try:
             prompt = self._render(submission.prompt)
             params = submission.params
-            cost = params.n if isinstance(params, SamplingParams) else 1
-            tag = self._order.admit(request_id, submission.tenant, cost)
+            tag = None
+            if self._order is not None:
+                cost = params.n if isinstance(params, SamplingParams) else 1
+                tag = self._order.admit(request_id, submission.tenant, cost)
             engine.add_request(request_id, prompt, params, submission.priority, arrival_time=tag)
         except ValueError as exc:
             self._resolve(Refused(request_id, str(exc)))
@@ -302,7 +305,8 @@ class EngineHost:
             self._stats.num_failed_steps += 1
         for submission in suspects:
             engine.abort_request(submission.request_id)
-            self._order.done(submission.request_id)  # re-added later with a fresh tag
+            if self._order is not None:  # re-added later with a fresh tag
+                self._order.done(submission.request_id)
         culprit = self._isolation.failed(suspects)
         if culprit is not None:
             log.error("engine step failed on %s alone: %s", culprit.request_id, exc)
@@ -324,7 +328,8 @@ class EngineHost:
 
     def _resolve(self, result: HostResult) -> None:
         submission = self._inflight.pop(result.request_id)
-        self._order.done(result.request_id)
+        if self._order is not None:
+            self._order.done(result.request_id)
         with self._lock:
             self._stats.num_resolved += 1
         self._inbox.release()
