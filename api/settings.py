@@ -99,7 +99,7 @@ class Settings(ServiceSettings):
     def limits(self) -> Limits:
         """The limits this API enforces: the defaults, overridden by these settings."""
         values = {name: getattr(self, name) for name in _LIMIT_SETTINGS}
-        return replace(_LIMITS, **values, served_models=frozenset(self.models))
+        return replace(_LIMITS, **values, served_models=self.served_names())
 
 
 @lru_cache

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from engine.config import EngineConfig
     from engine.llm import LLM
     from engine.llm_engine import InvalidRequestError, LLMEngine
+    from engine.lora_adapter import LoRAAdapterError
+    from engine.lora_request import LoRARequest
     from engine.outputs import CompletionOutput, RequestOutput
     from engine.sampling_params import SamplingParams, SamplingParamsError
     from engine.structured_outputs import StructuredOutputsError, StructuredOutputsParams
@@ -23,6 +25,8 @@ _EXPORTS = {
     "LLMEngine": "engine.llm_engine",
     "InvalidRequestError": "engine.llm_engine",
     "EngineConfig": "engine.config",
+    "LoRAAdapterError": "engine.lora_adapter",
+    "LoRARequest": "engine.lora_request",
     "CompletionOutput": "engine.outputs",
     "RequestOutput": "engine.outputs",
     "SamplingParams": "engine.sampling_params",
@@ -37,6 +41,8 @@ __all__ = [
     "EngineConfig",
     "InvalidRequestError",
     "LLMEngine",
+    "LoRAAdapterError",
+    "LoRARequest",
     "RequestOutput",
     "SamplingParams",
     "SamplingParamsError",

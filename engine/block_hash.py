@@ -37,15 +37,19 @@ def hash_block_tokens(
 
 
 def extend_block_hashes(
-    block_hashes: list[BlockHash], token_ids: Sequence[int], block_size: int
+    block_hashes: list[BlockHash],
+    token_ids: Sequence[int],
+    block_size: int,
+    extra_keys: tuple[object, ...] = (),
 ) -> None:
     """Append the keys of the full blocks of ``token_ids`` that ``block_hashes`` lacks.
 
-    Keys only depend on tokens, so they stay valid as a request grows or is preempted; each
-    is computed once.
+    Keys only depend on tokens (and the request's fixed ``extra_keys``: its LoRA adapter's
+    id), so they stay valid as a request grows or is preempted; each is computed once.
     """
     num_full_blocks = len(token_ids) // block_size
     for index in range(len(block_hashes), num_full_blocks):
         parent = block_hashes[-1] if block_hashes else None
         start = index * block_size
-        block_hashes.append(hash_block_tokens(parent, token_ids[start : start + block_size]))
+        block_tokens = token_ids[start : start + block_size]
+        block_hashes.append(hash_block_tokens(parent, block_tokens, extra_keys))

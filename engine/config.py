@@ -57,6 +57,13 @@ class EngineConfig:
     # --speculative-config and KVBATCH_ENGINE_SPECULATIVE_CONFIG take it): see
     # engine/speculative_config.py.
     speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
+    # Multi-LoRA (vLLM's arguments): requests may name PEFT adapters; up to ``max_loras`` of
+    # them sit in device slots at once, each of rank at most ``max_lora_rank``. Adapters on
+    # S3 are downloaded into ``lora_download_dir`` (default: a temporary directory).
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    lora_download_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -77,6 +84,8 @@ class EngineConfig:
             )
         if self.pooling_type not in (None, "last", "mean", "cls"):
             raise EngineConfigError("pooling_type must be last, mean or cls")
+        if self.max_loras < 1 or not 1 <= self.max_lora_rank <= 512:
+            raise EngineConfigError("max_loras must be at least 1 and max_lora_rank in [1, 512]")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
         if isinstance(self.speculative_config, str):

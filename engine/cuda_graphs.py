@@ -90,7 +90,9 @@ class DecodeGraphs:
         return self._hidden[size][: inputs.num_reqs]
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
-        return self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv_caches)
+        return self.model(
+            inputs.input_ids, inputs.positions, inputs.attn, self.kv_caches, inputs.lora
+        )
 
     @staticmethod
     def _dummy_step(size: int) -> list[ScheduledRequest]:

@@ -65,7 +65,9 @@ class KVCacheManager:
         """
         if not self.enable_prefix_caching:
             return []
-        extend_block_hashes(request.block_hashes, request.token_ids, self.block_size)
+        extend_block_hashes(
+            request.block_hashes, request.token_ids, self.block_size, request.block_hash_keys
+        )
         max_hit_blocks = (request.num_tokens - 1) // self.block_size
         hits: list[KVBlock] = []
         for block_hash in request.block_hashes[:max_hit_blocks]:
@@ -152,7 +154,9 @@ class KVCacheManager:
         if num_full <= start:
             return
         assert num_full <= len(table)
-        extend_block_hashes(request.block_hashes, request.token_ids, self.block_size)
+        extend_block_hashes(
+            request.block_hashes, request.token_ids, self.block_size, request.block_hash_keys
+        )
         # Blocks past ``start`` were allocated fresh for this request: private, unhashed.
         for index in range(start, num_full):
             self.pool.cache_block(table[index], request.block_hashes[index])

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from engine.config import EngineConfig
 from engine.llm_engine import EngineOutput, LLMEngine
+from engine.lora_request import LoRARequest
 from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
@@ -45,15 +46,19 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for each prompt (text, or token ids); one ``RequestOutput`` per prompt."""
+        """Generate for each prompt (text, or token ids); one ``RequestOutput`` per prompt.
+        ``lora_request``: one adapter for every prompt, or one (or None: the base model)
+        per prompt."""
         if self.runner != "generate":
             raise ValueError("this LLM was made with runner='pooling': use embed()")
         prompt_list = _prompt_list(prompts)
         params_list = self._params_for(prompt_list, sampling_params)
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError("priority must have one entry per prompt")
-        self._submit(prompt_list, params_list, priority)
+        loras = _lora_list(lora_request, len(prompt_list))
+        self._submit(prompt_list, params_list, priority, loras)
         outputs = self._run(len(prompt_list), use_tqdm, "generate")
         return [o for o in outputs if isinstance(o, RequestOutput)]
 
@@ -69,7 +74,7 @@ class LLM:
             raise ValueError("embed() needs an LLM made with runner='pooling'")
         prompt_list = _prompt_list(prompts)
         params = pooling_params or PoolingParams()
-        self._submit(prompt_list, [params] * len(prompt_list), None)
+        self._submit(prompt_list, [params] * len(prompt_list), None, [None] * len(prompt_list))
         outputs = self._run(len(prompt_list), use_tqdm, "embed")
         return [o for o in outputs if isinstance(o, PoolingRequestOutput)]
 
@@ -78,10 +83,11 @@ class LLM:
         prompts: list[Prompt],
         params: Sequence[SamplingParams | PoolingParams],
         priority: Sequence[int] | None,
+        loras: Sequence[LoRARequest | None],
     ) -> None:
         try:
-            for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
-                self.engine.add_request(i, prompt, p, priority[i] if priority else 0)
+            for i, (prompt, p, lora) in enumerate(zip(prompts, params, loras, strict=True)):
+                self.engine.add_request(i, prompt, p, priority[i] if priority else 0, lora)
         except ValueError:
             # All or nothing: a refused prompt leaves no half-submitted call in the engine.
             for i in range(len(prompts)):
@@ -93,13 +99,14 @@ class LLM:
         messages: ChatMessages | Sequence[ChatMessages],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to each conversation, then ``generate``."""
         single = bool(messages) and isinstance(messages[0], dict)
         conversations: list[ChatMessages] = [messages] if single else list(messages)  # type: ignore[list-item, arg-type]
         tokenizer = self.get_tokenizer()
         prompts: list[Prompt] = [tokenizer.apply_chat_template(c) for c in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     def _params_for(
         self,
@@ -141,3 +148,17 @@ def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     ):
         return [prompts]  # type: ignore[list-item]
     return list(prompts)  # type: ignore[arg-type]
+
+
+def _lora_list(
+    lora_request: LoRARequest | Sequence[LoRARequest | None] | None, num_prompts: int
+) -> list[LoRARequest | None]:
+    """One adapter (or None) per prompt, from one for all or a list of them."""
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * num_prompts
+    loras = list(lora_request)
+    if len(loras) != num_prompts:
+        raise ValueError(f"got {len(loras)} lora requests for {num_prompts} prompts")
+    if any(r is not None and not isinstance(r, LoRARequest) for r in loras):
+        raise ValueError("each lora_request must be a LoRARequest or None")
+    return loras

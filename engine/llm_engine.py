@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.grammar import CompiledGrammar, GrammarBitmask, GrammarCache, StructuredOutputs
+from engine.lora_manager import LoRAManager
+from engine.lora_request import LoRARequest
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 from engine.pooler import Pooler, PoolingConfig
@@ -118,6 +120,15 @@ class LLMEngine:
             Tokenizer.from_pretrained(config.model) if has_tokenizer(config.model) else None
         )
         self.scheduler = Scheduler(config, self.runner.num_kv_blocks, self.max_model_len)
+        self.lora: LoRAManager | None = None
+        if self.scheduler.lora_slots is not None:
+            self.lora = LoRAManager(
+                self.runner.model,
+                self.scheduler.lora_slots,
+                config.max_lora_rank,
+                self.runner.device,
+                config.lora_download_dir,
+            )
         self.sampler = Sampler(self.model_config.vocab_size, seed=config.seed)
         self.stats = EngineStats(num_kv_blocks_total=self.runner.num_kv_blocks)
         self._groups: dict[Hashable, _RequestGroup] = {}
@@ -156,10 +167,12 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | PoolingParams,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
         arrival_time: float | None = None,
     ) -> None:
-        """Queue a request (to generate, or to embed with ``PoolingParams``); raises
-        ``InvalidRequestError`` for one that could never run.
+        """Queue a request (to generate, or to embed with ``PoolingParams``), under
+        ``lora_request``'s adapter if given; raises ``InvalidRequestError`` for one that
+        could never run, ``LoRAAdapterError`` for an adapter that cannot.
 
         The scheduler serves waiting requests by ``(priority, arrival_time)``; without an
         ``arrival_time`` a request arrives after every earlier one. A caller that orders
@@ -169,6 +182,12 @@ class LLMEngine:
         if arrival_time is not None and not math.isfinite(arrival_time):
             raise InvalidRequestError(f"arrival_time must be finite, got {arrival_time}")
         text, token_ids = self._tokenize(prompt)
+        if lora_request is not None:
+            if self.lora is None:
+                raise InvalidRequestError("LoRA requests need an engine made with enable_lora=True")
+            if isinstance(params, PoolingParams):
+                raise InvalidRequestError("embedding requests cannot run under a LoRA adapter")
+            self.lora.register(lora_request)
         if isinstance(params, PoolingParams):
             self._add_pooling(request_id, text, token_ids, params, priority, arrival_time)
             return
@@ -190,6 +209,7 @@ class LLMEngine:
                 arrival_time=arrival,
                 priority=priority,
                 parent=parent,
+                lora_request=lora_request,
             )
             parent = parent or request
             detok = None
@@ -205,6 +225,19 @@ class LLMEngine:
         else:
             self._compiling.append((group, compiling))
             self._start_compiled()
+
+    def add_lora(self, lora_request: LoRARequest) -> None:
+        """Read and check an adapter ahead of its requests (a service registering the
+        adapters it serves); raises ``LoRAAdapterError`` for one that cannot run here."""
+        if self.lora is None:
+            raise InvalidRequestError("LoRA adapters need an engine made with enable_lora=True")
+        self.lora.register(lora_request)
+
+    def list_loras(self) -> list[LoRARequest]:
+        """The adapters this engine has read, by ``int_id``."""
+        if self.lora is None:
+            return []
+        return [self.lora.adapters[i].request for i in sorted(self.lora.adapters)]
 
     def _grammar_future(self, params: SamplingParams) -> Future[CompiledGrammar] | None:
         """Check a request's output constraint and start compiling it (or find it compiled)."""
@@ -311,6 +344,8 @@ class LLMEngine:
             self._start_compiled(wait_s=0.01)  # only compiling requests: wait, do not spin
             return [*self._pop_finished()]
         scheduled_at = time.perf_counter()
+        if self.lora is not None:
+            self.lora.load_pending()
         inputs = self.runner.prepare(plan)
         prepared_at = time.perf_counter()
         sampled = [s for s in plan.scheduled if s.sample]

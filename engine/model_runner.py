@@ -11,6 +11,7 @@ from engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
 from engine.models.attention import KVCache
 from engine.models.inputs import InputBuffers, ModelInputs
 from engine.models.loader import load_model
+from engine.models.lora import LoRAContext, attach_lora
 from engine.models.model_config import ModelConfig
 from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
@@ -42,12 +43,18 @@ class ModelRunner:
             self.max_model_len,
             random_seed=config.seed if config.load_format == "dummy" else None,
         )
+        # Adapter slots are allocated before the KV cache is sized, so that they count as
+        # weights; they start zeroed (a zero delta) and fill as the engine loads adapters.
+        self.lora: LoRAContext | None = None
+        if config.enable_lora:
+            self.lora = attach_lora(self.model, config.max_loras, config.max_lora_rank)
         self.buffers = InputBuffers(
             max_num_tokens=config.max_num_batched_tokens,
             max_num_reqs=config.max_num_seqs,
             max_blocks_per_req=-(-self.max_model_len // self.block_size),
             block_size=self.block_size,
             device=self.device,
+            max_loras=config.max_loras if config.enable_lora else 0,
         )
         self.num_kv_blocks = self._count_kv_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
@@ -96,11 +103,13 @@ class ModelRunner:
         """An eager step that also returns every token's final hidden state: fp32 logits
         ``[num_sampled, vocab_size]`` and ``[num_tokens, hidden_size]`` for the pooler."""
         assert inputs.graph_size is None, "pooling chunks are never sampled, so never graphed"
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv_caches)
+        hidden = self.model(
+            inputs.input_ids, inputs.positions, inputs.attn, self.kv_caches, inputs.lora
+        )
         return self.model.compute_logits(hidden[inputs.logits_indices]), hidden
 
     def _forward_eager(self, inputs: ModelInputs, kv_caches: list[KVCache]) -> torch.Tensor:
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, kv_caches)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, kv_caches, inputs.lora)
         return self.model.compute_logits(hidden[inputs.logits_indices])
 
     def _wants_cuda_graphs(self) -> bool:

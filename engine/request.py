@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
+from engine.lora_request import LoRARequest
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 
@@ -49,6 +50,9 @@ class Request:
 
     ``parent`` is set on the 2nd..nth sample of an ``n > 1`` request: such a child shares the
     parent's full prompt blocks (ref-counted) instead of computing them again.
+
+    ``lora_request`` runs it under a LoRA adapter; ``lora_slot`` is the device slot holding
+    that adapter while the request runs (set and cleared by the scheduler), -1 otherwise.
     """
 
     request_id: RequestId
@@ -68,10 +72,18 @@ class Request:
     # Guessed next tokens for the next step to verify (speculative decoding); never part of
     # ``token_ids`` until the target model agrees.
     draft_token_ids: list[int] = field(default_factory=list)
+    lora_request: LoRARequest | None = None
+    lora_slot: int = -1
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def block_hash_keys(self) -> tuple[object, ...]:
+        """What besides the tokens decides this request's K/V: its adapter (so the prefix
+        cache never hands one adapter's blocks to another, or to the base model)."""
+        return () if self.lora_request is None else ("lora", self.lora_request.int_id)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -11,6 +11,10 @@ with ``num_tokens``; a step hands out at most ``max_num_batched_tokens`` tokens:
 Running requests go first (in priority, then arrival order), then waiting ones. When the KV
 cache runs out, the worst running request is preempted: its blocks are freed and it later
 recomputes its prompt and its outputs so far as one longer prompt.
+
+A request under a LoRA adapter also needs a device slot holding it to run (``lora_slots``):
+while every slot is in use by other adapters it stays waiting, and requests behind it that
+need no new slot go ahead of it. It gives its slot back when it stops running.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheManager, cdiv
+from engine.lora_slots import LoRASlotTable
 from engine.request import Request, RequestId, RequestStatus
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
 
@@ -60,6 +65,7 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self.lora_slots = LoRASlotTable(config.max_loras) if config.enable_lora else None
         self._arrival_order: dict[RequestId, int] = {}
         self._num_added = 0
 
@@ -80,6 +86,8 @@ class Scheduler:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         if request.num_prompt_tokens == 0:
             raise ValueError("the prompt must contain at least one token")
+        if request.lora_request is not None and self.lora_slots is None:
+            raise ValueError("a LoRA request needs an engine made with enable_lora=True")
         if request.num_prompt_tokens > self.max_model_len:
             raise ValueError(
                 f"prompt has {request.num_prompt_tokens} tokens, more than the model's "
@@ -242,6 +250,9 @@ class Scheduler:
         while index < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[index]
             parent = request.parent
+            if request.lora_request is not None and not self._lora_slot_available(request):
+                index += 1  # every slot is busy with other adapters: wait, let others by
+                continue
             if request.pooling_params is not None:
                 computed = []  # pooling needs every prompt position's hidden state
             elif parent is None or parent.status.is_finished:
@@ -256,6 +267,7 @@ class Scheduler:
             block_ids = self.kv_cache.allocate_slots(request, num_new, computed)
             if block_ids is None:
                 break  # FCFS: nobody behind it may overtake it for blocks
+            self._acquire_lora_slot(request)
             del self.waiting[index]
             if request.status is RequestStatus.WAITING:
                 request.num_cached_tokens = num_computed
@@ -282,7 +294,28 @@ class Scheduler:
             num_draft_tokens=num_drafts,
         )
 
+    def _lora_slot_available(self, request: Request) -> bool:
+        assert self.lora_slots is not None and request.lora_request is not None
+        return self.lora_slots.can_acquire(request.lora_request.int_id)
+
+    def _acquire_lora_slot(self, request: Request) -> None:
+        """Give an admitted adapter request the slot holding its adapter (loaded into one
+        the step before its forward pass if none does); ``_lora_slot_available`` said so."""
+        if request.lora_request is None:
+            return
+        assert self.lora_slots is not None and request.lora_slot < 0
+        slot = self.lora_slots.acquire(request.lora_request.int_id)
+        assert slot is not None, "checked by _lora_slot_available, nothing ran in between"
+        request.lora_slot = slot
+
+    def _release_lora_slot(self, request: Request) -> None:
+        if request.lora_slot >= 0:
+            assert self.lora_slots is not None
+            self.lora_slots.release(request.lora_slot)
+            request.lora_slot = -1
+
     def _preempt(self, request: Request) -> None:
+        self._release_lora_slot(request)
         self.kv_cache.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
@@ -296,6 +329,7 @@ class Scheduler:
         index = bisect.bisect_left(queue, self._order_key(request), key=self._order_key)
         assert queue[index] is request
         del queue[index]
+        self._release_lora_slot(request)
         self.kv_cache.free(request)
         request.status = status
         del self.requests[request.request_id]
@@ -308,6 +342,9 @@ class Scheduler:
         assert len(self.running) + len(self.waiting) == len(self.requests)
         assert len(self.kv_cache.block_tables) == len(self.running), "only running hold blocks"
         assert len({id(s.request) for s in output.scheduled}) == len(output.scheduled)
+        if self.lora_slots is not None:
+            in_use = [r.lora_slot for r in self.running if r.lora_slot >= 0]
+            assert sum(self.lora_slots.users) == len(in_use), "a LoRA slot leaked"
         for scheduled in output.scheduled:
             end = scheduled.start_position + scheduled.num_new_tokens
             assert scheduled.request.status is RequestStatus.RUNNING

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from infra.engine_args import add_engine_arguments, engine_args, model_dir_or_report
+from infra.engine_args import CLI_FIELDS, add_engine_arguments, engine_args, model_dir_or_report
 from infra.failures import CommandFailed, require_weights
+from jobs.service_settings import parse_pairs
+
+LORA_FIELDS = (*CLI_FIELDS, "max_loras", "max_lora_rank")
 
 
 def add_run_batch_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +26,14 @@ def add_run_batch_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default: the output's name with .errors.jsonl)",
     )
     parser.add_argument("--model", required=True, help="model directory or known model name")
-    add_engine_arguments(parser)
+    parser.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="LoRA adapters (PEFT directories, local or s3://) that a line's model may name",
+    )
+    add_engine_arguments(parser, LORA_FIELDS)
     parser.set_defaults(handler=_run_batch)
 
 
@@ -52,7 +62,13 @@ def _run_batch(args: argparse.Namespace) -> int:
     require_weights(model_dir)
     from worker.offline import run_batch
 
-    counts = run_batch(args.input, args.output, errors, model_dir, **engine_args(args))
+    try:
+        lora_modules = parse_pairs(",".join(args.lora_modules), "=")
+    except ValueError as exc:
+        raise CommandFailed(f"--lora-modules: {exc}") from exc
+    counts = run_batch(
+        args.input, args.output, errors, model_dir, lora_modules, **engine_args(args, LORA_FIELDS)
+    )
     print(
         f"{counts.answered} lines answered into {args.output}, {counts.failed} failed into {errors}"
     )

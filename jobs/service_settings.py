@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import redis
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from jobs.adapters import RegisteredAdapter, check_adapters, parse_adapters
 from jobs.limits import Limits
 from jobs.pipeline.fair_share import FairShareSettings
-from jobs.pipeline.routing import ModelRouter
+from jobs.pipeline.routing import ModelRouter, model_shard_queue
 from jobs.state.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
 from jobs.webhooks.settings import WebhookSettings
@@ -46,6 +47,9 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
     # accepts batches for these names; a worker whose model directory is one of them
     # serves it under that name (worker/settings.py).
     models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # LoRA adapters a line's ``model`` may name: "name=base_model:path,..." or JSON
+    # (jobs/adapters.py). Their batches run on a worker holding the base model.
+    lora_adapters: Annotated[dict[str, RegisteredAdapter], NoDecode] = Field(default_factory=dict)
     # The Celery broker's keys (queues, ``unacked``, ``unacked_index``): under
     # ``{key_prefix}:broker:`` unless set ("" puts them at the top level of the database).
     broker_key_prefix: str | None = None
@@ -71,11 +75,29 @@ class ServiceSettings(WebhookSettings, FairShareSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
-        return parse_pairs(value, "=")
+        models = parse_pairs(value, "=")
+        for name in models:  # each name is a queue's suffix: refused now, not at dispatch
+            model_shard_queue("q", name)
+        return models
+
+    @field_validator("lora_adapters", mode="before")
+    @classmethod
+    def _parse_adapters(cls, value: Any) -> dict[str, RegisteredAdapter]:
+        return parse_adapters(value)
+
+    @model_validator(mode="after")
+    def _adapters_of_served_models(self) -> ServiceSettings:
+        check_adapters(self.lora_adapters, self.models)
+        return self
+
+    def served_names(self) -> frozenset[str]:
+        """Every name a line's ``model`` may use: the served models and their adapters."""
+        return frozenset(self.models) | frozenset(self.lora_adapters)
 
     def model_router(self) -> ModelRouter:
-        """Where each served model's shards go."""
-        return ModelRouter(self.shard_queue)
+        """Where each served model's (and adapter's) shards go."""
+        adapters = {name: a.base for name, a in self.lora_adapters.items()}
+        return ModelRouter(self.shard_queue, adapters=adapters)
 
     @property
     def resolved_broker_url(self) -> str:

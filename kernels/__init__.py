@@ -8,6 +8,8 @@ never names an implementation, so switching backends changes nothing else.
 from kernels.dispatch import (
     Backend,
     get_backend,
+    lora_expand,
+    lora_shrink,
     paged_attention,
     rms_norm,
     rotary_embedding,
@@ -23,6 +25,8 @@ __all__ = [
     "Backend",
     "build_cos_sin_cache",
     "get_backend",
+    "lora_expand",
+    "lora_shrink",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",

@@ -17,6 +17,12 @@ from kernels.activation import silu_and_mul_reference, silu_and_mul_triton
 from kernels.attention import paged_attention_reference
 from kernels.attention_triton import paged_attention_triton
 from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
+from kernels.lora import (
+    lora_expand_reference,
+    lora_expand_triton,
+    lora_shrink_reference,
+    lora_shrink_triton,
+)
 from kernels.norm import rms_norm_reference, rms_norm_triton
 from kernels.rotary import rotary_embedding_reference, rotary_embedding_triton
 from kernels.sampling import sample_gumbel_reference, sample_gumbel_triton
@@ -117,3 +123,28 @@ def sample_gumbel(logits: torch.Tensor, inv_temperature: torch.Tensor, seed: int
     if use_triton(logits):
         return sample_gumbel_triton(logits, inv_temperature, seed)
     return sample_gumbel_reference(logits, inv_temperature, seed)
+
+
+def lora_shrink(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    sorted_token_ids: torch.Tensor,
+    slot_start: torch.Tensor,
+) -> torch.Tensor:
+    if use_triton(x):
+        return lora_shrink_triton(x, lora_a, sorted_token_ids, slot_start)
+    return lora_shrink_reference(x, lora_a, sorted_token_ids, slot_start)
+
+
+def lora_expand(
+    y: torch.Tensor,
+    shrunk: torch.Tensor,
+    lora_b: torch.Tensor,
+    shard_offsets: tuple[int, ...],
+    sorted_token_ids: torch.Tensor,
+    slot_start: torch.Tensor,
+) -> torch.Tensor:
+    args = (y, shrunk, lora_b, shard_offsets, sorted_token_ids, slot_start)
+    if use_triton(y):
+        return lora_expand_triton(*args)
+    return lora_expand_reference(*args)

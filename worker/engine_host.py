@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.llm_engine import LLMEngine
+from engine.lora_adapter import LoRAAdapterError
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from worker.engine_load import EngineLoad, QueueDepth, watch_queue
@@ -247,7 +248,17 @@ class EngineHost:
             if self._order is not None:
                 cost = params.n if isinstance(params, SamplingParams) else 1
                 tag = self._order.admit(request_id, submission.tenant, cost)
-            engine.add_request(request_id, prompt, params, submission.priority, arrival_time=tag)
+            engine.add_request(
+                request_id,
+                prompt,
+                params,
+                submission.priority,
+                lora_request=submission.lora_request,
+                arrival_time=tag,
+            )
+        except LoRAAdapterError as exc:  # every line of that adapter is refused alike
+            adapter = submission.lora_request.name if submission.lora_request else "?"
+            self._resolve(Refused(request_id, f"LoRA adapter {adapter!r} cannot run: {exc}"))
         except ValueError as exc:
             self._resolve(Refused(request_id, str(exc)))
         except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.lora_request import LoRARequest
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import StructuredOutputsParams
@@ -23,6 +24,8 @@ from worker.host_records import ChatPrompt, PromptInput
 class EngineRequest:
     prompt: PromptInput
     params: SamplingParams | PoolingParams
+    # The adapter the line's ``model`` names (worker/adapter_table.py); None: the base model.
+    lora_request: LoRARequest | None = None
 
 
 def _num_logprobs(body: RequestBody) -> int | None:

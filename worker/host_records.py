@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.lora_request import LoRARequest
 from engine.outputs import PoolingRequestOutput, RequestOutput
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
@@ -81,6 +82,7 @@ class Submission:
     params: SamplingParams | PoolingParams  # pooling: an embedding, in the same steps
     sink: Callable[[HostResult], None]
     priority: int = 0
+    lora_request: LoRARequest | None = None  # the line's adapter; None: the base model
     tenant: str = ""  # whose turn it is: tenants share the engine fairly (worker/fair_order.py)
 
 

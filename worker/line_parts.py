@@ -9,10 +9,11 @@ both answer lines through :meth:`PendingLines.collect`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from engine.llm_engine import InvalidRequestError, LLMEngine
+from engine.lora_request import LoRARequest
 from engine.tokenizer import Tokenizer
 from jobs.wire.embedding_bodies import EmbeddingBody
 from jobs.wire.lines import OutputLine, RequestLine
@@ -62,10 +63,20 @@ class PendingLines:
         return key.position, answer
 
 
-def requests_of(line: RequestLine, engine: LLMEngine) -> list[EngineRequest] | OutputLine:
-    """The engine requests a line makes, or its 400 line when a value is out of range."""
+def requests_of(
+    line: RequestLine, engine: LLMEngine, adapters: Mapping[str, LoRARequest] | None = None
+) -> list[EngineRequest] | OutputLine:
+    """The engine requests a line makes, or its 400 line when a value is out of range.
+
+    A line whose ``model`` is one of ``adapters`` (this worker's, by name) runs under that
+    adapter; the engine reads and checks it when the request is added, and refuses it there
+    (a 400 line) when it cannot run on this model.
+    """
     try:
         requests = engine_requests(line.body)
+        lora = (adapters or {}).get(line.body.model)
+        for request in requests:
+            request.lora_request = lora
         if isinstance(line.body, EmbeddingBody):
             engine.check_dimensions(line.body.dimensions)
     except ValueError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import queue
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.lora_request import LoRARequest
 from jobs.storage import LocalStorage, S3Storage, Storage, WriterScope, read_lines
 from jobs.wire.body_refusals import refusal_of
 from jobs.wire.deep_json import DeepJSONError, load_deep, too_deep_rejection
@@ -130,9 +131,19 @@ def run_batch(
     output_url: str | Path,
     errors_url: str | Path,
     model_dir: str | Path,
+    lora_modules: Mapping[str, str] | None = None,
     **engine_args: Any,
 ) -> RunCounts:
-    """Answer every line of ``input_url`` into ``output_url`` and ``errors_url``."""
+    """Answer every line of ``input_url`` into ``output_url`` and ``errors_url``.
+
+    ``lora_modules`` (adapter name -> PEFT directory, vLLM's ``--lora-modules``): a line
+    whose ``model`` names one runs under that adapter, with LoRA switched on."""
+    adapters = {
+        name: LoRARequest(name, int_id, path)
+        for int_id, (name, path) in enumerate(sorted((lora_modules or {}).items()), start=1)
+    }
+    if adapters:
+        engine_args = {**engine_args, "enable_lora": True}
     config = EngineConfig(model=str(model_dir), **engine_args)
     host = EngineHost(lambda: LLMEngine(config), stop_checker=lambda batches: {})
     host.start()
@@ -145,7 +156,7 @@ def run_batch(
             WriterScope(error_sink.writer(errors_key)) as errors,
         ):
             writer = _InOrderWriter(out, errors)
-            run = _OfflineRun(host, writer)
+            run = _OfflineRun(host, writer, adapters)
             for raw in read_lines(source, in_key, MAX_LINE_BYTES):
                 if raw != b"":
                     run.add(raw)
@@ -159,9 +170,12 @@ class _OfflineRun:
     """Lines in flight until the last of their requests' results is in and the line can be
     answered (in input order, by the writer)."""
 
-    def __init__(self, host: EngineHost, writer: _InOrderWriter) -> None:
+    def __init__(
+        self, host: EngineHost, writer: _InOrderWriter, adapters: Mapping[str, LoRARequest]
+    ) -> None:
         self.host = host
         self.writer = writer
+        self.adapters = adapters
         self.num_lines = 0
         self._results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
         self._pending = PendingLines("offline")
@@ -173,14 +187,19 @@ class _OfflineRun:
         if isinstance(parsed, OutputLine):
             self.writer.put(position, parsed)
             return
-        requests = requests_of(parsed, self.host.engine)
+        requests = requests_of(parsed, self.host.engine, self.adapters)
         if isinstance(requests, OutputLine):
             self.writer.put(position, requests)
             return
         keys = self._pending.add(position, parsed, len(requests))
         for key, request in zip(keys, requests, strict=True):
             submission = Submission(
-                key, "offline", request.prompt, request.params, self._results.put
+                key,
+                "offline",
+                request.prompt,
+                request.params,
+                self._results.put,
+                lora_request=request.lora_request,
             )
             self.host.submit(submission)
             while not self._results.empty():

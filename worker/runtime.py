@@ -11,10 +11,10 @@ import logging
 import os
 import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 from engine.llm_engine import LLMEngine
+from jobs.pipeline.admission import priority_of
 from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_dispatch import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
@@ -24,6 +24,7 @@ from jobs.state.checkpoints import CommitPolicy
 from jobs.state.shard_ledger import ShardLedger, StopReason
 from jobs.state.store import JobStore
 from jobs.state.worker_registry import WorkerInfo, WorkerRegistry
+from worker.adapter_table import preload_adapters
 from worker.engine_host import EngineHost
 from worker.faults import FaultInjectingEngine
 from worker.intake import ShardIntake
@@ -92,6 +93,7 @@ class WorkerRuntime:
                 max_line_bytes=settings.max_line_bytes,
                 commit=CommitPolicy(settings.shard_commit_lines, settings.shard_commit_interval_s),
             ),
+            adapters=settings.adapters(),
         )
         self.publisher = StatsPublisher(
             self.snapshot,
@@ -100,7 +102,7 @@ class WorkerRuntime:
             interval_s=settings.stats_interval_s,
             metrics_port=settings.metrics_port,
             metrics_host=settings.metrics_host,
-            model=Path(settings.worker_model).name,
+            model=self.served_name,
             device=str(self.engine_config.torch_device),
             registration=(WorkerRegistry(self.redis, settings.key_prefix), self._info(hostname)),
         )
@@ -114,6 +116,7 @@ class WorkerRuntime:
             device=str(config.torch_device),
             max_num_seqs=config.max_num_seqs,
             max_model_len=config.max_model_len,
+            adapters=sorted(self.runner.adapters),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -122,11 +125,27 @@ class WorkerRuntime:
 
     def _load_engine(self) -> LLMEngine:
         config = self.engine_config
+        engine: LLMEngine
         if self.settings.fault_crash_marker:
-            return FaultInjectingEngine(
+            engine = FaultInjectingEngine(
                 config, self.settings.fault_crash_marker, self.settings.fault_crash_at
             )
-        return LLMEngine(config)
+        else:
+            engine = LLMEngine(config)
+        preload_adapters(engine, self.runner.adapters)
+        return engine
+
+    def forward_if_misrouted(self, batch_id: str, shard_index: int) -> bool:
+        """Send a shard of another model's batch to its own model's queue instead of running
+        it on this engine (a message put in the wrong queue: by hand, or queued before the
+        deployment had a queue per model); True when it was forwarded."""
+        batch = self.store.load_batch(batch_id)
+        if batch is None or not batch.model:
+            return False  # nothing to run: the runner finds that out
+        if self.dispatcher.router.route(batch.model).base_model == self.served_name:
+            return False
+        self.dispatcher.dispatch(batch_id, shard_index, priority_of(batch.metadata), batch.model)
+        return True
 
     def _stop_reasons(self, batch_ids: set[str]) -> dict[str, str]:
         """Which of ``batch_ids`` must stop now (ended, cancelling, past their window)."""

@@ -10,7 +10,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from engine.config import EngineConfig
+from engine.lora_request import LoRARequest
 from jobs.service_settings import ServiceSettings
+from worker.adapter_table import adapter_requests
 
 DEFAULT_MODEL = "models/smollm2-135m-instruct"
 
@@ -101,9 +103,18 @@ class WorkerSettings(ServiceSettings):
         """Housekeeping, and the shard queue of the model this worker serves."""
         return self.model_router().worker_queues(self.served_name())
 
+    def adapters(self) -> dict[str, LoRARequest]:
+        """The ``KVBATCH_LORA_ADAPTERS`` entries of the model this worker serves."""
+        return adapter_requests(self.lora_adapters, self.served_name())
+
     def engine_config(self) -> EngineConfig:
-        """The engine this worker runs: the engine section on ``worker_model``."""
-        return replace(self.engine, model=self.worker_model)
+        """The engine this worker runs: the engine section on ``worker_model``, with LoRA on
+        when adapters of its model are registered (``KVBATCH_ENGINE_MAX_LORAS`` and
+        ``KVBATCH_ENGINE_MAX_LORA_RANK`` size it)."""
+        config = replace(self.engine, model=self.worker_model)
+        if self.adapters() and not config.enable_lora:
+            config = replace(config, enable_lora=True)
+        return config
 
 
 _installed: WorkerSettings | None = None

@@ -19,10 +19,11 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from engine.lora_request import LoRARequest
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.shards import shard_key
@@ -112,6 +113,8 @@ class ShardRunner:
     finalizer: BatchFinalizer
     host: EngineHost
     limits: ShardLimits
+    # The LoRA adapters of the model this worker holds, by the name a line's model uses.
+    adapters: Mapping[str, LoRARequest] = field(default_factory=dict)
 
     def run(self, batch_id: str, index: int, ticket: IntakeTicket = NO_TICKET) -> str:
         """Run shard ``index`` of ``batch_id``; returns what happened, for the task's log.
@@ -263,7 +266,8 @@ class ShardRunner:
                             request.params,
                             results.put,
                             priority,
-                            batch.tenant,
+                            request.lora_request,
+                            tenant=batch.tenant,
                         )
                     )
                     while not results.empty():
@@ -305,7 +309,7 @@ class ShardRunner:
         stopped = self.host.stop_reason(batch_id)
         if stopped is not None:
             return stopped_line(line.custom_id, stopped)
-        return requests_of(line, self.host.engine)
+        return requests_of(line, self.host.engine, self.adapters)
 
     def _collect(
         self, batch_id: str, index: int, run: _ShardRun, result: HostResult, ticket: IntakeTicket

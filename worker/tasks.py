@@ -53,6 +53,13 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             log.error("dropping a malformed shard message: %r", payload)
             return "invalid"
         try:
+            if runtime.forward_if_misrouted(args.batch_id, args.shard_index):
+                log.warning(
+                    "shard %s/%d belongs to another model: sent to its model's queue",
+                    args.batch_id,
+                    args.shard_index,
+                )
+                return "forwarded"
             outcome = runtime.runner.run(args.batch_id, args.shard_index, ticket)
         except ShardInterrupted as exc:  # handed back on shutdown: another worker, now
             raise again_later(self, exc, countdown=0) from exc

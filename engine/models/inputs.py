@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.models.attention import AttentionMetadata
+from engine.models.lora import LoRAMapping, build_mapping_arrays
 from engine.scheduler_output import ScheduledRequest
 
 
@@ -33,6 +34,7 @@ class ModelInputs:
     logits_indices: torch.Tensor
     num_reqs: int  # real requests; rows past them (a padded decode batch) are padding
     graph_size: int | None = None  # set when padded for the CUDA graph of that batch size
+    lora: LoRAMapping | None = None  # each token's adapter slot, when LoRA is enabled
 
 
 class _Buffer:
@@ -54,7 +56,8 @@ class _Buffer:
 
 class InputBuffers:
     """Fixed-size buffers for steps of up to ``max_num_tokens`` tokens and ``max_num_reqs``
-    requests whose block tables are at most ``max_blocks_per_req`` long."""
+    requests whose block tables are at most ``max_blocks_per_req`` long; with ``max_loras``
+    adapter slots, also each step's ``LoRAMapping``."""
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class InputBuffers:
         max_blocks_per_req: int,
         block_size: int,
         device: torch.device,
+        max_loras: int = 0,
     ) -> None:
         self.max_num_tokens = max_num_tokens
         self.max_num_reqs = max_num_reqs
@@ -75,6 +79,10 @@ class InputBuffers:
         self.query_start_loc = _Buffer(max_num_reqs + 1, torch.int32, device)
         self.seq_lens = _Buffer(max_num_reqs, torch.int32, device)
         self.logits_indices = _Buffer(max(max_num_reqs, max_num_tokens), torch.int64, device)
+        self.max_loras = max_loras
+        if max_loras:
+            self.lora_sorted_token_ids = _Buffer(max_num_tokens, torch.int32, device)
+            self.lora_slot_start = _Buffer(max_loras + 1, torch.int32, device)
 
     def build(
         self,
@@ -159,6 +167,12 @@ class InputBuffers:
             max_query_len=int(q_lens.max()),
             max_seq_len=int(seq_lens.max()) if max_seq_len is None else max_seq_len,
         )
+        lora = None
+        if self.max_loras:
+            req_slots = np.fromiter((s.request.lora_slot for s in scheduled), np.int64, num_reqs)
+            token_slots = np.full(num_tokens, -1, dtype=np.int64)  # padding rows: no adapter
+            token_slots[: int(q_lens.sum())] = req_slots[request_of_token]
+            lora = self._build_lora(token_slots, always=pad_to is not None)
         return ModelInputs(
             input_ids=self.input_ids.upload(num_tokens),
             positions=self.positions.upload(num_tokens),
@@ -166,6 +180,20 @@ class InputBuffers:
             logits_indices=self.logits_indices.upload(num_sampled),
             num_reqs=num_reqs,
             graph_size=pad_to,
+            lora=lora,
+        )
+
+    def _build_lora(self, token_slots: np.ndarray, always: bool) -> LoRAMapping:
+        """Group the step's tokens by adapter slot; ``always``: a graph step, whose LoRA
+        launches run even when no token has an adapter (the graph holds them)."""
+        sorted_ids, slot_start = build_mapping_arrays(token_slots, self.max_loras)
+        num_tokens = len(token_slots)
+        self.lora_sorted_token_ids.np[:num_tokens] = sorted_ids
+        self.lora_slot_start.np[:] = slot_start
+        return LoRAMapping(
+            sorted_token_ids=self.lora_sorted_token_ids.upload(num_tokens),
+            slot_start=self.lora_slot_start.upload(self.max_loras + 1),
+            active=always or bool(slot_start[-1]),
         )
 
     def _fill_logits_indices(

@@ -7,11 +7,16 @@ where it will run, in the dtype it will run in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kernels import rms_norm
+
+if TYPE_CHECKING:
+    from engine.models.lora import LinearLoRA
 
 
 def _empty(*shape: int) -> nn.Parameter:
@@ -27,6 +32,7 @@ class Linear(nn.Module):
                         shard 0      shard 1        shard 2
 
     The loader copies checkpoint matrix ``i`` into ``rows(i)``; one GEMM then replaces three.
+    ``lora`` (set by ``engine.models.lora.attach_lora``) adds each token's adapter delta.
     """
 
     def __init__(self, in_features: int, shard_sizes: list[int], bias: bool) -> None:
@@ -34,13 +40,15 @@ class Linear(nn.Module):
         self.shard_sizes = shard_sizes
         self.weight = _empty(sum(shard_sizes), in_features)
         self.bias = _empty(sum(shard_sizes)) if bias else None
+        self.lora: LinearLoRA | None = None
 
     def rows(self, shard: int) -> slice:
         start = sum(self.shard_sizes[:shard])
         return slice(start, start + self.shard_sizes[shard])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)
+        return y if self.lora is None else self.lora.add_delta(x, y)
 
 
 class Embedding(nn.Module):

@@ -17,6 +17,7 @@ from torch import nn
 
 from engine.models.attention import AttentionMetadata, KVCache, paged_attend
 from engine.models.layers import Embedding, Linear, RMSNorm
+from engine.models.lora import LoRAContext, LoRAMapping
 from engine.models.model_config import ModelConfig
 from kernels import build_cos_sin_cache, rotary_embedding, silu_and_mul
 
@@ -133,6 +134,7 @@ class LlamaForCausalLM(nn.Module):
             config.head_dim, max_position, config.rope_theta, config.rope_scaling
         )
         self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
+        self.lora_context: LoRAContext | None = None  # set by engine.models.lora.attach_lora
 
     def forward(
         self,
@@ -140,8 +142,11 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,  # [num_tokens] int64
         meta: AttentionMetadata,
         kv_caches: Sequence[KVCache],  # one per layer
+        lora: LoRAMapping | None = None,  # each token's adapter slot (LoRA engines)
     ) -> torch.Tensor:  # [num_tokens, hidden_size]: final-norm hidden states
         assert len(kv_caches) == len(self.model.layers)
+        if self.lora_context is not None:
+            self.lora_context.mapping = lora
         hidden = self.model.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for layer, cache in zip(self.model.layers, kv_caches, strict=True):

@@ -29,15 +29,24 @@ class Stack:
     def client(self) -> OpenAI:
         return self.server.client()
 
-    def start_worker(self, concurrency: int | None = 4, **overrides: object) -> WorkerProcess:
+    def start_worker(
+        self, concurrency: int | None = 4, wait: bool = True, **overrides: object
+    ) -> WorkerProcess:
         """A worker process; ``concurrency=None`` starts it as ``kvbatch worker`` does;
-        ``overrides`` change its worker settings (``worker_model=``...)."""
+        ``overrides`` change its worker settings (``worker_model=``...); ``wait=False``
+        returns before it is ready (start several, then :meth:`wait_ready`)."""
         name = f"w{len(self.workers)}-{secrets.token_hex(3)}@test"
         env = service_env(self.settings, **{**self.worker_settings, **overrides})
         worker = WorkerProcess(env, name, self.tmp / f"{name}.log", concurrency)
         self.workers.append(worker)
-        wait_worker_ready(worker, self.redis, self.settings.key_prefix)
+        if wait:
+            wait_worker_ready(worker, self.redis, self.settings.key_prefix)
         return worker
+
+    def wait_ready(self) -> None:
+        """Wait until every worker started so far is ready."""
+        for worker in self.workers:
+            wait_worker_ready(worker, self.redis, self.settings.key_prefix)
 
     def stop_workers(self) -> None:
         for worker in self.workers:

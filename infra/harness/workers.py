@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from pydantic_core import to_jsonable_python
 
 from api.settings import Settings
 from infra.harness.process import ManagedProcess
@@ -31,7 +32,7 @@ def service_env(settings: Settings, **worker: object) -> dict[str, str]:
     for name in ServiceSettings.model_fields:
         value = getattr(settings, name)
         if isinstance(value, dict | list):  # pydantic-settings reads them as JSON
-            env[f"KVBATCH_{name.upper()}"] = json.dumps(value)
+            env[f"KVBATCH_{name.upper()}"] = json.dumps(to_jsonable_python(value))
         elif value is not None:
             env[f"KVBATCH_{name.upper()}"] = str(value)
     for name, value in worker.items():

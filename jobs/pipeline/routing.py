@@ -12,9 +12,10 @@ they cannot disagree.
 A batch for a model no live worker serves is accepted and waits in its queue; its Batch
 object says so (:func:`note_unserved`).
 
-A requested model name maps to a base model and, later, an adapter of it
-(:meth:`ModelRouter.route`): an adapter's batches go to its base model's queue, where a
-worker holding that base model can serve them.
+A requested model name maps to a base model and, for a LoRA adapter
+(``KVBATCH_LORA_ADAPTERS``, jobs/adapters.py), the adapter on it (:meth:`ModelRouter.route`):
+an adapter's batches go to its base model's queue, where a worker holding that base model
+runs them under the adapter.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class ModelRouter:
     """Requested model name -> base model -> shard queue, for one deployment."""
 
     shard_queue: str
-    # Adapter name -> the base model it belongs to (empty until adapters are registered).
+    # Adapter name -> the base model it belongs to (from KVBATCH_LORA_ADAPTERS).
     adapters: Mapping[str, str] = field(default_factory=dict)
 
     def route(self, model: str) -> ModelRoute:

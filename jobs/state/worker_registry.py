@@ -15,7 +15,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
@@ -30,6 +30,7 @@ class WorkerInfo:
     device: str
     max_num_seqs: int
     max_model_len: int | None  # None: the model's own context length
+    adapters: list[str] = field(default_factory=list)  # the LoRA adapters it can run
 
 
 class WorkerRegistry:

@@ -90,3 +90,49 @@ def test_run_batch_serves_embeddings_and_responses(
     assert body["usage"]["output_tokens"] == 3
     (refused,) = [json.loads(raw) for raw in errors.read_text().splitlines()]
     assert refused["response"]["body"]["error"]["param"] == "dimensions"
+
+
+def test_run_batch_runs_lines_under_their_lora_modules(
+    tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM's ``--lora-modules``: a line naming an adapter runs under it, beside base-model
+    lines in the same engine, and equals offline greedy under that adapter."""
+    from engine import LLM, LoRARequest, SamplingParams
+    from infra.harness.tiny_models import build_tiny_chat_model
+    from tests.engine.lora_adapters import SPECS, build_random_adapter
+
+    base = build_tiny_chat_model(tmp_path / "tiny", smollm2_dir, seed=5)
+    adapter = build_random_adapter(base, tmp_path / "sql", SPECS[0])
+    prompts = ["Name a colour.", "Count to three."]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [
+        {
+            "custom_id": f"{model}-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": model,
+                "messages": [{"role": "user", "content": p}],
+                "max_tokens": 5,
+                "temperature": 0,
+            },
+        }
+        for model in ("tiny", "sql")
+        for i, p in enumerate(prompts)
+    ]
+    source.write_bytes(to_jsonl(lines))
+    argv = ["run-batch", "-i", str(source), "-o", str(target), "--model", str(base)]
+    assert main([*argv, "--lora-modules", f"sql={adapter}", "--max-lora-rank", "8"]) == 0
+    assert "4 lines answered" in capsys.readouterr().out
+    results = [json.loads(line) for line in target.read_text().splitlines()]
+    got = [r["response"]["body"]["choices"][0]["message"]["content"] for r in results]
+    llm = LLM(str(base), enable_lora=True, max_lora_rank=8)
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    params = SamplingParams(temperature=0, max_tokens=5)
+    expected = []
+    for lora in (None, LoRARequest("sql", 1, str(adapter))):
+        outputs = llm.chat(chats, params, use_tqdm=False, lora_request=lora)
+        expected += [o.outputs[0].text for o in outputs]
+    assert expected[:2] != expected[2:]  # the adapter changes the answers
+    assert got == expected
+    assert [r["response"]["body"]["model"] for r in results] == ["tiny", "tiny", "sql", "sql"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from jobs.pipeline.routing import (
     NOT_SERVED,
@@ -11,6 +12,7 @@ from jobs.pipeline.routing import (
     model_shard_queue,
     note_unserved,
 )
+from jobs.service_settings import ServiceSettings
 from jobs.wire.objects import BatchErrorItem, BatchErrors, BatchObject, BatchUsage, RequestCounts
 
 
@@ -60,3 +62,10 @@ def test_only_an_in_progress_batch_without_workers_carries_the_note() -> None:
     earlier = BatchErrors(data=[BatchErrorItem(code="x", message="y")])
     kept = note_unserved(batch("in_progress", errors=earlier), router, {})
     assert kept.errors is not None and [e.code for e in kept.errors.data] == ["x", NOT_SERVED]
+
+
+def test_kvbatch_models_refuses_a_name_that_cannot_be_a_queue() -> None:
+    parsed = ServiceSettings.model_validate({"models": "a=/x,b=/y"})
+    assert parsed.models == {"a": "/x", "b": "/y"}
+    with pytest.raises(ValidationError, match="one word"):
+        ServiceSettings(models={"two words": "/x"})

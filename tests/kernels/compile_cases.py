@@ -33,6 +33,7 @@ from engine.models.model_config import ModelConfig
 from kernels.activation import silu_and_mul_triton
 from kernels.attention_triton import AttentionTiles, attention_tiles, paged_attention_triton
 from kernels.kv_cache import store_kv_cache_triton
+from kernels.lora import lora_expand_triton, lora_shrink_triton
 from kernels.norm import rms_norm_triton
 from kernels.rotary import rotary_embedding_triton
 from kernels.sampling import sample_gumbel_triton
@@ -46,6 +47,8 @@ BLOCK_SIZES = (16, 32)
 MAX_NUM_BATCHED_TOKENS = 2048  # the largest prefill chunk a step schedules
 MAX_MODEL_LEN = 8192  # decode graphs are captured with the context bound of the model
 NUM_TOKENS = 4  # tokens of the small kernels' launches: no constexpr depends on it
+LORA_RANKS = (8, 16, 32, 64)  # max_lora_rank values: the padded rank is a constexpr
+LORA_NUM_TOKENS = (4, 64)  # a decode step's few rows per slot, and prefill chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,54 @@ def launch_sampling(vocab_size: int) -> None:
     sample_gumbel_triton(logits, torch.ones(NUM_TOKENS), seed=0)
 
 
+def lora_projections(shape: ModelShape) -> dict[str, list[int]]:
+    """The shard sizes of each projection LoRA adapts, fused as the engine fuses them."""
+    q_size, kv_size = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    return {
+        "qkv_proj": [q_size, kv_size, kv_size],
+        "o_proj": [shape.hidden_size],
+        "gate_up_proj": [shape.intermediate_size] * 2,
+        "down_proj": [shape.hidden_size],
+    }
+
+
+def _lora_in_features(shape: ModelShape, projection: str) -> int:
+    if projection == "o_proj":
+        return shape.num_heads * shape.head_dim
+    return shape.intermediate_size if projection == "down_proj" else shape.hidden_size
+
+
+def launch_lora(dtype: str, shape: ModelShape, projection: str, rank: int, num_tokens: int) -> None:
+    """Shrink then expand for one projection, two adapter slots, the tokens split between
+    them (the mapping's values change no constexpr)."""
+    torch_dtype = getattr(torch, dtype)
+    shard_sizes = lora_projections(shape)[projection]
+    in_features, num_slots = _lora_in_features(shape, projection), 2
+    x = torch.empty(num_tokens, in_features, dtype=torch_dtype)
+    lora_a = torch.empty(num_slots, len(shard_sizes) * rank, in_features, dtype=torch_dtype)
+    lora_b = torch.empty(num_slots, sum(shard_sizes), rank, dtype=torch_dtype)
+    sorted_ids = torch.arange(num_tokens, dtype=torch.int32)
+    slot_start = torch.tensor([0, num_tokens // 2, num_tokens], dtype=torch.int32)
+    shrunk = lora_shrink_triton(x, lora_a, sorted_ids, slot_start)
+    offsets = tuple(itertools.accumulate(shard_sizes, initial=0))
+    y = torch.empty(num_tokens, sum(shard_sizes), dtype=torch_dtype)
+    lora_expand_triton(y, shrunk, lora_b, offsets, sorted_ids, slot_start)
+
+
+def lora_cases() -> list[Case]:
+    """Every projection of every shipped model, with the ranks, token counts and dtypes
+    dealt out over them in turn."""
+    cases = []
+    for i, shape in enumerate(shipped_model_shapes()):
+        for j, projection in enumerate(lora_projections(shape)):
+            params = dict(dtype=_dtype(i, j), shape=shape, projection=projection)
+            rank = LORA_RANKS[(i + j) % len(LORA_RANKS)]
+            num_tokens = LORA_NUM_TOKENS[(i + j // 2) % len(LORA_NUM_TOKENS)]
+            params |= dict(rank=rank, num_tokens=num_tokens)
+            cases.append(Case("lora", launch_lora, params))
+    return cases
+
+
 def step_shapes() -> Iterator[tuple[int, int]]:
     """(max_query_len, max_seq_len) of the steps the engine can run, one per power of two
     (the launcher rounds both up to one): decodes to prefill chunks, the longest context
@@ -223,4 +274,4 @@ def small_kernel_cases() -> list[Case]:
 
 def all_cases() -> list[Case]:
     """Attention first: its compiles are the longest."""
-    return [*attention_cases(), *small_kernel_cases()]
+    return [*attention_cases(), *small_kernel_cases(), *lora_cases()]

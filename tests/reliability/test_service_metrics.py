@@ -91,7 +91,7 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
         assert value(after, "kvbatch_batches_finished_total", **by, status="completed") == 1
 
         engine = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-        labels = {"model": fast_chat_model.name, "device": "cpu"}
+        labels = {"model": MODEL, "device": "cpu"}  # the served name
         assert value(engine, "kvbatch_worker_num_finished_requests_total", **labels) >= 16
         listening = [
             c.laddr

@@ -161,7 +161,8 @@ def test_a_later_tenant_goes_ahead_of_an_earlier_tenants_waiting_lines(
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     for tenant, n in (("a", 6), ("b", 2)):
         for i in range(n):
-            host.submit(Submission((tenant, i), tenant, prompt(i), params, results.put, tenant=tenant))
+            key = (tenant, i)
+            host.submit(Submission(key, tenant, prompt(i), params, results.put, tenant=tenant))
     host.start(timeout_s=60)
     try:
         order = [results.get(timeout=60).request_id for _ in range(8)]

@@ -22,6 +22,7 @@ from infra.harness.batches import chat_line, create_chat_batch, result_lines, wa
 from infra.harness.stack import Stack, open_stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
+from jobs.pipeline.dispatch import ShardDispatcher
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +54,11 @@ def pools(
     models[GHOST] = str(tmp / "ghost")
     overrides: dict[str, object] = {"models": models, "shard_size": 2}
     with open_stack(prefix, tmp, s3_endpoint, redis_client, settings_overrides=overrides) as live:
-        live.start_worker(concurrency=2, worker_model=model_dirs[MODEL_A])
+        live.start_worker(concurrency=2, wait=False, worker_model=model_dirs[MODEL_A])
         beat_b = tmp / "beat-schedule-b"  # each embedded beat keeps its own schedule file
-        live.start_worker(
-            concurrency=None, worker_model=model_dirs[MODEL_B], beat_schedule_path=beat_b
-        )
+        model_b = model_dirs[MODEL_B]
+        live.start_worker(None, wait=False, worker_model=model_b, beat_schedule_path=beat_b)
+        live.wait_ready()
         yield live
 
 
@@ -94,6 +95,16 @@ def test_each_batch_runs_only_on_its_models_worker(
         MODEL_A: create_chat_batch(client, lines_for(MODEL_A, "a")),
         MODEL_B: create_chat_batch(client, lines_for(MODEL_B, "b")),
     }
+    # A stray message for A's shard in B's queue: B forwards it rather than run it.
+    settings = pools.settings
+    stray = ShardDispatcher(
+        settings.resolved_broker_url, settings.model_router(), settings.broker_transport_options()
+    )
+    try:
+        queue_b = settings.model_router().queue_of(MODEL_B)
+        stray.send_to(queue_b, batch_ids[MODEL_A], 0, priority=5)
+    finally:
+        stray.close()
     expected = {name: offline_answers(path) for name, path in model_dirs.items()}
     assert expected[MODEL_A] != expected[MODEL_B]  # a batch run by the wrong model shows
     for name, batch_id in batch_ids.items():
@@ -105,7 +116,12 @@ def test_each_batch_runs_only_on_its_models_worker(
         assert {body["model"] for body in bodies} == {name}
         answers = [body["choices"][0]["message"]["content"] for body in bodies]
         assert answers == expected[name], name
-    # Each worker took shards of one batch only: its own model's.
+    # Each worker ran shards of one batch only: its own model's.
+    worker_b = pools.workers[1]
+    deadline = time.monotonic() + 60
+    while "belongs to another model" not in worker_b.log_tail(100_000):
+        assert time.monotonic() < deadline, worker_b.log_tail()
+        time.sleep(0.2)
     stats = [worker_stats(pools.redis, pools.settings.key_prefix, w.name) for w in pools.workers]
     assert [s["num_batches_served"] for s in stats] == [1.0, 1.0]
 
