@@ -1,20 +1,28 @@
 """Fair share across tenants: how long one tenant's batch takes behind another's backlog.
 
 Tenant A submits 10 batches, then tenant B one batch of the same size; B's time (create to
-completed) is compared with B's time alone on the same stack, and with the FIFO dispatch
-(``fair_share_window=0``) as the peer. Tiny work per line (SmolLM2-135M, a few tokens) and
-a small engine (``engine_max_num_seqs`` 8) so that the queue, not the engine, decides.
+completed) is compared with B's time alone on the same stack. Arms (peers in the same run):
+
+    fifo           shards straight to the broker (``fair_share_window=0``), engine FIFO
+    fair_dispatch  tenants take turns reaching the broker, the engine serves in arrival order
+    fair_engine    turns at the broker and in the engine's waiting queue (worker/fair_order.py)
+
+Tiny work per line (SmolLM2-135M, a few tokens) and a small engine (``engine_max_num_seqs``
+8) so that the queues, not the engine, decide.
 
     python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 8]
-        [--fair-window 2]
+        [--fair-window 2] [--arms fair_dispatch,fair_engine] [--name fair_share]
 
 Arms alternate within each round; each arm runs on its own stack (the window is a service
-setting). Results: ``benchmarks/results/fair_share.json``.
+setting, the engine order a worker setting). Results: ``benchmarks/results/<name>.json``,
+with the load average before and after each arm (other work on the machine skews both).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import secrets
 import statistics
 import tempfile
@@ -24,7 +32,7 @@ from typing import Any
 
 import redis
 from moto.server import ThreadedMotoServer
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 
 from benchmarks.common import write_result
 from infra.harness.batches import chat_line, create_chat_batch
@@ -33,7 +41,11 @@ from infra.harness.service import REDIS_URL
 from infra.harness.stack import Stack, open_stack
 
 BACKLOG_BATCHES = 10
-ARMS = {"fifo": 0, "fair": 2}
+ARMS = {  # arm -> (fair_share_window, fair_engine_order)
+    "fifo": (0, False),
+    "fair_dispatch": (2, False),
+    "fair_engine": (2, True),
+}
 SHAPE = {"lines": 8, "max_tokens": 6}  # of every batch; set from the command line
 
 
@@ -46,7 +58,7 @@ def create(client: OpenAI, tag: str) -> str:
 
 
 def wait_done(client: OpenAI, batch_id: str) -> None:
-    while client.batches.retrieve(batch_id).status not in ("completed", "failed"):
+    while client.batches.retrieve(batch_id).status not in ("completed", "failed", "cancelled"):
         time.sleep(0.05)
 
 
@@ -64,9 +76,16 @@ def one_arm(stack: Stack) -> dict[str, Any]:
     backlog = [create(a, f"a{n}") for n in range(BACKLOG_BATCHES)]
     shared = timed(b, "shared")
     a_done = sum(a.batches.retrieve(i).status == "completed" for i in backlog)
+    for batch_id in backlog:  # the rest of A's backlog is not measured: stop it
+        with contextlib.suppress(APIStatusError):  # one that just finished cannot be
+            a.batches.cancel(batch_id)
     for batch_id in backlog:
         wait_done(a, batch_id)
     return {"alone_s": alone, "shared_s": shared, "ratio": shared / alone, "a_done": a_done}
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def main() -> None:
@@ -75,9 +94,16 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=8, help="lines per batch")
     parser.add_argument("--max-tokens", type=int, default=6)
     parser.add_argument("--max-num-seqs", type=int, default=8, help="the worker's engine")
-    parser.add_argument("--fair-window", type=int, default=ARMS["fair"])
+    parser.add_argument("--fair-window", type=int, default=2, help="the fair arms' window")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
+    parser.add_argument("--name", default="fair_share", help="the results file's name")
     args = parser.parse_args()
-    ARMS["fair"] = args.fair_window
+    arms: dict[str, tuple[int, bool]] = {}
+    for arm in args.arms.split(","):
+        if arm not in ARMS:
+            parser.error(f"unknown arm {arm!r}; the arms are {', '.join(ARMS)}")
+        window, engine_order = ARMS[arm]
+        arms[arm] = (args.fair_window if window else 0, engine_order)
     SHAPE.update(lines=args.lines, max_tokens=args.max_tokens)
     settings: dict[str, object] = {"shard_size": max(1, args.lines // 2)}
     worker = {"engine_max_num_seqs": args.max_num_seqs, "visibility_timeout_s": 600}
@@ -86,11 +112,12 @@ def main() -> None:
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     s3_url = f"http://127.0.0.1:{port}"
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     prefix = f"kvbatch-bench-fair-{secrets.token_hex(3)}"
     try:
         for _ in range(args.rounds):
-            for arm, window in ARMS.items():
+            for arm, (window, engine_order) in arms.items():
+                load_before = load_average()
                 with (
                     tempfile.TemporaryDirectory() as tmp,
                     open_stack(
@@ -100,25 +127,30 @@ def main() -> None:
                         client,
                         {**settings, "fair_share_window": window},
                         **worker,
+                        fair_engine_order=engine_order,
                     ) as stack,
                 ):
                     stack.start_worker(concurrency=None)
-                    runs[arm].append(one_arm(stack))
-                    print(arm, runs[arm][-1], flush=True)
+                    run = one_arm(stack)
+                runs[arm].append({**run, "load_before": load_before, "load_after": load_average()})
+                print(arm, runs[arm][-1], flush=True)
     finally:
         moto.stop()
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             client.delete(key)
     summary = {arm: statistics.median(r["ratio"] for r in rs) for arm, rs in runs.items()}
     path = write_result(
-        "fair_share",
+        args.name,
         {
             "setup": {
                 **SHAPE,
                 "backlog_batches": BACKLOG_BATCHES,
                 "settings": settings,
                 "worker": worker,
-                "windows": ARMS,
+                "arms": {
+                    arm: {"fair_share_window": w, "fair_engine_order": e}
+                    for arm, (w, e) in arms.items()
+                },
             },
             "runs": runs,
             "median_ratio_shared_over_alone": summary,

@@ -14,6 +14,7 @@ last chunk runs it finishes (its KV blocks freed) and comes back as a ``PoolingR
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Hashable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -167,12 +168,19 @@ class LLMEngine:
         params: SamplingParams | PoolingParams,
         priority: int = 0,
         lora_request: LoRARequest | None = None,
+        arrival_time: float | None = None,
     ) -> None:
         """Queue a request (to generate, or to embed with ``PoolingParams``), under
         ``lora_request``'s adapter if given; raises ``InvalidRequestError`` for one that
-        could never run, ``LoRAAdapterError`` for an adapter that cannot."""
+        could never run, ``LoRAAdapterError`` for an adapter that cannot.
+
+        The scheduler serves waiting requests by ``(priority, arrival_time)``; without an
+        ``arrival_time`` a request arrives after every earlier one. A caller that orders
+        requests its own way (a fair-queuing tag) passes it for every request."""
         if request_id in self._groups or request_id in self._pooling:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
+        if arrival_time is not None and not math.isfinite(arrival_time):
+            raise InvalidRequestError(f"arrival_time must be finite, got {arrival_time}")
         text, token_ids = self._tokenize(prompt)
         if lora_request is not None:
             if self.lora is None:
@@ -181,7 +189,7 @@ class LLMEngine:
                 raise InvalidRequestError("embedding requests cannot run under a LoRA adapter")
             self.lora.register(lora_request)
         if isinstance(params, PoolingParams):
-            self._add_pooling(request_id, text, token_ids, params, priority)
+            self._add_pooling(request_id, text, token_ids, params, priority, arrival_time)
             return
         if params.max_tokens is None:  # the rest of the context (re-checked by the dataclass)
             params = replace(params, max_tokens=max(1, self.max_model_len - len(token_ids)))
@@ -190,6 +198,7 @@ class LLMEngine:
         group = _RequestGroup(request_id, text, token_ids)
         parent: Request | None = None
         serial = next(self._arrivals)
+        arrival = float(serial) if arrival_time is None else arrival_time
         for i in range(params.n):
             child_params = self._child_params(params, i)
             request = Request(
@@ -197,7 +206,7 @@ class LLMEngine:
                 prompt_token_ids=list(token_ids),
                 sampling_params=child_params,
                 eos_token_id=self.eos_token_id,
-                arrival_time=float(serial),
+                arrival_time=arrival,
                 priority=priority,
                 parent=parent,
                 lora_request=lora_request,
@@ -275,6 +284,7 @@ class LLMEngine:
         token_ids: list[int],
         params: PoolingParams,
         priority: int,
+        arrival_time: float | None,
     ) -> None:
         self._validate_pooling(token_ids, params)
         serial = next(self._arrivals)
@@ -282,7 +292,7 @@ class LLMEngine:
             request_id=RequestId(str(serial)),
             prompt_token_ids=list(token_ids),
             sampling_params=SamplingParams(max_tokens=1),
-            arrival_time=float(serial),
+            arrival_time=float(serial) if arrival_time is None else arrival_time,
             priority=priority,
             pooling_params=params,
         )

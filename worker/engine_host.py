@@ -7,9 +7,10 @@
 
 Tasks run in Celery's thread pool; only the engine thread touches the engine (and its
 tokenizer's chat template), so the engine needs no locks. Its parts: the bounded inbox
-(:mod:`worker.submission_queue`), the stop watcher's thread (:mod:`worker.stop_watcher`)
-and the isolation of a failed step's culprit (:mod:`worker.step_isolation`); what goes in
-and comes out is typed in :mod:`worker.host_records`.
+(:mod:`worker.submission_queue`), the stop watcher's thread (:mod:`worker.stop_watcher`),
+the isolation of a failed step's culprit (:mod:`worker.step_isolation`) and the tenants'
+turns in the engine's waiting queue (:mod:`worker.fair_order`); what goes in and comes out
+is typed in :mod:`worker.host_records`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 from engine.llm_engine import LLMEngine
 from engine.lora_adapter import LoRAAdapterError
 from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
 from worker.engine_load import EngineLoad, QueueDepth, watch_queue
+from worker.fair_order import FairOrder
 from worker.host_records import (
     ChatPrompt,
     Failed,
@@ -70,6 +73,7 @@ class EngineHost:
         queue_depth: QueueDepth | None = None,
         max_pending: int = 512,
         stop_poll_s: float = 0.5,
+        fair_order: bool = True,
     ) -> None:
         self._factory = engine_factory
         self._queue_depth = queue_depth
@@ -78,6 +82,7 @@ class EngineHost:
         self._inbox = SubmissionQueue(max_pending, self._closing)
         self._stops = StopWatcher(stop_checker, stop_poll_s, self._closing)
         self._isolation = StepIsolation()
+        self._order = FairOrder() if fair_order else None  # engine thread only
         self._lock = threading.Lock()  # guards stats and _throughput
         self._stats = HostStats()
         self._throughput: deque[tuple[float, int]] = deque(maxlen=64)
@@ -238,12 +243,18 @@ class EngineHost:
             return
         try:
             prompt = self._render(submission.prompt)
+            params = submission.params
+            tag = None
+            if self._order is not None:
+                cost = params.n if isinstance(params, SamplingParams) else 1
+                tag = self._order.admit(request_id, submission.tenant, cost)
             engine.add_request(
                 request_id,
                 prompt,
-                submission.params,
+                params,
                 submission.priority,
                 lora_request=submission.lora_request,
+                arrival_time=tag,
             )
         except LoRAAdapterError as exc:  # every line of that adapter is refused alike
             adapter = submission.lora_request.name if submission.lora_request else "?"
@@ -305,6 +316,8 @@ class EngineHost:
             self._stats.num_failed_steps += 1
         for submission in suspects:
             engine.abort_request(submission.request_id)
+            if self._order is not None:  # re-added later with a fresh tag
+                self._order.done(submission.request_id)
         culprit = self._isolation.failed(suspects)
         if culprit is not None:
             log.error("engine step failed on %s alone: %s", culprit.request_id, exc)
@@ -326,6 +339,8 @@ class EngineHost:
 
     def _resolve(self, result: HostResult) -> None:
         submission = self._inflight.pop(result.request_id)
+        if self._order is not None:
+            self._order.done(result.request_id)
         with self._lock:
             self._stats.num_resolved += 1
         self._inbox.release()

@@ -83,6 +83,7 @@ class Submission:
     sink: Callable[[HostResult], None]
     priority: int = 0
     lora_request: LoRARequest | None = None  # the line's adapter; None: the base model
+    tenant: str = ""  # whose turn it is: tenants share the engine fairly (worker/fair_order.py)
 
 
 @dataclass(slots=True)

@@ -79,6 +79,7 @@ class WorkerRuntime:
             queue_depth=self.queue_probe,
             max_pending=settings.max_pending_requests,
             stop_poll_s=settings.stop_poll_s,
+            fair_order=settings.fair_engine_order,
         )
         self.runner = ShardRunner(
             self.store,

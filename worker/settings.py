@@ -51,6 +51,9 @@ class WorkerSettings(ServiceSettings):
     shard_threads: int | None = Field(default=None, ge=1)
     max_pending_requests: int = 512
     stop_poll_s: float = 0.5
+    # Tenants take turns in the engine's waiting queue (worker/fair_order.py); off: requests
+    # wait in the order they reached the worker.
+    fair_engine_order: bool = True
 
     # Periodic work and monitoring.
     expiry_interval_s: float = 15.0

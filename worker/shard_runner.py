@@ -267,6 +267,7 @@ class ShardRunner:
                             results.put,
                             priority,
                             request.lora_request,
+                            tenant=batch.tenant,
                         )
                     )
                     while not results.empty():

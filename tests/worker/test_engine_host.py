@@ -147,3 +147,29 @@ def test_withdrawn_requests_leave_the_engine_and_their_ids_can_run_again(
     assert [r.request_id for r in rerun] == [("w", i) for i in range(4)]
     assert all(isinstance(r, Finished) for r in rerun)
     assert host.snapshot()["num_pending"] == 0
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_a_later_tenant_goes_ahead_of_an_earlier_tenants_waiting_lines(
+    model_dir: Path, fair: bool
+) -> None:
+    # Two sequences per step; tenant A's six requests and then B's two are all in the inbox
+    # when the engine thread first takes it (submitted before start), so the order is exact.
+    config = EngineConfig(model=str(model_dir), max_num_seqs=2)
+    host = EngineHost(lambda: LLMEngine(config), stop_checker=lambda b: {}, fair_order=fair)
+    results: queue.SimpleQueue[HostResult] = queue.SimpleQueue()
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    for tenant, n in (("a", 6), ("b", 2)):
+        for i in range(n):
+            key = (tenant, i)
+            host.submit(Submission(key, tenant, prompt(i), params, results.put, tenant=tenant))
+    host.start(timeout_s=60)
+    try:
+        order = [results.get(timeout=60).request_id for _ in range(8)]
+    finally:
+        host.close()
+    if fair:  # tags A 0..5, B 0..1 (B joins at the clock): steps run (A0, B0), (A1, B1), A2..
+        assert set(order[:4]) == {("a", 0), ("b", 0), ("a", 1), ("b", 1)}
+        assert order[4:] == [("a", i) for i in range(2, 6)]
+    else:  # in arrival order B runs last
+        assert set(order[6:]) == {("b", 0), ("b", 1)}
