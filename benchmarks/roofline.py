@@ -4,7 +4,8 @@ FLOPs over peak, both measured on that device in the same run.
 A decode step must read every weight once and the whole KV context of every request in the
 batch, and write the new tokens' K/V; nothing smaller moves that data, so
 ``bytes / bandwidth`` bounds its time from below. A prefill-heavy step is bounded by its matrix
-FLOPs instead (``2 * matrix weights * tokens`` over the measured bf16 GEMM rate). A step's
+FLOPs instead (``2 * matrix weights * tokens``, the output projection counted for sampled
+tokens only, over the measured bf16 GEMM rate). A step's
 roofline is the larger of the two; attention FLOPs are left out, which only lowers the bound
 (for contexts of a few thousand tokens they are a few % of the GEMMs).
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from engine.model_runner import ModelRunner
-from engine.stats import StepStats
+from engine.stats import StepStats, StepTimes
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +33,8 @@ class DeviceLimits:
 class ModelTraffic:
     weight_bytes: int  # weights a forward pass reads in full (not the input embedding table)
     kv_bytes_per_token: int  # K and V of one position, all layers
-    matmul_params: int  # weights that multiply every token (2 FLOPs each per token)
+    matmul_params: int  # weights that multiply every computed token (2 FLOPs each per token)
+    logits_params: int  # the output projection, which multiplies only the sampled tokens
 
     @classmethod
     def of(cls, runner: ModelRunner) -> ModelTraffic:
@@ -42,10 +45,12 @@ class ModelTraffic:
         # output projection, read in full for the logits.
         gathered = 0 if model.lm_head is None else embedding.numel() * embedding.element_size()
         weight_bytes = total - gathered
+        logits_params = embedding.numel()
         return cls(
             weight_bytes=weight_bytes,
             kv_bytes_per_token=runner.kv_block_bytes // runner.block_size,
-            matmul_params=weight_bytes // embedding.element_size(),
+            matmul_params=weight_bytes // embedding.element_size() - logits_params,
+            logits_params=logits_params,
         )
 
 
@@ -63,7 +68,10 @@ def step_bound(step: StepStats, traffic: ModelTraffic, limits: DeviceLimits) -> 
     """Read all weights, read each request's context, write the new tokens' K/V."""
     kv_bytes = traffic.kv_bytes_per_token * (step.num_context_tokens + step.num_batched_tokens)
     memory = (traffic.weight_bytes + kv_bytes) / limits.bandwidth_bytes_s
-    compute = 2 * traffic.matmul_params * step.num_batched_tokens / limits.matmul_flops_s
+    flops = 2 * (
+        traffic.matmul_params * step.num_batched_tokens + traffic.logits_params * step.num_sampled
+    )
+    compute = flops / limits.matmul_flops_s
     return StepBound(memory, compute)
 
 
@@ -101,3 +109,40 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def summarize_steps(
+    all_steps: list[StepStats], traffic: ModelTraffic, limits: DeviceLimits
+) -> dict[str, Any]:
+    """Roofline and phase times, over all steps and over the decode steps alone."""
+    summary: dict[str, Any] = {}
+    for label, steps in (
+        ("all_steps", all_steps),
+        ("decode_steps", [s for s in all_steps if s.is_decode]),
+    ):
+        times = StepTimes()
+        bound_s = memory_s = 0.0
+        for step in steps:
+            times.add(step.times)
+            bound = step_bound(step, traffic, limits)
+            bound_s += bound.seconds
+            memory_s += bound.memory_s
+        measured = times.total_s
+        phases = asdict(times)
+        tokens = sum(s.num_sampled for s in steps)
+        summary[label] = {
+            "num_steps": len(steps),
+            "num_cuda_graph_steps": sum(s.used_cuda_graph for s in steps),
+            "output_tokens": tokens,
+            "seconds": measured,
+            "roofline_s": bound_s,
+            "memory_bound_s": memory_s,
+            "achieved_fraction": bound_s / measured if measured else 0.0,
+            "roofline_tokens_per_s": tokens / bound_s if bound_s else 0.0,
+            "phase_s": phases,
+            "phase_fraction": {
+                name: seconds / measured if measured else 0.0 for name, seconds in phases.items()
+            },
+            "mean_batch": tokens / len(steps) if steps else 0.0,
+        }
+    return summary

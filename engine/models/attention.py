@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import paged_attention, store_kv_cache
+from kernels import paged_attention, store_kv_cache, use_triton
+from kernels.attention import ReferencePlan, plan_attention
 
 
 @dataclass(slots=True)
@@ -28,6 +29,8 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # [num_reqs] int32
     max_query_len: int
     max_seq_len: int
+    # The PyTorch attention's per-step plan, made by the first layer and reused by the others.
+    reference_plan: ReferencePlan | None = None
 
 
 @dataclass(slots=True)
@@ -48,6 +51,11 @@ def paged_attend(
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Store the new tokens' K/V in the cache first, so attention reads one uniform context."""
     store_kv_cache(key, value, cache.k_cache, cache.v_cache, meta.slot_mapping)
+    if meta.reference_plan is None and not use_triton(query):
+        block_size = cache.k_cache.shape[1]
+        meta.reference_plan = plan_attention(
+            meta.block_table, meta.query_start_loc, meta.seq_lens, block_size
+        )
     return paged_attention(
         query,
         cache.k_cache,
@@ -60,4 +68,5 @@ def paged_attend(
         scale,
         key=key,
         value=value,
+        plan=meta.reference_plan,
     )
