@@ -33,11 +33,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import write_result
 from benchmarks.engine_vs_hf import make_workload
-from benchmarks.roofline import DeviceLimits, ModelTraffic, summarize_steps
+from benchmarks.roofline import DeviceLimits, ModelTraffic, drain, summarize_steps
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_fetch import fetch_model
-from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats
 
@@ -103,17 +102,8 @@ def run_engine(
     engine.reset_prefix_cache()
     for i, (prompt, limit) in enumerate(zip(prompts, max_tokens, strict=True)):
         engine.add_request(f"p{i}", prompt, SamplingParams(temperature=0.0, max_tokens=limit))
-    steps: list[StepStats] = []
-    produced = 0
     start = time.perf_counter()
-    while engine.has_unfinished_requests():
-        num_steps = engine.stats.num_steps
-        for output in engine.step():
-            assert isinstance(output, RequestOutput)
-            produced += len(output.outputs[0].token_ids)
-        if engine.stats.num_steps > num_steps:
-            assert engine.stats.last_step is not None
-            steps.append(engine.stats.last_step)
+    produced, steps = drain(engine)
     return time.perf_counter() - start, produced, steps
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
+from engine.outputs import RequestOutput
 from engine.stats import StepStats, StepTimes
 
 
@@ -146,3 +148,19 @@ def summarize_steps(
             "mean_batch": tokens / len(steps) if steps else 0.0,
         }
     return summary
+
+
+def drain(engine: LLMEngine) -> tuple[int, list[StepStats]]:
+    """Step ``engine`` until its requests are done: the tokens they produced and the stats of
+    every step that ran (what ``summarize_steps`` reads)."""
+    steps: list[StepStats] = []
+    produced = 0
+    while engine.has_unfinished_requests():
+        num_steps = engine.stats.num_steps
+        for output in engine.step():
+            assert isinstance(output, RequestOutput)
+            produced += len(output.outputs[0].token_ids)
+        if engine.stats.num_steps > num_steps:
+            assert engine.stats.last_step is not None
+            steps.append(engine.stats.last_step)
+    return produced, steps

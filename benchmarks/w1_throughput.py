@@ -38,11 +38,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS_DIR, write_result
-from benchmarks.roofline import ModelTraffic, measure_limits, summarize_steps
+from benchmarks.roofline import ModelTraffic, drain, measure_limits, summarize_steps
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.models.model_config import ModelConfig
-from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats
 from infra.engine_args import add_engine_arguments, engine_args
@@ -77,7 +76,6 @@ def run_engine(engine: LLMEngine, workload: Workload) -> EngineRun:
     """Submit everything, step until done; keep every step's stats. The prefix cache starts
     empty, so no run reuses an earlier run's prompts."""
     engine.reset_prefix_cache()
-    steps: list[StepStats] = []
     start = time.perf_counter()
     for i, (prompt, max_tokens) in enumerate(
         zip(workload.prompts, workload.max_tokens, strict=True)
@@ -86,15 +84,7 @@ def run_engine(engine: LLMEngine, workload: Workload) -> EngineRun:
             temperature=workload.temperature, max_tokens=max_tokens, ignore_eos=True
         )
         engine.add_request(f"w1-{i}", prompt, params)
-    produced = 0
-    while engine.has_unfinished_requests():
-        num_steps = engine.stats.num_steps
-        for output in engine.step():
-            assert isinstance(output, RequestOutput)
-            produced += len(output.outputs[0].token_ids)
-        if engine.stats.num_steps > num_steps:
-            assert engine.stats.last_step is not None
-            steps.append(engine.stats.last_step)
+    produced, steps = drain(engine)
     seconds = time.perf_counter() - start
     assert produced == workload.num_output_tokens, (produced, workload.num_output_tokens)
     return EngineRun(seconds, produced, steps)

@@ -10,21 +10,20 @@ a bad adapter's lines each become a 400 error line, and the worker keeps serving
 
 from __future__ import annotations
 
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from engine import LLM, SamplingParams
 from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
-from infra.harness.stack import Stack, open_stack
+from infra.harness.stack import Stack
 from infra.harness.tiny_models import build_tiny_chat_model, build_tiny_model
 from jobs.state.worker_registry import WorkerRegistry
 from tests.engine.lora_adapters import SPECS, build_random_adapter
+from tests.worker.conftest import StackOpener
 from worker.adapter_table import adapter_requests
 
 pytestmark = pytest.mark.slow
@@ -60,21 +59,13 @@ def deployment(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.fixture(scope="module")
-def live(
-    deployment: dict[str, Any],
-    session_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    s3_endpoint: str,
-    redis_client: redis.Redis,
-) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("lora-stack")
-    prefix = f"{session_prefix}:{secrets.token_hex(2)}"
+def live(deployment: dict[str, Any], stack_opener: StackOpener) -> Iterator[Stack]:
     overrides: dict[str, object] = {
         "models": {BASE: str(deployment["base"])},
         "lora_adapters": deployment["adapters"],
         "shard_size": 2,
     }
-    with open_stack(prefix, tmp, s3_endpoint, redis_client, settings_overrides=overrides) as stack:
+    with stack_opener("lora-stack", overrides) as stack:
         # LoRA is switched on by the adapters of its model; two slots, ranks up to 16.
         stack.start_worker(
             concurrency=2,

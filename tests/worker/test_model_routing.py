@@ -8,21 +8,20 @@ command line, one as ``kvbatch worker``.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from engine import LLM, SamplingParams
 from infra.harness.batches import chat_line, create_chat_batch, result_lines, wait_batch
-from infra.harness.stack import Stack, open_stack
+from infra.harness.stack import Stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
 from jobs.pipeline.dispatch import ShardDispatcher
+from tests.worker.conftest import StackOpener
 
 pytestmark = pytest.mark.slow
 
@@ -40,22 +39,14 @@ def model_dirs(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.fixture(scope="module")
-def pools(
-    model_dirs: dict[str, Path],
-    session_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    s3_endpoint: str,
-    redis_client: redis.Redis,
-) -> Iterator[Stack]:
+def pools(model_dirs: dict[str, Path], stack_opener: StackOpener) -> Iterator[Stack]:
     """The API serving three model names, one worker for each of the first two."""
-    tmp = tmp_path_factory.mktemp("routing-stack")
-    prefix = f"{session_prefix}:{secrets.token_hex(2)}"
     models = {name: str(path) for name, path in model_dirs.items()}
-    models[GHOST] = str(tmp / "ghost")
+    models[GHOST] = str(next(iter(model_dirs.values())).parent / "ghost")  # never served
     overrides: dict[str, object] = {"models": models, "shard_size": 2}
-    with open_stack(prefix, tmp, s3_endpoint, redis_client, settings_overrides=overrides) as live:
+    with stack_opener("routing-stack", overrides) as live:
         live.start_worker(concurrency=2, wait=False, worker_model=model_dirs[MODEL_A])
-        beat_b = tmp / "beat-schedule-b"  # each embedded beat keeps its own schedule file
+        beat_b = live.tmp / "beat-schedule-b"  # each embedded beat keeps its own schedule file
         model_b = model_dirs[MODEL_B]
         live.start_worker(None, wait=False, worker_model=model_b, beat_schedule_path=beat_b)
         live.wait_ready()

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
 from infra.harness.workers import worker_stats
-from tests.worker.conftest import Stack, open_stack
+from tests.worker.conftest import Stack, StackOpener
 from tests.worker.service import assert_each_once
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def short_timeout_stack(
-    session_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    s3_endpoint: str,
-    redis_client: redis.Redis,
-) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("redelivery")
-    prefix = f"{session_prefix}:{secrets.token_hex(2)}"
-    with open_stack(prefix, tmp, s3_endpoint, redis_client, visibility_timeout_s=8) as stack:
+def short_timeout_stack(stack_opener: StackOpener) -> Iterator[Stack]:
+    with stack_opener("redelivery", visibility_timeout_s=8) as stack:
         yield stack
 
 
