@@ -13,6 +13,9 @@ import socket
 import threading
 from typing import Any
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from engine.llm_engine import LLMEngine
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.dispatch import ShardDispatcher
@@ -178,12 +181,20 @@ class WorkerRuntime:
         self.host.close()
 
     def close(self) -> None:
-        self.publisher.close()
+        """Stop the engine first, then tidy up in Redis without riding out an outage.
+
+        Redis may already be gone (``kvbatch up`` stops its own Redis right behind the
+        worker): the tidy-up (stats key, registry entry) is best effort, since both expire on
+        their own, and must neither wait ``redis_ride_out_s`` per command nor keep the
+        engine's threads alive by raising before they are stopped.
+        """
         self.host.close()
-        self.queue_probe.close()
-        self.dispatcher.close()
-        self.storage.close()
-        self.redis.close()
+        self.redis.set_retry(Retry(NoBackoff(), 0))
+        for part in (self.publisher, self.queue_probe, self.dispatcher, self.storage, self.redis):
+            try:
+                part.close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", type(part).__name__, exc)
 
 
 _runtime: WorkerRuntime | None = None
