@@ -1,8 +1,9 @@
 """The service's state on the API's ``/metrics``, read from Redis at each scrape.
 
 HTTP counters say how the API is used; these say how the service is doing: batches by
-status, shards waiting in the broker by priority and how long the oldest has waited, and
-lines and tokens per model and tenant over finished batches (jobs/state/service_stats.py).
+status, shards waiting in the broker by priority and how long the oldest has waited, lines
+and tokens per model and tenant over finished batches, and webhook delivery attempts per
+tenant (jobs/state/service_stats.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobs.state.service_stats import FinishedStats, QueueProbe
+from jobs.state.service_stats import WEBHOOK_OUTCOMES, FinishedStats, QueueProbe, WebhookStats
 from jobs.state.status import BatchStatus
 from jobs.state.store import JobStore
 
@@ -30,6 +31,7 @@ SERVICE_METRICS = (
     "kvbatch_tokens_total",
     "kvbatch_batches_finished_total",
     "kvbatch_batch_duration_seconds_total",
+    "kvbatch_webhook_attempts_total",
 )
 
 
@@ -58,6 +60,7 @@ class ServiceCollector(Collector):
     def __init__(self, store: JobStore, probe: QueueProbe | None, queues: list[str]) -> None:
         self._store = store
         self._finished = FinishedStats(store)
+        self._webhooks = WebhookStats(store)
         self._probe = probe
         self._queues = queues
 
@@ -79,6 +82,7 @@ class ServiceCollector(Collector):
         yield batches
         yield from self._queue_metrics()
         yield from self._finished_metrics()
+        yield self._webhook_metrics()
 
     def _queue_metrics(self) -> Iterator[Metric]:
         if self._probe is None:
@@ -117,3 +121,16 @@ class ServiceCollector(Collector):
                     finished.add_metric([model, tenant, name.removeprefix("batches_")], value)
             duration.add_metric([model, tenant], values.get("duration_s", 0))
         yield from (lines, tokens, finished, duration)
+
+    def _webhook_metrics(self) -> Metric:
+        attempts = CounterMetricFamily(
+            "kvbatch_webhook_attempts",
+            "Webhook delivery attempts by tenant and outcome (delivered; retried: failed, "
+            "tried again later; given_up: failed, the last try).",
+            labels=["tenant", "outcome"],
+        )
+        totals = self._webhooks.totals()
+        for tenant in sorted({tenant for tenant, _ in totals}):
+            for outcome in WEBHOOK_OUTCOMES:
+                attempts.add_metric([tenant, outcome], totals.get((tenant, outcome), 0))
+        return attempts

@@ -14,8 +14,8 @@ import logging
 import time
 
 from celery import Task
-from prometheus_client import Counter
 
+from jobs.state.service_stats import WebhookStats
 from jobs.webhooks.delivery import deliver
 from jobs.webhooks.events import WebhookOutbox
 from worker.app import celery_app
@@ -24,10 +24,6 @@ from worker.runtime import get_runtime
 from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
-
-WEBHOOK_ATTEMPTS = Counter(
-    "kvbatch_webhook_attempts", "Webhook delivery attempts, by outcome.", ["outcome"]
-)
 
 
 def _outbox() -> WebhookOutbox:
@@ -52,15 +48,17 @@ def deliver_webhook(self: Task, event_id: str) -> str:
     if event is None or event.delivered:
         return "gone" if event is None else "delivered"
     attempt = deliver(event, settings)
+    stats = WebhookStats(outbox.store)
     if attempt.delivered:
         outbox.mark_delivered(event.id, time.time())
-        WEBHOOK_ATTEMPTS.labels("delivered").inc()
+        stats.record(event.tenant, "delivered")
         return "delivered"
-    WEBHOOK_ATTEMPTS.labels("failed").inc()
     late = time.time() - event.first_at > settings.webhook_retry_for_s
     if not attempt.retry or late:
+        stats.record(event.tenant, "given_up")
         log.error("webhook %s to %s given up: %s", event.id, event.url, attempt.detail)
         return "given_up"
+    stats.record(event.tenant, "retried")
     log.warning("webhook %s to %s failed (%s); retrying", event.id, event.url, attempt.detail)
     countdown = min(
         settings.webhook_backoff_max_s, settings.webhook_backoff_s * 2**self.request.retries

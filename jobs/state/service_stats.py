@@ -4,6 +4,8 @@
     P:stats:finished       hash  model \\x1f tenant \\x1f field -> total over finished batches
                                  fields: batches, completed, failed, input_tokens,
                                  cached_tokens, output_tokens, duration_s
+    P:stats:webhooks       hash  tenant \x1f outcome -> webhook delivery attempts
+                                 outcomes: delivered, retried, given_up
     broker queue lists     one per priority step: queue, queue\\x06\\x16{1..9} (kombu's names)
 
 Line and token totals are added once per batch, when it ends (the finalizer's move to a
@@ -70,6 +72,33 @@ class FinishedStats:
         for name, value in raw.items():
             model, tenant, field_name = name.split(_SEP, 2)
             totals.values[(model, tenant)][field_name] = float(value)
+        return totals
+
+
+WEBHOOK_OUTCOMES = ("delivered", "retried", "given_up")
+
+
+class WebhookStats:
+    """Webhook delivery attempts per tenant, counted by whichever worker made them so that
+    the API's ``/metrics`` shows the whole deployment's (a worker's own registry would show
+    only its share, and only while it lives)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._redis = store.client
+        self._key = store.key("stats", "webhooks")
+
+    def record(self, tenant: str, outcome: str) -> None:
+        """Count one attempt; ``outcome`` is one of :data:`WEBHOOK_OUTCOMES`."""
+        assert outcome in WEBHOOK_OUTCOMES, outcome
+        self._redis.hincrby(self._key, _SEP.join((tenant, outcome)), 1)
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        """Attempts by ``(tenant, outcome)``."""
+        raw: dict[str, str] = self._redis.hgetall(self._key)
+        totals = {}
+        for name, value in raw.items():
+            tenant, outcome = name.split(_SEP, 1)
+            totals[(tenant, outcome)] = int(value)
         return totals
 
 

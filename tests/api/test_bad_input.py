@@ -54,6 +54,7 @@ BAD_LINES: list[tuple[str, bytes, str, int | None, str | None]] = [
     ("missing custom_id", without("custom_id"), "missing_required_parameter", 1, "custom_id"),
     ("missing body", without("body"), "missing_required_parameter", 1, "body"),
     ("missing url", without("url"), "missing_required_parameter", 1, "url"),
+    ("missing method", without("method"), "missing_required_parameter", 1, "method"),
     ("numeric custom_id", envelope(custom_id=7), "invalid_custom_id", 1, "custom_id"),
     (
         "duplicate custom_id",

@@ -65,6 +65,13 @@ def test_run_batch_never_creates_the_output_folder(tmp_path: Path) -> None:
     result = kvbatch("run-batch", "-i", str(source), "-o", str(target), "--model", str(tmp_path))
     assert_one_line(result, "missing", "create it first")
     assert not target.parent.exists()
+    errors = tmp_path / "gone" / "errors.jsonl"  # nor the error file's
+    result = kvbatch(
+        "run-batch", "-i", str(source), "-o", str(tmp_path / "out.jsonl"),
+        "--errors", str(errors), "--model", str(tmp_path),
+    )  # fmt: skip
+    assert_one_line(result, "gone", "create it first")
+    assert not errors.parent.exists()
 
 
 def test_version() -> None:

@@ -97,6 +97,7 @@ def test_the_dashboard_covers_what_an_operator_asks() -> None:
         "kvbatch_worker_kv_cache_usage",  # KV usage
         "kvbatch_worker_num_preemptions_total",  # preemptions
         "kvbatch_batch_duration_seconds_total",  # batch durations
+        "kvbatch_webhook_attempts_total",  # webhook deliveries
     ):
         assert metric in text, metric
 
@@ -115,6 +116,8 @@ def test_prometheus_and_grafana_are_wired_into_compose() -> None:
     assert jobs["kvbatch-api"]["static_configs"][0]["targets"] == ["api:8000"]
     worker_env = services["worker"]["environment"]
     (sd,) = jobs["kvbatch-worker"]["dns_sd_configs"]
-    assert sd["names"] == ["worker"] and sd["port"] == int(worker_env["KVBATCH_METRICS_PORT"])
+    pools = {name for name, s in services.items() if s.get("command", [""])[0] == "worker"}
+    assert set(sd["names"]) == pools == {"worker", "worker-qwen"}, "every pool is scraped"
+    assert sd["port"] == int(worker_env["KVBATCH_METRICS_PORT"])
     assert worker_env["KVBATCH_METRICS_HOST"] == "0.0.0.0"
     assert "ports" not in services["worker"], "worker metrics stay inside the compose network"

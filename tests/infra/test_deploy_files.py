@@ -217,3 +217,30 @@ def test_each_worker_pool_consumes_its_own_served_models_queue(
             assert settings.served_name() in settings.models, (where, argv)
             queues.append(settings.consumed_queues()[1])
         assert len(commands) == 2 and len(set(queues)) == 2, (where, queues)
+
+
+def test_worker_metrics_are_on_in_every_launcher(
+    compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    """``kvbatch worker`` alone serves its engine metrics on loopback; the Compose and
+    Kubernetes workers serve them to their private network on the port Prometheus scrapes
+    (``kvbatch up`` and ``demo``: tests/infra/test_up.py)."""
+    defaults = WorkerSettings.model_fields
+    assert (defaults["metrics_port"].default, defaults["metrics_host"].default) == (
+        9300,
+        "127.0.0.1",
+    )
+    services = compose["services"]
+    pools = [s for s in services.values() if s.get("command", [""])[0] == "worker"]
+    assert len(pools) == 2
+    for pool in pools:
+        assert int(pool["environment"]["KVBATCH_METRICS_PORT"]) == 9300
+    workers = [d for n, d in by_kind(k8s, "Deployment").items() if n.startswith("kvbatch-worker")]
+    assert len(workers) == 2
+    for deployment in workers:
+        template = deployment["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        port = int(env["KVBATCH_METRICS_PORT"])
+        assert port == int(template["metadata"]["annotations"]["prometheus.io/port"]) == 9300
+        assert port in {p["containerPort"] for p in container["ports"]}

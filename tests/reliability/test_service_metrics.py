@@ -57,6 +57,7 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
     with running_stack(settings, client, tmp_path, worker_settings) as stack:
         api = stack.client()
         lines = [chat_line(f"m-{i}", f"Number {i}.", max_tokens=3) for i in range(16)]
+        lines[9]["body"]["temperature"] = 5  # a 400 line: counted as failed
         file = api.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
         batch = api.batches.create(
             input_file_id=file.id,
@@ -82,8 +83,8 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
         assert value(after, "kvbatch_batches", status="in_progress") == 0
         model = lines[0]["body"]["model"]
         by = {"model": model, "tenant": tenant}
-        assert value(after, "kvbatch_lines_total", **by, outcome="completed") == 16
-        assert value(after, "kvbatch_lines_total", **by, outcome="failed") == 0
+        assert value(after, "kvbatch_lines_total", **by, outcome="completed") == 15
+        assert value(after, "kvbatch_lines_total", **by, outcome="failed") == 1
         assert done.usage is not None
         tokens_out = value(after, "kvbatch_tokens_total", **by, kind="output")
         assert tokens_out == done.usage.output_tokens > 0
@@ -92,7 +93,7 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
 
         engine = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         labels = {"model": MODEL, "device": "cpu"}  # the served name
-        assert value(engine, "kvbatch_worker_num_finished_requests_total", **labels) >= 16
+        assert value(engine, "kvbatch_worker_num_finished_requests_total", **labels) >= 15
         listening = [
             c.laddr
             for c in psutil.Process(worker.process.pid).net_connections(kind="tcp")

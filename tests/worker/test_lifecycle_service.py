@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 from infra.harness.batches import chat_line, jsonl, result_lines, wait_batch
@@ -197,6 +198,15 @@ def test_webhooks_are_signed_retried_and_carry_one_id(
         receiver.requests[-1][1].decode(), receiver.requests[-1][0]
     )
     assert unwrapped.type in ("batch.completed", "batch.failed")
+    # The API's /metrics counts every worker's attempts (earlier tests' events count too).
+    metrics = httpx.get(f"{stack.server.url}/metrics", timeout=10).text
+    counted = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "kvbatch_webhook_attempts_total" and sample.labels["tenant"] == "tenant-a"
+    }
+    assert counted["delivered"] >= 2 and counted["retried"] >= 2, counted
 
 
 @pytest.mark.parametrize(
