@@ -15,14 +15,14 @@ import redis
 
 from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_share import FairQueue
-from jobs.service_settings import ServiceSettings
+from jobs.settings import Settings
 from jobs.state.service_stats import QueueProbe
 
 
 class ModelFairQueues:
     def __init__(
         self,
-        settings: ServiceSettings,
+        settings: Settings,
         client: redis.Redis,
         dispatcher: ShardDispatcher,
         probe: QueueProbe | None,
@@ -31,7 +31,7 @@ class ModelFairQueues:
         self._redis: Any = client
         self._dispatcher = dispatcher
         self._probe = probe
-        self._lanes_key = f"{settings.key_prefix.rstrip(':')}:fair:lanes"
+        self._lanes_key = f"{settings.redis.key_prefix.rstrip(':')}:fair:lanes"
         self._lanes: dict[str, FairQueue] = {}
 
     def lane(self, queue: str) -> FairQueue:
@@ -46,7 +46,12 @@ class ModelFairQueues:
                 self._dispatcher.send_to(queue, batch_id, index, priority)
 
             self._lanes[queue] = FairQueue(
-                self._redis, self.settings.key_prefix, send, queued, self.settings, lane=queue
+                self._redis,
+                self.settings.redis.key_prefix,
+                send,
+                queued,
+                self.settings.fair_share,
+                lane=queue,
             )
         return self._lanes[queue]
 
@@ -65,12 +70,12 @@ class ModelFairQueues:
 
 
 def open_fair_queues(
-    settings: ServiceSettings, client: redis.Redis, dispatcher: ShardDispatcher
+    settings: Settings, client: redis.Redis, dispatcher: ShardDispatcher
 ) -> ModelFairQueues:
     """Shards go out through ``dispatcher``; broker lists are read on the broker's Redis."""
-    broker = settings.resolved_broker_url
+    broker = settings.redis.resolved_broker_url
     probe = None
     if broker.startswith(("redis://", "rediss://", "unix://")):
         probe_client = redis.Redis.from_url(broker, decode_responses=True)
-        probe = QueueProbe(probe_client, settings.resolved_broker_key_prefix)
+        probe = QueueProbe(probe_client, settings.redis.resolved_broker_key_prefix)
     return ModelFairQueues(settings, client, dispatcher, probe)

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # KEYS tenant queue, ready zset, served hash; ARGV tenant, burst, items...
 _ENQUEUE = """
@@ -63,8 +62,10 @@ return {tenant, item}
 """
 
 
-class FairShareSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
+class FairShareSettings(BaseModel):
+    """The ``fair_share`` section of the settings (jobs/settings.py)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     # Messages kept waiting in each broker priority list; 0 sends every shard at once (FIFO).
     fair_share_window: int = Field(default=16, ge=0)
