@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import redis
 
 from api.service_metrics import ServiceCollector
-from jobs.connections import check_redis_policies, open_storage, redis_client
+from jobs.connections import check_redis_policies, open_dispatcher, open_storage, redis_client
 from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_dispatch import open_fair_queues
 from jobs.pipeline.intake import BatchIntake
@@ -44,11 +44,7 @@ class Resources:
         pool = state.connection_pool
         store = JobStore(state, settings.redis.key_prefix)
         storage = open_storage(settings.storage)
-        dispatcher = ShardDispatcher(
-            settings.redis.resolved_broker_url,
-            settings.model_router(),
-            settings.redis.broker_transport_options(),
-        )
+        dispatcher = open_dispatcher(settings)
         intake = BatchIntake(
             store,
             storage,

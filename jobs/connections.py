@@ -12,6 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.settings_sections import SENTINEL_SCHEME, StorageSection
 from jobs.state.redis_policy import check_eviction_policy
 from jobs.storage import LocalStorage, S3Storage, Storage
@@ -47,6 +48,15 @@ def open_storage(settings: StorageSection) -> Storage:
             create_bucket=settings.s3_create_bucket,
         )
     return LocalStorage(settings.storage_dir)
+
+
+def open_dispatcher(settings: Settings) -> ShardDispatcher:
+    """The broker producer that sends each batch's shards to its model's queue."""
+    return ShardDispatcher(
+        settings.redis.resolved_broker_url,
+        settings.model_router(),
+        settings.redis.broker_transport_options(),
+    )
 
 
 def open_redis(settings: Settings) -> redis.Redis:

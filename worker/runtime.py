@@ -17,9 +17,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine.llm_engine import LLMEngine
-from jobs.connections import check_redis_policies, open_redis, open_storage
+from jobs.connections import check_redis_policies, open_dispatcher, open_redis, open_storage
 from jobs.pipeline.admission import priority_of
-from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_dispatch import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
@@ -55,11 +54,7 @@ class WorkerRuntime:
             lock_ttl_s=settings.reliability.finalize_lock_s,
             max_line_bytes=settings.limits.max_line_bytes,
         )
-        self.dispatcher = ShardDispatcher(
-            settings.redis.resolved_broker_url,
-            settings.model_router(),
-            settings.redis.broker_transport_options(),
-        )
+        self.dispatcher = open_dispatcher(settings)
         self.fair = open_fair_queues(settings, self.redis, self.dispatcher)  # tenants' turns
         # Twice the visibility timeout: the broker brings back a dead worker's messages
         # after one; only a message lost outright stays silent that long.

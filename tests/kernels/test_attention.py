@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from infra.harness.paged_batch import PagedBatch, make_batch
 from kernels.attention import paged_attention_reference
 from kernels.attention_triton import paged_attention_triton
 from tests.kernels.common import DTYPES, assert_close
-from tests.kernels.paged_batch import PagedBatch, make_batch
 
 # One step of continuous batching: a fresh prefill, decodes (one with a single-token context),
 # prefix-cached chunks whose queries are shorter than their contexts.

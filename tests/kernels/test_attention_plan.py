@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from infra.harness.paged_batch import make_batch
 from kernels.attention import paged_attention_reference, plan_attention
 from tests.kernels.common import assert_close
-from tests.kernels.paged_batch import make_batch
 
 # Decodes with contexts far apart, one prefill chunk and one short (speculative) query.
 SEQ_LENS = [760, 12, 700, 400, 90, 380, 300, 40, 260, 120, 650, 33, 9]

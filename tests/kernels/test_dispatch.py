@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import kernels
+from infra.harness.paged_batch import make_batch
 from kernels import dispatch
 from kernels.rotary import build_cos_sin_cache
-from tests.kernels.paged_batch import make_batch
 
 LAUNCHERS = [
     "paged_attention_triton",

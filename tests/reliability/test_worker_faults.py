@@ -14,7 +14,7 @@ import pytest
 from infra.harness.batches import chat_line, result_lines, wait_batch
 from infra.harness.service import MODEL
 from infra.harness.workers import WorkerProcess, worker_stats
-from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.connections import open_dispatcher
 from tests.reliability.conftest import fast_stack, long_lines, submit
 from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once
@@ -81,11 +81,7 @@ def test_duplicate_shard_messages_write_each_line_once(stack: Stack) -> None:
     while client.batches.retrieve(batch_id).status == "validating":
         time.sleep(0.05)
     settings = stack.settings
-    dispatcher = ShardDispatcher(
-        settings.redis.resolved_broker_url,
-        settings.model_router(),
-        settings.redis.broker_transport_options(),
-    )
+    dispatcher = open_dispatcher(settings)
     try:
         for index in range(len(lines) // settings.limits.shard_size):
             for _ in range(2):  # each shard now has three messages on the queue

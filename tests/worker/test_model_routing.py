@@ -20,7 +20,7 @@ from infra.harness.batches import chat_line, create_chat_batch, result_lines, wa
 from infra.harness.stack import Stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
-from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.connections import open_dispatcher
 from tests.worker.conftest import StackOpener
 
 pytestmark = pytest.mark.slow
@@ -88,11 +88,7 @@ def test_each_batch_runs_only_on_its_models_worker(
     }
     # A stray message for A's shard in B's queue: B forwards it rather than run it.
     settings = pools.settings
-    stray = ShardDispatcher(
-        settings.redis.resolved_broker_url,
-        settings.model_router(),
-        settings.redis.broker_transport_options(),
-    )
+    stray = open_dispatcher(settings)
     try:
         queue_b = settings.model_router().queue_of(MODEL_B)
         stray.send_to(queue_b, batch_ids[MODEL_A], 0, priority=5)

@@ -1,4 +1,5 @@
-"""Random paged-attention batches: shuffled block tables over a cache with spare blocks."""
+"""Random paged-attention batches (shuffled block tables over a cache with spare blocks), for
+the kernel tests and the attention benchmark alike."""
 
 from __future__ import annotations
 
