@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from infra.harness.paged_batch import PagedBatch, make_batch
+from infra.harness.paged_batch import make_batch
+from kernels.attention import PagedAttentionInputs
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 32, 8, 128, 16
 
 
-def make_decode_batch(seq_lens: list[int], device: torch.device) -> PagedBatch:
+def make_decode_batch(seq_lens: list[int], device: torch.device) -> PagedAttentionInputs:
     """One query token a request, bf16, Llama-3-8B heads; blocks scattered through the cache."""
     return make_batch(
         [1] * len(seq_lens),
@@ -48,7 +49,7 @@ def make_decode_batch(seq_lens: list[int], device: torch.device) -> PagedBatch:
     )
 
 
-def gather_kv(b: PagedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_kv(b: PagedAttentionInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense ``[batch, kv_heads, max_ctx, head]`` K and V plus a ``[batch, 1, 1, max_ctx]`` mask."""
     ctx = b.max_seq_len
     blocks = b.block_table[:, : -(-ctx // BLOCK_SIZE)].long()
@@ -74,7 +75,7 @@ def bench_row(name: str, seq_lens: list[int], device: torch.device) -> dict[str,
     b = make_decode_batch(seq_lens, device)
 
     def triton_fn() -> torch.Tensor:
-        return paged_attention_triton(*b.args())
+        return paged_attention_triton(b)
 
     k, v, mask = gather_kv(b)
     # Uniform contexts need no mask, which lets SDPA pick its fastest (flash) backend.

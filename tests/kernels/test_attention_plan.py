@@ -26,7 +26,7 @@ def test_decodes_are_grouped_by_context_length() -> None:
 
 def test_grouped_decodes_match_per_request_attention() -> None:
     batch = make_batch(Q_LENS, SEQ_LENS, num_heads=4, num_kv_heads=2, device=torch.device("cpu"))
-    out = paged_attention_reference(*batch.args())
+    out = paged_attention_reference(batch)
     block_size = batch.k_cache.shape[1]
     for r, (q_len, seq_len) in enumerate(zip(Q_LENS, SEQ_LENS, strict=True)):
         if q_len != 1:
