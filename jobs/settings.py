@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, cast
 
 from pydantic import BaseModel, Field
@@ -40,6 +40,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from engine.config import EngineConfig
 from jobs.limits import Limits
 from jobs.pipeline.fair_share import FairShareSettings
 from jobs.pipeline.routing import ModelRouter
@@ -137,7 +138,8 @@ class Settings(BaseSettings):
 
     def to_env(self, *, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
         """These settings as the ``KVBATCH_*`` variables that read back into them (sections
-        in ``exclude`` left out, and unset optional fields)."""
+        in ``exclude`` left out, and unset optional fields). The engine's fields are left
+        out too: a worker's engine comes from its own ``KVBATCH_ENGINE_*`` variables."""
         env: dict[str, str] = {}
         for section, prefix, name in _env_fields():
             value = getattr(getattr(self, section), name)
@@ -165,10 +167,6 @@ class Settings(BaseSettings):
 
 def env_names() -> set[str]:
     """Every ``KVBATCH_*`` variable the settings read (the engine's one per field)."""
-    from dataclasses import fields
-
-    from engine.config import EngineConfig
-
     names = {f"{prefix}{name.upper()}" for _, prefix, name in _env_fields() if name != "engine"}
     return names | {f"{PREFIX}ENGINE_{field.name.upper()}" for field in fields(EngineConfig)}
 
