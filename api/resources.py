@@ -11,7 +11,7 @@ import redis
 from api.service_metrics import ServiceCollector
 from jobs.connections import check_redis_policies, open_dispatcher, open_storage, redis_client
 from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_dispatch import open_fair_queues
+from jobs.pipeline.fair_share import open_fair_queues
 from jobs.pipeline.intake import BatchIntake
 from jobs.settings import Settings
 from jobs.settings_sections import SENTINEL_SCHEME

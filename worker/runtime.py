@@ -19,7 +19,7 @@ from redis.retry import Retry
 from engine.llm_engine import LLMEngine
 from jobs.connections import check_redis_policies, open_dispatcher, open_redis, open_storage
 from jobs.pipeline.admission import priority_of
-from jobs.pipeline.fair_dispatch import open_fair_queues
+from jobs.pipeline.fair_share import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
 from jobs.settings import Settings, get_settings
