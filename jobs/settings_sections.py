@@ -1,6 +1,8 @@
 """The sections of :class:`jobs.settings.Settings`; each field is ``KVBATCH_<FIELD>``.
 
-Plain pydantic models: only the root model reads the environment (jobs/settings.py).
+Plain pydantic models: only the root model reads the environment (jobs/settings.py). The
+worker section nests the engine's own ``EngineConfig`` (a plain dataclass that loads no torch),
+so the engine's arguments are declared once; nothing else of the engine is named here.
 """
 
 from __future__ import annotations
