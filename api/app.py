@@ -13,7 +13,7 @@ from api.errors import install_error_handlers
 from api.metrics import Metrics, MetricsMiddleware
 from api.resources import Resources
 from api.routers import batches, files, health, models, results
-from api.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (files, batches, results, models, health):
         app.include_router(module.router)
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=resolved.max_json_body_bytes, exempt_paths=("/v1/files",)
+        BodyLimitMiddleware, max_bytes=resolved.api.max_json_body_bytes, exempt_paths=("/v1/files",)
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

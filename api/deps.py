@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import APIError
 from api.resources import Resources
-from api.settings import Settings
+from jobs.settings import Settings
 from jobs.state.ids import TenantId
 from jobs.state.store import JobStore
 from jobs.storage import Storage
@@ -66,7 +66,7 @@ async def get_tenant(
         )
     offered = credentials.credentials.encode()
     tenant: str | None = None
-    for key, owner in settings.api_keys.items():
+    for key, owner in settings.api.api_keys.items():
         if hmac.compare_digest(offered, key.encode()):
             tenant = owner
     if tenant is None:

@@ -9,16 +9,12 @@ from dataclasses import dataclass
 import redis
 
 from api.service_metrics import ServiceCollector
-from api.settings import Settings
+from jobs.connections import check_redis_policies, open_dispatcher, open_storage, redis_client
 from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_dispatch import open_fair_queues
+from jobs.pipeline.fair_share import open_fair_queues
 from jobs.pipeline.intake import BatchIntake
-from jobs.service_settings import (
-    SENTINEL_SCHEME,
-    check_redis_policies,
-    open_storage,
-    redis_client,
-)
+from jobs.settings import Settings
+from jobs.settings_sections import SENTINEL_SCHEME
 from jobs.state.ids import BatchId
 from jobs.state.service_stats import QueueProbe
 from jobs.state.store import JobStore
@@ -43,34 +39,30 @@ class Resources:
     @classmethod
     def open(cls, settings: Settings) -> Resources:
         check_redis_policies(settings)
-        master = settings.redis_sentinel_master
-        state = redis_client(settings.redis_url, master, decode_responses=True)
+        master = settings.redis.redis_sentinel_master
+        state = redis_client(settings.redis.redis_url, master, decode_responses=True)
         pool = state.connection_pool
-        store = JobStore(state, settings.key_prefix)
-        storage = open_storage(settings)
-        dispatcher = ShardDispatcher(
-            settings.resolved_broker_url,
-            settings.model_router(),
-            settings.broker_transport_options(),
-        )
+        store = JobStore(state, settings.redis.key_prefix)
+        storage = open_storage(settings.storage)
+        dispatcher = open_dispatcher(settings)
         intake = BatchIntake(
             store,
             storage,
             dispatcher,
-            settings.limits(),
-            quotas=settings.tenant_quotas,
+            settings.enforced_limits(),
+            quotas=settings.api.tenant_quotas,
             fair=open_fair_queues(settings, redis.Redis(connection_pool=pool), dispatcher),
         )
-        executor = ThreadPoolExecutor(settings.intake_threads, thread_name_prefix="intake")
-        broker = settings.resolved_broker_url
+        executor = ThreadPoolExecutor(settings.api.intake_threads, thread_name_prefix="intake")
+        broker = settings.redis.resolved_broker_url
         probe = None
         if broker.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
             client = redis_client(broker, master, decode_responses=True)
-            probe = QueueProbe(client, settings.resolved_broker_key_prefix)
+            probe = QueueProbe(client, settings.redis.resolved_broker_key_prefix)
         router = settings.model_router()
-        queues = [router.queue_of(model) for model in sorted(settings.models)]
+        queues = [router.queue_of(model) for model in sorted(settings.serving.models)]
         collector = ServiceCollector(store, probe, sorted(set(queues)))
-        registry = WorkerRegistry(redis.Redis(connection_pool=pool), settings.key_prefix)
+        registry = WorkerRegistry(redis.Redis(connection_pool=pool), settings.redis.key_prefix)
         return cls(
             settings, pool, store, storage, dispatcher, intake, executor, collector, registry
         )

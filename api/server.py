@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import create_app
-from api.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:

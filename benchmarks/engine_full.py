@@ -43,15 +43,15 @@ from typing import Any
 import redis
 import torch
 
-from api.settings import Settings
 from benchmarks.common import write_result
 from benchmarks.service_vs_offline import lines, run_offline, run_service
 from engine import LLM, SamplingParams
 from infra.harness.service import SMOLLM2, PrivateStack, run_server
 from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
+from jobs.settings_sections import LimitsSection
 
 SALTS = iter("ABCDEFGHIJKLMNOPQRSTUVXYZabcdefghijklmnopqrstuvwxyz")  # W: the warm-up's
-DEFAULT_SHARD_SIZE = int(Settings.model_fields["shard_size"].default)
+DEFAULT_SHARD_SIZE = LimitsSection().shard_size
 
 
 def prompts(count: int) -> list[str]:
@@ -196,7 +196,7 @@ def main() -> None:
 
     private = PrivateStack.open(shard_size=DEFAULT_SHARD_SIZE)
     tmp, prefix, client_redis, base = private.tmp, private.prefix, private.redis, private.settings
-    key_prefix = base.key_prefix
+    key_prefix = base.redis.key_prefix
     env = service_env(base, beat_schedule_path=tmp / "beat", stats_interval_s=0.25)
     if args.threads:
         env = {**env, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -205,9 +205,7 @@ def main() -> None:
     try:
         with ExitStack() as stack:
             servers = {
-                size: stack.enter_context(
-                    run_server(base.model_copy(update={"shard_size": size}))
-                ).client()
+                size: stack.enter_context(run_server(base.updated(shard_size=size))).client()
                 for size in sorted({DEFAULT_SHARD_SIZE, *args.shard_sizes})
             }
             api = servers[DEFAULT_SHARD_SIZE]

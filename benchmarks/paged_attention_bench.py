@@ -23,51 +23,33 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from infra.harness.paged_batch import make_batch
+from kernels.attention import PagedAttentionInputs
+
 NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 32, 8, 128, 16
 
 
-@dataclass(slots=True)
-class DecodeBatch:
-    query: torch.Tensor  # [batch, num_heads, head_size]
-    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
-    v_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
-    block_table: torch.Tensor  # [batch, max_blocks] int32
-    query_start_loc: torch.Tensor  # [batch + 1] int32
-    seq_lens: torch.Tensor  # [batch] int32
-
-    @property
-    def max_seq_len(self) -> int:
-        return int(self.seq_lens.max())
-
-
-def make_decode_batch(seq_lens: list[int], device: torch.device) -> DecodeBatch:
-    """Random K/V, each request's blocks drawn at random from one shared cache."""
-    blocks_per_req = [-(-n // BLOCK_SIZE) for n in seq_lens]
-    num_blocks = sum(blocks_per_req)
-    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_SIZE)
-    ids = torch.randperm(num_blocks, device=device, dtype=torch.int32)
-    block_table = torch.zeros(len(seq_lens), max(blocks_per_req), dtype=torch.int32, device=device)
-    for r, chunk in enumerate(ids.split(blocks_per_req)):
-        block_table[r, : len(chunk)] = chunk
-    batch = len(seq_lens)
-    return DecodeBatch(
-        query=torch.randn(batch, NUM_HEADS, HEAD_SIZE, device=device, dtype=torch.bfloat16),
-        k_cache=torch.randn(shape, device=device, dtype=torch.bfloat16),
-        v_cache=torch.randn(shape, device=device, dtype=torch.bfloat16),
-        block_table=block_table,
-        query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device=device),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+def make_decode_batch(seq_lens: list[int], device: torch.device) -> PagedAttentionInputs:
+    """One query token a request, bf16, Llama-3-8B heads; blocks scattered through the cache."""
+    return make_batch(
+        [1] * len(seq_lens),
+        seq_lens,
+        num_heads=NUM_HEADS,
+        num_kv_heads=NUM_KV_HEADS,
+        head_size=HEAD_SIZE,
+        block_size=BLOCK_SIZE,
+        dtype=torch.bfloat16,
+        device=device,
     )
 
 
-def gather_kv(b: DecodeBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_kv(b: PagedAttentionInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense ``[batch, kv_heads, max_ctx, head]`` K and V plus a ``[batch, 1, 1, max_ctx]`` mask."""
     ctx = b.max_seq_len
     blocks = b.block_table[:, : -(-ctx // BLOCK_SIZE)].long()
@@ -93,17 +75,7 @@ def bench_row(name: str, seq_lens: list[int], device: torch.device) -> dict[str,
     b = make_decode_batch(seq_lens, device)
 
     def triton_fn() -> torch.Tensor:
-        return paged_attention_triton(
-            b.query,
-            b.k_cache,
-            b.v_cache,
-            b.block_table,
-            b.query_start_loc,
-            b.seq_lens,
-            max_query_len=1,
-            max_seq_len=b.max_seq_len,
-            scale=HEAD_SIZE**-0.5,
-        )
+        return paged_attention_triton(b)
 
     k, v, mask = gather_kv(b)
     # Uniform contexts need no mask, which lets SDPA pick its fastest (flash) backend.

@@ -32,7 +32,7 @@ from infra.harness.service import make_settings
 from infra.harness.stack import running_stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
-from jobs.service_settings import redis_client
+from jobs.connections import redis_client
 
 
 def run(num_lines: int) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def run(num_lines: int) -> dict[str, Any]:
     group.start()
     client: Any = redis_client(group.url, SentinelGroup.MASTER, decode_responses=True)
     settings = make_settings("local", "kvbatch-bench-failover", tmp, None, shard_size=16)
-    settings = settings.model_copy(update={"redis_url": group.url})
+    settings = settings.updated(redis_url=group.url)
     worker_settings: dict[str, object] = {"beat_schedule_path": tmp / "beat-schedule"}
     worker_settings["worker_model"] = model
     lines = [
@@ -55,7 +55,7 @@ def run(num_lines: int) -> dict[str, Any]:
             worker = stack.start_worker(concurrency=None)
             api = stack.client()
             batch_id = create_chat_batch(api, lines)
-            prefix = settings.key_prefix
+            prefix = settings.redis.key_prefix
             wait_for(
                 "requests in flight",
                 lambda: worker_stats(client, prefix, worker.name).get("num_submitted", 0) > 0,

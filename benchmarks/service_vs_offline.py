@@ -140,7 +140,7 @@ def main() -> None:
         with run_server(settings) as server:
             env = service_env(settings, beat_schedule_path=tmp / "beat")
             worker = WorkerProcess(env, f"bench-{prefix}@host", tmp / "worker.log", args.batches)
-            wait_worker_ready(worker, client_redis, settings.key_prefix)
+            wait_worker_ready(worker, client_redis, settings.redis.key_prefix)
             client = server.client()
             run_service(client, [lines(prompts(4, "W"), "warm", 2)], args.poll_s)
             for _ in range(args.rounds):

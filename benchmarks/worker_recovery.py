@@ -71,7 +71,7 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
         first = stack.start_worker(concurrency=None)
         api = stack.client()
         batch_id = create_chat_batch(api, lines)
-        batch_key = f"{settings.key_prefix}:batch:{batch_id}"
+        batch_key = f"{settings.redis.key_prefix}:batch:{batch_id}"
         wait_for(
             "output tokens",
             lambda: int(client.hget(batch_key, "output_tokens") or 0) >= kill_at * total_output,
@@ -82,8 +82,8 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
         killed = time.monotonic()
         done_at_kill = int(client.hget(batch_key, "output_tokens") or 0)
         second = stack.start_worker(concurrency=None)  # loads while the lease runs out
-        resends_key = f"{settings.key_prefix}:shard_resends:{batch_id}"
-        deliveries_key = f"{settings.key_prefix}:shard_deliveries:{batch_id}"
+        resends_key = f"{settings.redis.key_prefix}:shard_resends:{batch_id}"
+        deliveries_key = f"{settings.redis.key_prefix}:shard_deliveries:{batch_id}"
         resent = wait_for("resend", lambda: client.hlen(resends_key) > 0, 600, 0.2)
         rerun = wait_for(
             "rerun",  # a second start, or the batch already ended (its bookkeeping gone)
@@ -96,7 +96,7 @@ def run(num_lines: int, kill_at: float) -> dict[str, Any]:
         batch = wait_batch(api, batch_id, {"completed", "failed"}, timeout_s=900)
         ended = time.monotonic()
         time.sleep(3)  # the second worker's last stats (published every 2 s)
-        stats = worker_stats(client, settings.key_prefix, second.name)
+        stats = worker_stats(client, settings.redis.key_prefix, second.name)
         outputs, errors = result_lines(api, batch)
     seen = Counter(line["custom_id"] for line in outputs + errors)
     usage = batch.usage

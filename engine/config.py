@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine.speculative_config import SpeculativeConfig, SpeculativeConfigError
+
+if TYPE_CHECKING:  # torch loads where a device or dtype is asked for: the settings name
+    import torch  # EngineConfig without it (jobs/settings.py)
 
 
 class EngineConfigError(ValueError):
     """An engine argument is invalid or inconsistent with the model."""
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
 LOAD_FORMATS = ("safetensors", "dummy")
 
 
@@ -109,12 +110,17 @@ class EngineConfig:
 
     @property
     def torch_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         if self.dtype == "auto":
             return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
-        return _DTYPES[self.dtype]
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype

@@ -23,11 +23,11 @@ def add_beat_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_beat(args: argparse.Namespace) -> int:
+    from jobs.settings import Settings
     from worker.main import run_beat
-    from worker.settings import get_worker_settings
 
-    settings = get_worker_settings()
+    settings = Settings()
     if args.schedule_file is not None:
-        settings = settings.model_copy(update={"beat_schedule_path": args.schedule_file})
+        settings = settings.updated(beat_schedule_path=args.schedule_file)
     run_beat(settings)
     return 0

@@ -61,7 +61,7 @@ def run_demo(
             return 1
         finally:
             stack.stop_services()
-            _delete_keys(stack.settings.redis_url, prefix)
+            _delete_keys(stack.settings.redis.redis_url, prefix)
             stack.stop()
 
 
@@ -69,7 +69,7 @@ def _run_batch(
     stack: LocalStack, prompts: list[str], max_tokens: int, timeout_s: float, console: Console
 ) -> int:
     client = OpenAI(base_url=f"{stack.api_url}/v1", api_key=stack.api_key, max_retries=2)
-    model = next(iter(stack.settings.models))
+    model = next(iter(stack.settings.serving.models))
     upload = client.files.create(
         file=("chat_batch.jsonl", to_jsonl(chat_batch_lines(prompts, model, max_tokens))),
         purpose="batch",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from jobs.service_settings import redis_client
+from jobs.connections import redis_client
 
 
 class CommandFailed(Exception):

@@ -14,20 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from infra.arg_types import port_number
+from jobs.settings import Settings, use_settings
+from jobs.settings_sections import FlowerSection
 
 
-class FlowerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KVBATCH_FLOWER_", extra="ignore")
-
-    basic_auth: str | None = None
-    address: str = "127.0.0.1"
-    port: int = 5555
-
-
-def flower_argv(settings: FlowerSettings) -> list[str]:
+def flower_argv(settings: FlowerSection) -> list[str]:
     """The Celery command line that runs Flower against the worker's app (and broker)."""
     if not settings.basic_auth or ":" not in settings.basic_auth:
         raise ValueError(
@@ -69,13 +61,14 @@ def add_flower_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_flower(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("address", args.address), ("port", args.port)) if v}
-    settings = FlowerSettings(**overrides)
+    chosen = (("flower_address", args.address), ("flower_port", args.port))
+    settings = Settings().updated(**{name: value for name, value in chosen if value})
     try:
-        argv = flower_argv(settings)
+        argv = flower_argv(settings.flower)
     except ValueError as exc:
         print(f"kvbatch flower: {exc}", file=sys.stderr)
         return 2
+    use_settings(settings)
     from worker.app import celery_app
 
     require_auth_for_metrics()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infra.engine_args import CLI_FIELDS, add_engine_arguments, engine_args, model_dir_or_report
 from infra.failures import CommandFailed, require_weights
-from jobs.service_settings import parse_pairs
+from jobs.settings_sections import parse_pairs
 
 LORA_FIELDS = (*CLI_FIELDS, "max_loras", "max_lora_rank")
 

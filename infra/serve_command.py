@@ -17,9 +17,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from api.server import serve
-    from api.settings import get_settings
+    from jobs.settings import Settings
 
-    settings = get_settings()
-    require_redis(settings.redis_url, settings.redis_sentinel_master)
-    serve(host=args.host, port=args.port)
+    settings = Settings()
+    require_redis(settings.redis.redis_url, settings.redis.redis_sentinel_master)
+    serve(host=args.host, port=args.port, settings=settings)
     return 0

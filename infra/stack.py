@@ -21,7 +21,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from api.settings import Settings
 from infra.harness.process import ManagedProcess
 from infra.harness.readiness import http_ok, ping_workers, wait_until
 from infra.harness.redis_server import (
@@ -34,18 +33,13 @@ from infra.harness.redis_server import (
 )
 from infra.model_command import resolve_model
 from infra.stack_config import StackConfig
+from jobs.settings import Settings
 
 DEV_TENANT = "dev"
 
 
 class StackError(RuntimeError):
     """The stack cannot start as asked; the message says why."""
-
-
-def _settings_from(env: dict[str, str]) -> Settings:
-    """Settings as the children will read them from ``env`` (init values beat os.environ)."""
-    values = {k.removeprefix("KVBATCH_").lower(): v for k, v in env.items()}
-    return Settings.model_validate({k: v for k, v in values.items() if k in Settings.model_fields})
 
 
 class LocalStack:
@@ -57,14 +51,14 @@ class LocalStack:
         self.var_dir = config.var_dir.resolve()
         self.processes: list[ManagedProcess] = []
         self.env = self._child_env()
-        self.settings = _settings_from(self.env)
+        self.settings = Settings.from_env(self.env)
         self.api_url = f"http://127.0.0.1:{config.api_port}"
         self.flower_url = f"http://127.0.0.1:{config.flower_port}" if config.flower_port else None
         self.worker_name = f"kvbatch-{secrets.token_hex(3)}@{os.uname().nodename}"
 
     @property
     def api_key(self) -> str:
-        return next(iter(self.settings.api_keys))
+        return next(iter(self.settings.api.api_keys))
 
     @property
     def flower_auth(self) -> str:
@@ -123,7 +117,7 @@ class LocalStack:
         if not self.env.get("KVBATCH_MODELS"):
             # Served under the directory's name: a known model's name for a fetched one.
             self.env["KVBATCH_MODELS"] = f"{model_dir.name}={model_dir}"
-            self.settings = _settings_from(self.env)
+            self.settings = Settings.from_env(self.env)
         return model_dir
 
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
@@ -133,7 +127,7 @@ class LocalStack:
         return process
 
     def _ensure_redis(self) -> None:
-        url = self.settings.redis_url
+        url = self.settings.redis.redis_url
         if redis_answers(url):
             self.console.print(f"using the Redis at {url}")
             return
@@ -144,7 +138,7 @@ class LocalStack:
         self.console.print(f"started redis-server (pid {process.pid}) at {own_url}, AOF on")
         wait_until(lambda: redis_answers(own_url), process, "PONG", 30)
         self.env["KVBATCH_REDIS_URL"] = own_url
-        self.settings = _settings_from(self.env)
+        self.settings = Settings.from_env(self.env)
 
     def _kvbatch(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "infra.cli", *args]
@@ -165,8 +159,8 @@ class LocalStack:
         if self.config.concurrency is not None:
             argv += ["--concurrency", str(self.config.concurrency)]
         process = self._spawn("worker", argv)
-        broker = self.settings.broker_url or self.settings.redis_url
-        options = self.settings.broker_transport_options()
+        broker = self.settings.redis.resolved_broker_url
+        options = self.settings.redis.broker_transport_options()
         wait_until(
             lambda: bool(ping_workers(broker, options, [self.worker_name])),
             process,

@@ -1,14 +1,17 @@
 """What the local stack is asked to run (kept apart from :mod:`infra.stack` so the command
-parsers can name the defaults without importing the service code)."""
+parsers can name the defaults without importing the service code; the worker's metrics port
+is the settings' own default)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.settings_sections import WorkerSection
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # The worker's Prometheus endpoint, on loopback (KVBATCH_METRICS_PORT overrides it).
-WORKER_METRICS_PORT = 9300
+WORKER_METRICS_PORT: int = WorkerSection.model_fields["metrics_port"].default
 
 
 @dataclass(slots=True)

@@ -138,7 +138,7 @@ def _watch(stack: LocalStack, console: Console) -> int:
 def _print_ready(stack: LocalStack, console: Console) -> None:
     console.print(f"[green]kvbatch is up[/green]: API {stack.api_url}/v1")
     console.print(f"  API key:  {stack.api_key}   (OPENAI_API_KEY for the openai SDK)")
-    console.print(f"  Redis:    {stack.settings.redis_url}")
+    console.print(f"  Redis:    {stack.settings.redis.redis_url}")
     if stack.flower_url:
         console.print(f"  Flower:   {stack.flower_url}  (basic auth {stack.flower_auth})")
     metrics_port = stack.env["KVBATCH_METRICS_PORT"]

@@ -42,10 +42,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     if model_dir is None:
         return 1
     require_weights(model_dir)
-    from worker.settings import get_worker_settings
+    from jobs.settings import Settings, use_settings
 
-    settings = get_worker_settings()
-    require_redis(settings.redis_url, settings.redis_sentinel_master)
+    settings = Settings()
+    use_settings(settings)
+    require_redis(settings.redis.redis_url, settings.redis.redis_sentinel_master)
     from worker.main import run_worker
 
     run_worker(

@@ -29,6 +29,25 @@ MIN_DECODE_GROUP = 4
 
 
 @dataclass(slots=True)
+class PagedAttentionInputs:
+    """One step's attention batch, as both implementations read it (layout: module doc).
+
+    ``max_query_len`` and ``max_seq_len`` size the Triton kernel's tiles; neither needs to be
+    exact for correctness.
+    """
+
+    query: torch.Tensor  # [num_tokens, num_heads, head_size]
+    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
+    v_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
+    block_table: torch.Tensor  # [num_reqs, max_blocks_per_req] int32
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32
+    seq_lens: torch.Tensor  # [num_reqs] int32
+    max_query_len: int
+    max_seq_len: int
+    scale: float
+
+
+@dataclass(slots=True)
 class DecodePlan:
     """One group of one-token rows of a step, padded to their longest context."""
 
@@ -114,15 +133,7 @@ def _plan_decodes(
 
 
 def paged_attention_reference(
-    query: torch.Tensor,  # [num_tokens, num_heads, head_size]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-    block_table: torch.Tensor,  # [num_reqs, max_blocks_per_req] int32
-    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
-    seq_lens: torch.Tensor,  # [num_reqs] int32
-    max_query_len: int,
-    max_seq_len: int,
-    scale: float,
+    batch: PagedAttentionInputs,
     *,
     key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
     value: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
@@ -138,12 +149,14 @@ def paged_attention_reference(
     numbers as reading them back from the cache, without the gather, the explicit mask and
     the masked half of the scores (embedding requests are all such chunks).
     """
+    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
+    block_table, scale = batch.block_table, batch.scale
     _, num_heads, head_size = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
     if plan is None:
-        plan = plan_attention(block_table, query_start_loc, seq_lens, block_size)
+        plan = plan_attention(block_table, batch.query_start_loc, batch.seq_lens, block_size)
     starts, lens, q_lens = plan.starts, plan.lens, plan.q_lens
 
     for d in plan.decodes:
@@ -158,19 +171,7 @@ def paged_attention_reference(
         out[d.query_rows] = o.reshape(num_decodes, num_heads, head_size)
 
     if plan.short_rows:
-        _attend_short_queries(
-            query,
-            k_cache,
-            v_cache,
-            block_table,
-            seq_lens,
-            starts,
-            q_lens,
-            lens,
-            plan.short_rows,
-            scale,
-            out,
-        )
+        _attend_short_queries(batch, starts, q_lens, lens, plan.short_rows, out)
 
     for r in plan.prefill_rows:
         q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
@@ -196,17 +197,12 @@ def paged_attention_reference(
 
 
 def _attend_short_queries(
-    query: torch.Tensor,  # [num_tokens, num_heads, head_size]
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
+    batch: PagedAttentionInputs,
     starts: list[int],
     q_lens: list[int],
     lens: list[int],
     rows: list[int],
-    scale: float,
-    out: torch.Tensor,
+    out: torch.Tensor,  # [num_tokens, num_heads, head_size]
 ) -> None:
     """Rows of 2..``MAX_SHORT_QUERY`` query tokens in one padded 4-D SDPA call, like decodes.
 
@@ -216,6 +212,7 @@ def _attend_short_queries(
         q:    [D, kvh, L * G, hs]    row (i, g): query token i, head kv * G + g
         mask: [D, 1, L * G, ctx]     key j visible iff j <= seq_len - q_len + i
     """
+    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
     device = query.device
     num_heads, head_size = query.shape[1:]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -223,19 +220,19 @@ def _attend_short_queries(
     num_rows, width = len(rows), max(q_lens[r] for r in rows)
     ctx = max(lens[r] for r in rows)
     index = torch.tensor(rows, device=device)
-    blocks = block_table[index, : (ctx + block_size - 1) // block_size].long().flatten()
+    blocks = batch.block_table[index, : (ctx + block_size - 1) // block_size].long().flatten()
     k = gather_blocks(k_cache, blocks, num_rows, ctx)  # [D, kvh, ctx, hs]
     v = gather_blocks(v_cache, blocks, num_rows, ctx)
     offsets = torch.arange(width, device=device)[None, :]  # [1, L]
     row_q_lens = torch.tensor([q_lens[r] for r in rows], device=device)[:, None]  # [D, 1]
     clamped = torch.minimum(offsets, row_q_lens - 1)  # [D, L]
     tokens = torch.tensor([starts[r] for r in rows], device=device)[:, None] + clamped
-    positions = seq_lens[index, None].long() - row_q_lens + clamped  # [D, L]
+    positions = batch.seq_lens[index, None].long() - row_q_lens + clamped  # [D, L]
     mask = torch.arange(ctx, device=device)[None, None, :] <= positions[:, :, None]
     mask = mask.repeat_interleave(group, dim=1)[:, None]  # [D, 1, L * G, ctx]
     q = query[tokens].view(num_rows, width, num_kv_heads, group, head_size)
     q = q.permute(0, 2, 1, 3, 4).reshape(num_rows, num_kv_heads, width * group, head_size)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=batch.scale)
     o = o.view(num_rows, num_kv_heads, width, group, head_size).permute(0, 2, 1, 3, 4)
     o = o.reshape(num_rows, width, num_heads, head_size)
     real = offsets < row_q_lens  # [D, L]

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch_checks as checks
+from kernels.attention import PagedAttentionInputs
 
 
 @triton.jit
@@ -198,14 +199,10 @@ def attention_tiles(
     return AttentionTiles(block_m, tile_n, head_pad, num_warps)
 
 
-def _check_inputs(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
-) -> None:
+def _check_inputs(batch: PagedAttentionInputs) -> None:
+    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
+    block_table, seq_lens = batch.block_table, batch.seq_lens
+    query_start_loc = batch.query_start_loc
     checks.check_rank("query", query, 3)
     checks.check_rank("k_cache", k_cache, 4)
     checks.check_rank("block_table", block_table, 2)
@@ -234,15 +231,7 @@ def _check_inputs(
 
 
 def paged_attention_triton(
-    query: torch.Tensor,  # [num_tokens, num_heads, head_size]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-    v_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size]
-    block_table: torch.Tensor,  # [num_reqs, max_blocks_per_req] int32
-    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
-    seq_lens: torch.Tensor,  # [num_reqs] int32
-    max_query_len: int,
-    max_seq_len: int,
-    scale: float,
+    batch: PagedAttentionInputs,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
     """Paged attention with the semantics of ``paged_attention_reference``, in one launch.
 
@@ -253,7 +242,10 @@ def paged_attention_triton(
     the program so each K/V tile is loaded once for all of them. ``max_query_len`` sizes the
     tile rows and ``max_seq_len`` the key tile; neither needs to be exact for correctness.
     """
-    _check_inputs(query, k_cache, v_cache, block_table, query_start_loc, seq_lens)
+    _check_inputs(batch)
+    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
+    block_table, seq_lens = batch.block_table, batch.seq_lens
+    query_start_loc, scale = batch.query_start_loc, batch.scale
     num_tokens, num_heads, head_size = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     num_reqs = block_table.shape[0]
@@ -261,7 +253,7 @@ def paged_attention_triton(
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     if num_tokens == 0 or num_reqs == 0:
         return out
-    tiles = attention_tiles(group, head_size, max_query_len, max_seq_len)
+    tiles = attention_tiles(group, head_size, batch.max_query_len, batch.max_seq_len)
     block_q = tiles.block_m // group
     grid = (num_tokens // block_q + num_reqs, num_kv_heads)
     _paged_attention_kernel[grid](

@@ -14,7 +14,7 @@ import torch
 import triton
 
 from kernels.activation import silu_and_mul_reference, silu_and_mul_triton
-from kernels.attention import ReferencePlan, paged_attention_reference
+from kernels.attention import PagedAttentionInputs, ReferencePlan, paged_attention_reference
 from kernels.attention_triton import paged_attention_triton
 from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
 from kernels.lora import (
@@ -64,15 +64,7 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 def paged_attention(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
-    max_query_len: int,
-    max_seq_len: int,
-    scale: float,
+    batch: PagedAttentionInputs,
     key: torch.Tensor | None = None,
     value: torch.Tensor | None = None,
     plan: ReferencePlan | None = None,
@@ -80,12 +72,9 @@ def paged_attention(
     """``key``/``value``: the step's new K/V, already stored; the PyTorch path attends to
     them directly for chunks with no cached context (the Triton kernel reads the cache).
     ``plan``: ``plan_attention`` of this step's metadata, shared by its layers (PyTorch path)."""
-    args = (query, k_cache, v_cache, block_table, query_start_loc, seq_lens)
-    if use_triton(query):
-        return paged_attention_triton(*args, max_query_len, max_seq_len, scale)
-    return paged_attention_reference(
-        *args, max_query_len, max_seq_len, scale, key=key, value=value, plan=plan
-    )
+    if use_triton(batch.query):
+        return paged_attention_triton(batch)
+    return paged_attention_reference(batch, key=key, value=value, plan=plan)
 
 
 def store_kv_cache(

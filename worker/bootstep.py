@@ -61,7 +61,7 @@ def _on_shutting_down(**_: Any) -> None:
     the shards still running after ``shutdown_grace_s`` are handed back."""
     runtime = current_runtime()
     if runtime is not None:
-        runtime.hand_back_after(runtime.settings.shutdown_grace_s)
+        runtime.hand_back_after(runtime.settings.reliability.shutdown_grace_s)
 
 
 @signals.task_received.connect

@@ -27,19 +27,20 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from jobs.settings import Settings
 from worker.beat import beat_schedule
-from worker.settings import WorkerSettings
+from worker.settings import consumed_queues
 
 
-def celery_config(settings: WorkerSettings) -> dict[str, Any]:
-    transport = settings.broker_transport_options()
-    transport["visibility_timeout"] = settings.visibility_timeout_s
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = settings.redis.broker_transport_options()
+    transport["visibility_timeout"] = settings.reliability.visibility_timeout_s
     # How often a consumer looks for messages past their visibility timeout (kombu's default
     # scans every 10th of 10-second ticks); the scan is cheap and takes a mutex.
-    transport["unacked_restore_interval"] = settings.unacked_restore_interval_s
+    transport["unacked_restore_interval"] = settings.reliability.unacked_restore_interval_s
     transport["unacked_restore_throttle"] = 1
     return {
-        "broker_url": settings.resolved_broker_url,
+        "broker_url": settings.redis.resolved_broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         # Celery's default (100 attempts) makes a worker exit during a long broker outage;
@@ -49,12 +50,12 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_backend": None,
         "task_ignore_result": True,
-        "task_default_queue": settings.shard_queue,
+        "task_default_queue": settings.redis.shard_queue,
         # The names Celery gives a queue a message is sent to by name (direct exchange of
         # the same name), so producers' messages land in them.
         "task_queues": [
             Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in settings.consumed_queues()
+            for name in consumed_queues(settings)
         ],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -63,6 +64,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(settings),
-        "beat_schedule_filename": str(settings.beat_schedule_path),
+        "beat_schedule_filename": str(settings.worker.beat_schedule_path),
         "timezone": "UTC",
     }

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.settings import WorkerSettings, get_worker_settings, install_worker_settings
+from jobs.settings import Settings, get_settings, use_settings
+from worker.settings import consumed_queues
 
 
 def worker_argv(
@@ -52,20 +53,20 @@ def run_worker(
     ``KVBATCH_SHARD_THREADS``, or a quarter of the engine's ``max_num_seqs``); ``beat`` embeds
     the scheduler of ``kvbatch.expire_batches`` (run it in one process per deployment).
     It consumes the shard queue of ``served_name`` (unset: ``KVBATCH_WORKER_SERVED_NAME``,
-    else derived from ``model_dir``: :meth:`WorkerSettings.served_name`) and housekeeping.
-    Other settings come from ``KVBATCH_*`` variables (worker/settings.py).
+    else derived from ``model_dir``: :func:`worker.settings.served_name`) and housekeeping.
+    Other settings come from ``KVBATCH_*`` variables (jobs/settings.py).
     """
     update: dict[str, str] = {"worker_model": str(model_dir)}
     if served_name:
         update["worker_served_name"] = served_name
-    settings = get_worker_settings().model_copy(update=update)
-    install_worker_settings(settings)
+    settings = get_settings().updated(**update)
+    use_settings(settings)
     from worker.app import celery_app, configure
 
     configure(settings)
     argv = worker_argv(
-        concurrency or settings.shard_threads_or_default(),
-        queues=queues or settings.consumed_queues(),
+        concurrency or settings.worker.shard_threads_or_default(),
+        queues=queues or consumed_queues(settings),
         beat=beat,
         hostname=hostname,
         loglevel=loglevel,
@@ -73,12 +74,12 @@ def run_worker(
     celery_app.worker_main(argv)
 
 
-def run_beat(settings: WorkerSettings | None = None, loglevel: str = "INFO") -> None:
+def run_beat(settings: Settings | None = None, loglevel: str = "INFO") -> None:
     """Run Celery beat in this process (blocks) with the worker app's schedule (once per
     deployment; ``kvbatch worker --beat`` embeds it instead)."""
     if settings is not None:
-        install_worker_settings(settings)
-    settings = get_worker_settings()
+        use_settings(settings)
+    settings = get_settings()
     from worker.app import celery_app, configure
 
     configure(settings)

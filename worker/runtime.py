@@ -17,12 +17,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine.llm_engine import LLMEngine
+from jobs.connections import check_redis_policies, open_dispatcher, open_redis, open_storage
 from jobs.pipeline.admission import priority_of
-from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_dispatch import open_fair_queues
+from jobs.pipeline.fair_share import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
-from jobs.service_settings import check_redis_policies, open_redis, open_storage
+from jobs.settings import Settings, get_settings
 from jobs.state.checkpoints import CommitPolicy
 from jobs.state.shard_ledger import ShardLedger, StopReason
 from jobs.state.store import JobStore
@@ -33,56 +33,55 @@ from worker.faults import FaultInjectingEngine
 from worker.intake import ShardIntake
 from worker.monitoring import StatsPublisher
 from worker.queue_probe import QueueProbe
-from worker.settings import WorkerSettings, get_worker_settings
+from worker.settings import served_name, worker_adapters, worker_engine_config
 from worker.shard_runner import ShardLimits, ShardRunner
 
 log = logging.getLogger(__name__)
 
 
 class WorkerRuntime:
-    def __init__(self, settings: WorkerSettings, hostname: str) -> None:
+    def __init__(self, settings: Settings, hostname: str) -> None:
         self.settings = settings
         check_redis_policies(settings)
         self.redis = open_redis(settings)
-        self.store = JobStore(self.redis, settings.key_prefix)
+        self.store = JobStore(self.redis, settings.redis.key_prefix)
         self.ledger = ShardLedger(self.redis, self.store)
-        self.storage = open_storage(settings)
+        self.storage = open_storage(settings.storage)
         self.finalizer = BatchFinalizer(
             self.store,
             self.ledger,
             self.storage,
-            lock_ttl_s=settings.finalize_lock_s,
-            max_line_bytes=settings.max_line_bytes,
+            lock_ttl_s=settings.reliability.finalize_lock_s,
+            max_line_bytes=settings.limits.max_line_bytes,
         )
-        self.dispatcher = ShardDispatcher(
-            settings.resolved_broker_url,
-            settings.model_router(),
-            settings.broker_transport_options(),
-        )
+        self.dispatcher = open_dispatcher(settings)
         self.fair = open_fair_queues(settings, self.redis, self.dispatcher)  # tenants' turns
         # Twice the visibility timeout: the broker brings back a dead worker's messages
         # after one; only a message lost outright stays silent that long.
         self.watchdog = ShardWatchdog(
-            self.store, self.ledger, self.dispatcher, silence_s=2 * settings.visibility_timeout_s
+            self.store,
+            self.ledger,
+            self.dispatcher,
+            silence_s=2 * settings.reliability.visibility_timeout_s,
         )
-        self.engine_config = settings.engine_config()
+        self.engine_config = worker_engine_config(settings)
         # The pool's size and the consumer's wake-up are set by the consumer's bootstep.
         self.intake = ShardIntake(
-            self.engine_config.max_num_seqs, settings.shard_threads_or_default()
+            self.engine_config.max_num_seqs, settings.worker.shard_threads_or_default()
         )
-        self.served_name = settings.served_name()
+        self.served_name = served_name(settings)
         self.queue_probe = QueueProbe(  # this worker's own shard queue
-            settings.resolved_broker_url,
+            settings.redis.resolved_broker_url,
             settings.model_router().queue_of(self.served_name),
-            settings.broker_transport_options(),
+            settings.redis.broker_transport_options(),
         )
         self.host = EngineHost(
             self._load_engine,
             stop_checker=self._stop_reasons,
             queue_depth=self.queue_probe,
-            max_pending=settings.max_pending_requests,
-            stop_poll_s=settings.stop_poll_s,
-            fair_order=settings.fair_engine_order,
+            max_pending=settings.worker.max_pending_requests,
+            stop_poll_s=settings.worker.stop_poll_s,
+            fair_order=settings.worker.fair_engine_order,
         )
         self.runner = ShardRunner(
             self.store,
@@ -91,23 +90,29 @@ class WorkerRuntime:
             self.finalizer,
             self.host,
             ShardLimits(
-                max_deliveries=settings.max_shard_deliveries,
-                lease_s=settings.shard_lease_s,
-                max_line_bytes=settings.max_line_bytes,
-                commit=CommitPolicy(settings.shard_commit_lines, settings.shard_commit_interval_s),
+                max_deliveries=settings.reliability.max_shard_deliveries,
+                lease_s=settings.reliability.shard_lease_s,
+                max_line_bytes=settings.limits.max_line_bytes,
+                commit=CommitPolicy(
+                    settings.reliability.shard_commit_lines,
+                    settings.reliability.shard_commit_interval_s,
+                ),
             ),
-            adapters=settings.adapters(),
+            adapters=worker_adapters(settings),
         )
         self.publisher = StatsPublisher(
             self.snapshot,
             self.redis,
             self.store.key("workers", hostname),
-            interval_s=settings.stats_interval_s,
-            metrics_port=settings.metrics_port,
-            metrics_host=settings.metrics_host,
+            interval_s=settings.worker.stats_interval_s,
+            metrics_port=settings.worker.metrics_port,
+            metrics_host=settings.worker.metrics_host,
             model=self.served_name,
             device=str(self.engine_config.torch_device),
-            registration=(WorkerRegistry(self.redis, settings.key_prefix), self._info(hostname)),
+            registration=(
+                WorkerRegistry(self.redis, settings.redis.key_prefix),
+                self._info(hostname),
+            ),
         )
 
     def _info(self, hostname: str) -> WorkerInfo:
@@ -129,9 +134,9 @@ class WorkerRuntime:
     def _load_engine(self) -> LLMEngine:
         config = self.engine_config
         engine: LLMEngine
-        if self.settings.fault_crash_marker:
+        if self.settings.worker.fault_crash_marker:
             engine = FaultInjectingEngine(
-                config, self.settings.fault_crash_marker, self.settings.fault_crash_at
+                config, self.settings.worker.fault_crash_marker, self.settings.worker.fault_crash_at
             )
         else:
             engine = LLMEngine(config)
@@ -207,7 +212,7 @@ def get_runtime(hostname: str | None = None) -> WorkerRuntime:
     with _runtime_lock:
         if _runtime is None:
             name = hostname or f"kvbatch-{os.getpid()}@{socket.gethostname()}"
-            runtime = WorkerRuntime(get_worker_settings(), name)
+            runtime = WorkerRuntime(get_settings(), name)
             runtime.start()
             _runtime = runtime
         return _runtime

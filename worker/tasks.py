@@ -94,7 +94,7 @@ def again_later(task: Task, exc: Exception, countdown: int | None = None) -> Ret
     that either, stays in kombu's unacked set and is restored after the visibility timeout.
     """
     if countdown is None:
-        visibility_s = get_runtime().settings.visibility_timeout_s
+        visibility_s = get_runtime().settings.reliability.visibility_timeout_s
         countdown = retry_countdown(task.request.retries, visibility_s)
     try:
         return task.retry(exc=exc, countdown=countdown, throw=False)

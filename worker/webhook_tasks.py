@@ -15,34 +15,34 @@ import time
 
 from celery import Task
 
+from jobs.settings import get_settings
 from jobs.state.service_stats import WebhookStats
 from jobs.webhooks.delivery import deliver
 from jobs.webhooks.events import WebhookOutbox
 from worker.app import celery_app
 from worker.beat import WEBHOOK_COLLECT_TASK, WEBHOOK_DELIVER_TASK
 from worker.runtime import get_runtime
-from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
 
 def _outbox() -> WebhookOutbox:
-    return WebhookOutbox(get_runtime().store, get_worker_settings())
+    return WebhookOutbox(get_runtime().store, get_settings().webhooks)
 
 
 @celery_app.task(name=WEBHOOK_COLLECT_TASK, acks_late=True)
 def collect_webhooks() -> int:
     """Queue a delivery for every batch that ended since the last run."""
-    settings = get_worker_settings()
+    settings = get_settings()
     pending = _outbox().collect(time.time())
     for event_id in pending:
-        deliver_webhook.apply_async(args=[event_id], queue=settings.shard_queue, priority=0)
+        deliver_webhook.apply_async(args=[event_id], queue=settings.redis.shard_queue, priority=0)
     return len(pending)
 
 
 @celery_app.task(name=WEBHOOK_DELIVER_TASK, bind=True, acks_late=True, max_retries=None)
 def deliver_webhook(self: Task, event_id: str) -> str:
-    settings = get_worker_settings()
+    settings = get_settings().webhooks
     outbox = _outbox()
     event = outbox.load(event_id)
     if event is None or event.delivered:

@@ -50,9 +50,9 @@ def create(
     settings: SettingsDep,
 ) -> BatchObject:
     """Accept the batch as ``validating``; its file is checked on the intake threads."""
-    check_batch_webhook(body.metadata, tenant, settings)
+    check_batch_webhook(body.metadata, tenant, settings.webhooks)
     active = ActiveBatches(resources.store)
-    active.check_create(tenant, quota_for(settings.tenant_quotas, tenant))
+    active.check_create(tenant, quota_for(settings.api.tenant_quotas, tenant))
     record = create_batch(
         resources.store,
         tenant,
@@ -60,13 +60,13 @@ def create(
         endpoint=body.endpoint,
         completion_window=body.completion_window,
         metadata=body.metadata,
-        limits=settings.limits(),
+        limits=settings.enforced_limits(),
         now=int(time.time()),
-        priorities=settings.priorities_of(tenant),
+        priorities=settings.api.priorities_of(tenant),
         output_ttl_s=(
             body.output_expires_after.seconds
             if body.output_expires_after
-            else settings.output_file_ttl_s
+            else settings.api.output_file_ttl_s
         ),
     )
     active.add(record)

@@ -56,7 +56,7 @@ async def create_file(
     """Stream the upload into storage, then record it (the bytes are never held whole)."""
     file_id = new_file_id()
     key = file_storage_key(file_id)
-    upload = await receive_upload(request, resources.storage, key, settings.max_file_bytes)
+    upload = await receive_upload(request, resources.storage, key, settings.limits.max_file_bytes)
     try:
         record = new_file_record(
             file_id=file_id,
@@ -65,9 +65,9 @@ async def create_file(
             size=upload.size,
             fields=upload.fields,
             created_at=int(time.time()),
-            default_ttl_s=settings.batch_file_ttl_s,
+            default_ttl_s=settings.api.batch_file_ttl_s,
         )
-        quota = quota_for(settings.tenant_quotas, tenant)
+        quota = quota_for(settings.api.tenant_quotas, tenant)
         check_file_bytes(resources.store, tenant, quota, upload.size)
         await to_thread.run_sync(resources.store.put_file, record)
     except JobsError:

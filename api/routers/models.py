@@ -17,8 +17,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import ResourcesDep, TenantDep
-from api.settings import Settings
 from jobs.errors import NotFound
+from jobs.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

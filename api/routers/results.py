@@ -17,9 +17,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.deps import SettingsDep, StorageDep, StoreDep, TenantDep
-from api.settings import Settings
 from jobs.errors import NotFound
 from jobs.pipeline.live_results import LiveResults
+from jobs.settings import Settings
 from jobs.wire.results_cursor import CursorCodec, ResultsCursor
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -41,9 +41,9 @@ class ResultsList(BaseModel):
 
 def cursor_codec(settings: Settings) -> CursorCodec:
     """Signs cursors with the configured secret, or one derived from the service's keys."""
-    secret = settings.results_cursor_secret
+    secret = settings.api.results_cursor_secret
     if not secret:
-        keys = json.dumps(sorted(settings.api_keys.items())).encode()
+        keys = json.dumps(sorted(settings.api.api_keys.items())).encode()
         return CursorCodec(hashlib.sha256(b"kvbatch results cursor\0" + keys).digest())
     return CursorCodec(secret.encode())
 
@@ -63,7 +63,7 @@ async def results(
         raise NotFound(f"No such batch: {batch_id}", param="batch_id", code="batch_not_found")
     codec = cursor_codec(settings)
     cursor = codec.decode(after, record.id) if after else ResultsCursor(record.id)
-    reader = LiveResults(store, storage, settings.max_line_bytes)
+    reader = LiveResults(store, storage, settings.limits.max_line_bytes)
     page = await to_thread.run_sync(reader.page, record, cursor, limit)
     assert page.cursor is not None
     data = [ResultLine(type=part, line=line.decode()) for part, line in page.lines]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import paged_attention, store_kv_cache, use_triton
-from kernels.attention import ReferencePlan, plan_attention
+from kernels.attention import PagedAttentionInputs, ReferencePlan, plan_attention
 
 
 @dataclass(slots=True)
@@ -56,7 +56,7 @@ def paged_attend(
         meta.reference_plan = plan_attention(
             meta.block_table, meta.query_start_loc, meta.seq_lens, block_size
         )
-    return paged_attention(
+    batch = PagedAttentionInputs(
         query,
         cache.k_cache,
         cache.v_cache,
@@ -66,7 +66,5 @@ def paged_attend(
         meta.max_query_len,
         meta.max_seq_len,
         scale,
-        key=key,
-        value=value,
-        plan=meta.reference_plan,
     )
+    return paged_attention(batch, key=key, value=value, plan=meta.reference_plan)

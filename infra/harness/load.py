@@ -141,7 +141,7 @@ def run_bench(
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         api.start()
-        wait_worker_ready(worker, client, settings.key_prefix)
+        wait_worker_ready(worker, client, settings.redis.key_prefix)
         sdk = LiveServer(api.url, settings).client(API_KEY)
         # Enough files that listing them does real work.
         for i in range(30):
@@ -154,9 +154,9 @@ def run_bench(
         batch = sdk.batches.create(
             input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        before = worker_stats(client, settings.key_prefix, worker.name)
+        before = worker_stats(client, settings.redis.key_prefix, worker.name)
         report = asyncio.run(run_load(api.url, batch.id, clients, duration_s, interval_s))
-        after = worker_stats(client, settings.key_prefix, worker.name)
+        after = worker_stats(client, settings.redis.key_prefix, worker.name)
         during = sdk.batches.retrieve(batch.id)
         counts = during.request_counts
         return {

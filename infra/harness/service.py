@@ -8,7 +8,6 @@ bucket), so several run beside each other on one Redis without touching each oth
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
@@ -28,9 +27,9 @@ from moto.server import ThreadedMotoServer
 from openai import OpenAI
 
 from api.app import create_app
-from api.settings import Settings
 from infra.harness.process import ManagedProcess
 from infra.harness.redis_server import free_port
+from jobs.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"key-alpha": "tenant-a", "key-beta": "tenant-b"}
@@ -70,7 +69,7 @@ def make_settings(
         "shard_size": 4,
         **overrides,
     }
-    return Settings.model_validate(values)
+    return Settings.from_flat(values)
 
 
 @contextmanager
@@ -134,12 +133,7 @@ class PrivateStack:
 
 def api_env(settings: Settings) -> dict[str, str]:
     """Every API setting as the ``KVBATCH_*`` environment a child process reads."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        text = json.dumps(value) if isinstance(value, dict) else str(value)
-        env[f"KVBATCH_{name.upper()}"] = text
+    env = dict(os.environ) | settings.to_env(exclude=frozenset({"worker", "flower"}))
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
 

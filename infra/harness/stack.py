@@ -12,9 +12,9 @@ from pathlib import Path
 import redis
 from openai import OpenAI
 
-from api.settings import Settings
 from infra.harness.service import LiveServer, make_settings, run_server
 from infra.harness.workers import WorkerProcess, service_env, wait_worker_ready
+from jobs.settings import Settings
 
 
 @dataclass(slots=True)
@@ -40,13 +40,13 @@ class Stack:
         worker = WorkerProcess(env, name, self.tmp / f"{name}.log", concurrency)
         self.workers.append(worker)
         if wait:
-            wait_worker_ready(worker, self.redis, self.settings.key_prefix)
+            wait_worker_ready(worker, self.redis, self.settings.redis.key_prefix)
         return worker
 
     def wait_ready(self) -> None:
         """Wait until every worker started so far is ready."""
         for worker in self.workers:
-            wait_worker_ready(worker, self.redis, self.settings.key_prefix)
+            wait_worker_ready(worker, self.redis, self.settings.redis.key_prefix)
 
     def stop_workers(self) -> None:
         for worker in self.workers:

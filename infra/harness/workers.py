@@ -8,7 +8,6 @@ worker alone would leave it running), through :class:`~infra.harness.process.Man
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,31 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pydantic_core import to_jsonable_python
 
-from api.settings import Settings
 from infra.harness.process import ManagedProcess
 from infra.harness.service import REPO, SMOLLM2
-from jobs.service_settings import ServiceSettings
+from jobs.settings import Settings
+
+# The API's own settings and Flower's stay out of a worker's environment; the worker section
+# comes from the caller's ``worker`` choices.
+_NOT_SHARED = frozenset({"api", "worker", "flower"})
 
 
 def service_env(settings: Settings, **worker: object) -> dict[str, str]:
     """The ``KVBATCH_*`` environment that points a worker at the same service as ``settings``
     (``worker`` adds worker settings: ``worker_model=``, ``worker_served_name=``...)."""
-    env = dict(os.environ)
-    for name in ServiceSettings.model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, dict | list):  # pydantic-settings reads them as JSON
-            env[f"KVBATCH_{name.upper()}"] = json.dumps(to_jsonable_python(value))
-        elif value is not None:
-            env[f"KVBATCH_{name.upper()}"] = str(value)
+    env = dict(os.environ) | settings.to_env(exclude=_NOT_SHARED)
     for name, value in worker.items():
         env[f"KVBATCH_{name.upper()}"] = str(value)
     env.setdefault("KVBATCH_WORKER_MODEL", str(SMOLLM2))
-    if len(settings.models) == 1 and "worker_served_name" not in worker:
+    if len(settings.serving.models) == 1 and "worker_served_name" not in worker:
         # A stack serving one model name: whatever model the worker holds (a tiny stand-in
         # for SmolLM2 in most tests) answers that name's shard queue.
-        env["KVBATCH_WORKER_SERVED_NAME"] = next(iter(settings.models))
+        env["KVBATCH_WORKER_SERVED_NAME"] = next(iter(settings.serving.models))
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
 

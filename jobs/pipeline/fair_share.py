@@ -6,8 +6,10 @@ and one tenant's 20 queued batches sit in front of another tenant's single batch
     intake ──► P:fair:{lane}:q:{prio}:{tenant}  (one list per tenant)  ──pump──►  broker list {prio}
                       P:fair:{lane}:ready:{prio}  zset tenant -> shards released so far
 
-Each model's shard queue is its own lane (jobs/pipeline/fair_dispatch.py): turns are taken
-among the tenants of one model, and one model's backlog never fills another's window.
+Each model's shard queue is its own lane (:class:`ModelFairQueues`): turns are taken among
+the tenants of one model, and one model's backlog never fills another's window. The lanes
+ever used are remembered in Redis (``P:fair:lanes``), so any process's pump releases every
+lane's shards, including those of a model this process does not serve.
 
 ``pump`` keeps at most ``fair_share_window`` messages waiting in each broker list; to fill
 a free place it takes the next shard of the **least-served** tenant with shards waiting at
@@ -25,12 +27,18 @@ timeout): that shard then runs out of turn, and its later release finds it done.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.state.service_stats import QueueProbe
+
+if TYPE_CHECKING:  # jobs/settings.py holds this module's FairShareSettings as a section
+    from jobs.settings import Settings
 
 # KEYS tenant queue, ready zset, served hash; ARGV tenant, burst, items...
 _ENQUEUE = """
@@ -63,8 +71,10 @@ return {tenant, item}
 """
 
 
-class FairShareSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
+class FairShareSettings(BaseModel):
+    """The ``fair_share`` section of the settings (jobs/settings.py)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     # Messages kept waiting in each broker priority list; 0 sends every shard at once (FIFO).
     fair_share_window: int = Field(default=16, ge=0)
@@ -137,3 +147,65 @@ class FairQueue:
         """Shards still held back per tenant at ``priority`` (for tests and stats)."""
         tenants = self._redis.zrange(self._key("ready", priority), 0, -1)
         return {t: int(self._redis.llen(self._key("q", priority, t))) for t in tenants}
+
+
+class ModelFairQueues:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        dispatcher: ShardDispatcher,
+        probe: QueueProbe | None,
+    ) -> None:
+        self.settings = settings
+        self._redis: Any = client
+        self._dispatcher = dispatcher
+        self._probe = probe
+        self._lanes_key = f"{settings.redis.key_prefix.rstrip(':')}:fair:lanes"
+        self._lanes: dict[str, FairQueue] = {}
+
+    def lane(self, queue: str) -> FairQueue:
+        """The fair queue feeding broker queue ``queue``."""
+        if queue not in self._lanes:
+
+            def queued() -> dict[int, int]:
+                # Another broker: no lists to read, so each pump sends up to a window.
+                return self._probe.depth(queue, time.time()).queued if self._probe else {}
+
+            def send(batch_id: str, index: int, priority: int) -> None:
+                self._dispatcher.send_to(queue, batch_id, index, priority)
+
+            self._lanes[queue] = FairQueue(
+                self._redis,
+                self.settings.redis.key_prefix,
+                send,
+                queued,
+                self.settings.fair_share,
+                lane=queue,
+            )
+        return self._lanes[queue]
+
+    def submit(
+        self, tenant: str, batch_id: str, num_shards: int, priority: int, model: str
+    ) -> None:
+        """Queue a batch's shards in its model's lane, then release what fits."""
+        queue = self._dispatcher.router.queue_of(model)
+        self._redis.sadd(self._lanes_key, queue)
+        self.lane(queue).submit(tenant, batch_id, num_shards, priority)
+
+    def pump(self) -> int:
+        """Release shards into every lane's broker queue with room; returns how many."""
+        lanes = sorted(self._redis.smembers(self._lanes_key))
+        return sum(self.lane(queue).pump() for queue in lanes)
+
+
+def open_fair_queues(
+    settings: Settings, client: redis.Redis, dispatcher: ShardDispatcher
+) -> ModelFairQueues:
+    """Shards go out through ``dispatcher``; broker lists are read on the broker's Redis."""
+    broker = settings.redis.resolved_broker_url
+    probe = None
+    if broker.startswith(("redis://", "rediss://", "unix://")):
+        probe_client = redis.Redis.from_url(broker, decode_responses=True)
+        probe = QueueProbe(probe_client, settings.redis.resolved_broker_key_prefix)
+    return ModelFairQueues(settings, client, dispatcher, probe)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from jobs.limits import Limits
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.dispatch import ShardDispatcher
-from jobs.pipeline.fair_dispatch import ModelFairQueues
+from jobs.pipeline.fair_share import ModelFairQueues
 from jobs.pipeline.shards import ShardWriter
 from jobs.state.ids import BatchId
 from jobs.state.quotas import ActiveBatches, Quota, QuotaExceeded, TokenEstimate, quota_for

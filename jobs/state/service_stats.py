@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import redis
 
 from jobs.pipeline.dispatch import SENT_AT_HEADER
-from jobs.service_settings import PRIORITY_STEPS
+from jobs.settings_sections import PRIORITY_STEPS
 from jobs.state.records import BatchRecord
 from jobs.state.status import BatchStatus
 from jobs.state.store import JobStore

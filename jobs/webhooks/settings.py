@@ -7,15 +7,16 @@ webhooks (an unsigned event could be forged by anyone who learns the URL).
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from standardwebhooks.webhooks import Webhook
 
 DAY_S = 24 * 3600
 
 
-class WebhookSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KVBATCH_", extra="ignore")
+class WebhookSettings(BaseModel):
+    """The ``webhooks`` section of the settings (jobs/settings.py)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     webhook_urls: dict[str, str] = Field(default_factory=dict)  # tenant -> endpoint
     webhook_secrets: dict[str, str] = Field(default_factory=dict)  # tenant -> whsec_...

@@ -19,9 +19,9 @@ from infra.harness.service import MODEL, LiveServer
 def drain_tasks(live: LiveServer) -> list[tuple[dict[str, Any], int | None, str]]:
     """Pop every message the API sent to the shard queue: (argument, priority, task name)."""
     settings = live.settings
-    options = settings.broker_transport_options()
+    options = settings.redis.broker_transport_options()
     found = []
-    with Connection(settings.redis_url, transport_options=options) as conn:
+    with Connection(settings.redis.redis_url, transport_options=options) as conn:
         queue = conn.SimpleQueue(settings.model_router().queue_of(MODEL))
         while True:
             try:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from infra.cli import build_parser, main
-from infra.flower_command import FlowerSettings, flower_argv
+from infra.flower_command import flower_argv
+from jobs.settings import Settings
 
 SUBCOMMANDS = (
     "demo", "up", "serve", "worker", "beat", "flower", "run-batch", "fetch-model", "generate",
@@ -79,7 +80,7 @@ def test_flower_refuses_to_run_without_basic_auth(
 
 def test_flower_binds_loopback_with_auth(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVBATCH_FLOWER_BASIC_AUTH", "admin:s3cret")
-    argv = flower_argv(FlowerSettings())
+    argv = flower_argv(Settings().flower)
     assert argv[0] == "flower"
     assert "--address=127.0.0.1" in argv and "--basic-auth=admin:s3cret" in argv
 

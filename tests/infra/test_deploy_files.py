@@ -8,7 +8,6 @@ AOF, GPU requests, Flower behind auth on loopback) must really be there.
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,13 @@ import pytest
 import yaml
 
 from api.routers.health import router as health_router
-from api.settings import Settings
 from engine.config import EngineConfig
 from infra.cli import build_parser
-from infra.flower_command import FlowerSettings
-from worker.settings import WorkerSettings
+from jobs.settings import Settings, env_names
+from worker.settings import consumed_queues, served_name
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 ROOT = INFRA.parent
-
-
-def known_env_names() -> set[str]:
-    names = {f"KVBATCH_{name.upper()}" for name in Settings.model_fields}
-    names |= {f"KVBATCH_FLOWER_{name.upper()}" for name in FlowerSettings.model_fields}
-    names |= {f"KVBATCH_{name.upper()}" for name in WorkerSettings.model_fields}
-    names |= {f"KVBATCH_ENGINE_{field.name.upper()}" for field in fields(EngineConfig)}
-    return names
 
 
 def assert_kvbatch_command(argv: list[str]) -> None:
@@ -65,7 +55,7 @@ def test_compose_redis_keeps_an_append_only_file(compose: dict[str, Any]) -> Non
 
 
 def test_compose_kvbatch_services(compose: dict[str, Any]) -> None:
-    known = known_env_names()
+    known = env_names()
     services = compose["services"]
     kvbatch = {name: s for name, s in services.items() if s.get("image", "").startswith("kvbatch")}
     assert {"api", "worker", "beat", "flower"} <= set(kvbatch)
@@ -85,7 +75,7 @@ def test_compose_worker_reserves_a_gpu_and_flower_needs_auth(compose: dict[str, 
     flower_env = compose["services"]["flower"]["environment"]
     assert flower_env["KVBATCH_FLOWER_BASIC_AUTH"].startswith("${KVBATCH_FLOWER_BASIC_AUTH:?")
     assert compose["services"]["worker"]["stop_grace_period"] == "2m"
-    assert WorkerSettings().shutdown_grace_s + 20 <= 120, "the shards' grace fits in 2m"
+    assert Settings().reliability.shutdown_grace_s + 20 <= 120, "the shards' grace fits in 2m"
 
 
 def test_compose_creates_the_bucket_the_services_use(compose: dict[str, Any]) -> None:
@@ -109,16 +99,11 @@ def test_dockerfile_installs_the_pinned_torch_and_runs_kvbatch() -> None:
 
 
 def test_k8s_settings_are_settings_the_code_reads(k8s: list[dict[str, Any]]) -> None:
-    known = known_env_names()
+    known = env_names()
     config = by_kind(k8s, "ConfigMap")["kvbatch-config"]["data"]
     secret = by_kind(k8s, "Secret")["kvbatch-secrets"]["stringData"]
     assert not (set(config) | set(secret)) - known
-    assert (
-        Settings.model_validate(
-            {k.removeprefix("KVBATCH_").lower(): v for k, v in {**config, **secret}.items()}
-        ).storage_backend
-        == "s3"
-    )
+    assert Settings.from_env({**config, **secret}).storage.storage_backend == "s3"
     redis_host = re.match(r"redis://([^:/]+)", config["KVBATCH_REDIS_URL"])
     assert redis_host is not None and redis_host.group(1).endswith(".kvbatch-redis")
 
@@ -154,7 +139,7 @@ def test_k8s_worker_requests_a_gpu(k8s: list[dict[str, Any]]) -> None:
     assert resources["limits"]["nvidia.com/gpu"] == 1
     assert worker["terminationGracePeriodSeconds"] >= 60
     # SIGTERM: the shards' grace, then a hand-back that needs a few seconds more.
-    grace_s = WorkerSettings().shutdown_grace_s
+    grace_s = Settings().reliability.shutdown_grace_s
     assert worker["terminationGracePeriodSeconds"] >= grace_s + 20
 
 
@@ -184,11 +169,11 @@ def test_workers_everywhere_take_their_shard_intake_from_the_engine(
         assert "--concurrency" not in argv
         assert build_parser().parse_args(argv).concurrency is None
     assert build_parser().parse_args(["up"]).concurrency is None
-    settings = WorkerSettings()
+    settings = Settings().worker
     assert settings.shard_threads_or_default() == settings.engine.max_num_seqs // 4
-    small = WorkerSettings(engine=EngineConfig(model="m", max_num_seqs=8), shard_threads=None)
+    small = settings.model_copy(update={"engine": EngineConfig(model="m", max_num_seqs=8)})
     assert small.shard_threads_or_default() == 4
-    assert WorkerSettings(shard_threads=3).shard_threads_or_default() == 3
+    assert settings.model_copy(update={"shard_threads": 3}).shard_threads_or_default() == 3
 
 
 def test_each_worker_pool_consumes_its_own_served_models_queue(
@@ -211,11 +196,15 @@ def test_each_worker_pool_consumes_its_own_served_models_queue(
         queues = []
         for argv in commands:
             args = build_parser().parse_args(argv)
-            settings = WorkerSettings(
-                worker_model=args.model, worker_served_name=args.served_name, models=models
+            settings = Settings.from_flat(
+                {
+                    "worker_model": args.model,
+                    "worker_served_name": args.served_name,
+                    "models": models,
+                }
             )
-            assert settings.served_name() in settings.models, (where, argv)
-            queues.append(settings.consumed_queues()[1])
+            assert served_name(settings) in settings.serving.models, (where, argv)
+            queues.append(consumed_queues(settings)[1])
         assert len(commands) == 2 and len(set(queues)) == 2, (where, queues)
 
 

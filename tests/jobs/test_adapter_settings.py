@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from api.settings import Settings
 from engine import LoRARequest
 from jobs.adapters import RegisteredAdapter, parse_adapters
+from jobs.settings import Settings
 from worker.adapter_table import adapter_requests
-from worker.settings import WorkerSettings
+from worker.settings import worker_adapters, worker_engine_config
 
 
 def test_short_and_json_forms_agree() -> None:
@@ -26,11 +26,13 @@ def test_malformed_entries_are_refused(bad: str) -> None:
 
 
 def test_settings_route_adapters_to_their_base_models_queue() -> None:
-    settings = Settings(models={"m": "/models/m"}, lora_adapters=parse_adapters("a=m:/adapters/a"))
+    settings = Settings.from_flat(
+        {"models": {"m": "/models/m"}, "lora_adapters": parse_adapters("a=m:/adapters/a")}
+    )
     router = settings.model_router()
     assert router.queue_of("a") == router.queue_of("m")
     assert router.route("a").adapter == "a"
-    assert settings.limits().served_models == {"m", "a"}
+    assert settings.enforced_limits().served_models == {"m", "a"}
 
 
 @pytest.mark.parametrize(
@@ -39,7 +41,9 @@ def test_settings_route_adapters_to_their_base_models_queue() -> None:
 )
 def test_settings_refuse_adapters_of_unserved_models(adapters: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
-        Settings(models={"m": "/models/m"}, lora_adapters=parse_adapters(adapters))
+        Settings.from_flat(
+            {"models": {"m": "/models/m"}, "lora_adapters": parse_adapters(adapters)}
+        )
 
 
 def test_a_worker_runs_its_own_models_adapters_with_stable_ids() -> None:
@@ -57,9 +61,9 @@ def test_a_worker_reads_the_short_form_from_its_environment(
     monkeypatch.setenv("KVBATCH_MODELS", "m=/models/m")
     monkeypatch.setenv("KVBATCH_LORA_ADAPTERS", "a=m:s3://bucket/a")
     monkeypatch.setenv("KVBATCH_ENGINE_MAX_LORA_RANK", "32")
-    settings = WorkerSettings(worker_model="/models/m")
-    assert settings.adapters() == {"a": LoRARequest("a", 1, "s3://bucket/a")}
-    config = settings.engine_config()
+    settings = Settings.from_flat({"worker_model": "/models/m"})
+    assert worker_adapters(settings) == {"a": LoRARequest("a", 1, "s3://bucket/a")}
+    config = worker_engine_config(settings)
     assert config.enable_lora and config.max_lora_rank == 32
-    other = WorkerSettings(worker_model="/models/other")  # no adapters: LoRA stays off
-    assert other.adapters() == {} and not other.engine_config().enable_lora
+    other = Settings.from_flat({"worker_model": "/models/other"})  # no adapters: LoRA stays off
+    assert worker_adapters(other) == {} and not worker_engine_config(other).enable_lora

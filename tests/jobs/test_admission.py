@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
 from jobs.errors import JobsError
 from jobs.limits import Limits
 from jobs.pipeline.admission import DEFAULT_PRIORITY, check_metadata, priority_of, window_seconds
+from jobs.settings import Settings
 
 LIMITS = Limits()
 
@@ -34,19 +34,19 @@ def test_priority_defaults_to_the_middle() -> None:
 
 
 def test_priority_zero_needs_a_tenant_range_that_grants_it() -> None:
-    settings = Settings(tenant_priorities="ops=0-9,batchy=3-5")  # type: ignore[arg-type]
-    assert settings.priorities_of("anyone") == range(1, 10)
-    assert settings.priorities_of("ops") == range(10)
+    settings = Settings.from_flat({"tenant_priorities": "ops=0-9,batchy=3-5"})
+    assert settings.api.priorities_of("anyone") == range(1, 10)
+    assert settings.api.priorities_of("ops") == range(10)
     with pytest.raises(JobsError) as info:
-        check_metadata({"priority": "0"}, LIMITS, settings.priorities_of("anyone"))
+        check_metadata({"priority": "0"}, LIMITS, settings.api.priorities_of("anyone"))
     assert info.value.param == "metadata.priority" and "1-9" in info.value.message
-    check_metadata({"priority": "0"}, LIMITS, settings.priorities_of("ops"))
+    check_metadata({"priority": "0"}, LIMITS, settings.api.priorities_of("ops"))
     with pytest.raises(JobsError):
-        check_metadata({"priority": "7"}, LIMITS, settings.priorities_of("batchy"))
-    check_metadata({"priority": "4"}, LIMITS, settings.priorities_of("batchy"))
+        check_metadata({"priority": "7"}, LIMITS, settings.api.priorities_of("batchy"))
+    check_metadata({"priority": "4"}, LIMITS, settings.api.priorities_of("batchy"))
 
 
 @pytest.mark.parametrize("text", ["0-10", "5-3", "high", "1"])
 def test_bad_priority_ranges_are_refused_at_start(text: str) -> None:
     with pytest.raises(ValidationError):
-        Settings(tenant_priorities=f"t={text}")  # type: ignore[arg-type]
+        Settings.from_flat({"tenant_priorities": f"t={text}"})

@@ -12,7 +12,7 @@ from jobs.pipeline.routing import (
     model_shard_queue,
     note_unserved,
 )
-from jobs.service_settings import ServiceSettings
+from jobs.settings import Settings
 from jobs.wire.objects import BatchErrorItem, BatchErrors, BatchObject, BatchUsage, RequestCounts
 
 
@@ -65,7 +65,7 @@ def test_only_an_in_progress_batch_without_workers_carries_the_note() -> None:
 
 
 def test_kvbatch_models_refuses_a_name_that_cannot_be_a_queue() -> None:
-    parsed = ServiceSettings.model_validate({"models": "a=/x,b=/y"})
-    assert parsed.models == {"a": "/x", "b": "/y"}
+    parsed = Settings.from_flat({"models": "a=/x,b=/y"})
+    assert parsed.serving.models == {"a": "/x", "b": "/y"}
     with pytest.raises(ValidationError, match="one word"):
-        ServiceSettings(models={"two words": "/x"})
+        Settings.from_flat({"models": {"two words": "/x"}})

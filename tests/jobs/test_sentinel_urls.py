@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.service_settings import ServiceSettings, redis_client
+from jobs.connections import redis_client
+from jobs.settings_sections import RedisSection
 
 
 def test_a_sentinel_url_names_every_sentinel_and_the_database() -> None:
@@ -29,9 +30,9 @@ def test_a_malformed_sentinel_url_is_refused(url: str) -> None:
 
 
 def test_the_broker_is_told_the_master_name_only_behind_sentinels() -> None:
-    plain = ServiceSettings(redis_url="redis://127.0.0.1:6379/0")
+    plain = RedisSection(redis_url="redis://127.0.0.1:6379/0")
     assert "master_name" not in plain.broker_transport_options()
-    sentinel = ServiceSettings(
+    sentinel = RedisSection(
         redis_url="sentinel://127.0.0.1:26379/0", redis_sentinel_master="kv-master"
     )
     assert sentinel.broker_transport_options()["master_name"] == "kv-master"

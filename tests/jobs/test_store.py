@@ -11,7 +11,7 @@ import redis
 from api.resources import Resources
 from infra.harness.batches import chat_line, jsonl, wait_settled
 from infra.harness.service import make_settings, run_server
-from jobs.service_settings import ServiceSettings
+from jobs.settings import Settings
 from jobs.state.ids import FileId, TenantId, new_batch_id, new_file_id
 from jobs.state.records import BatchRecord
 from jobs.state.shard_ledger import ShardLedger
@@ -94,7 +94,7 @@ def test_restarted_api_resumes_validation(tmp_path: Path) -> None:
         resources.close()
     with run_server(settings) as server:
         assert wait_settled(server.client(), orphan.id).status == "in_progress"
-    client_redis = redis.Redis.from_url(settings.redis_url)
+    client_redis = redis.Redis.from_url(settings.redis.redis_url)
     for key in client_redis.scan_iter(match=f"{prefix}*"):
         client_redis.delete(key)
 
@@ -119,7 +119,7 @@ def test_batch_status_counts_move_with_each_transition(store: JobStore) -> None:
     ],
 )
 def test_the_broker_keys_get_the_deployments_prefix(env: dict[str, str], prefix: str) -> None:
-    settings = ServiceSettings.model_validate(env)
-    assert settings.resolved_broker_key_prefix == prefix
-    options = settings.broker_transport_options()
+    settings = Settings.from_flat(env)
+    assert settings.redis.resolved_broker_key_prefix == prefix
+    options = settings.redis.broker_transport_options()
     assert options.get("global_keyprefix", "") == prefix

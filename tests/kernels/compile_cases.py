@@ -31,6 +31,7 @@ import triton
 
 from engine.models.model_config import ModelConfig
 from kernels.activation import silu_and_mul_triton
+from kernels.attention import PagedAttentionInputs
 from kernels.attention_triton import AttentionTiles, attention_tiles, paged_attention_triton
 from kernels.kv_cache import store_kv_cache_triton
 from kernels.lora import lora_expand_triton, lora_shrink_triton
@@ -109,7 +110,7 @@ def launch_attention(
     num_blocks = triton.cdiv(max_seq_len, block_size)
     query = torch.empty(max_query_len, group, head_size, dtype=getattr(torch, dtype))
     k_cache = torch.empty(num_blocks, block_size, 1, head_size, dtype=query.dtype)
-    paged_attention_triton(
+    batch = PagedAttentionInputs(
         query,
         k_cache,
         torch.empty_like(k_cache),
@@ -120,6 +121,7 @@ def launch_attention(
         max_seq_len,
         head_size**-0.5,
     )
+    paged_attention_triton(batch)
 
 
 def launch_kv_cache(dtype: str, shape: ModelShape, block_size: int) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from kernels.attention import paged_attention_reference
+from infra.harness.paged_batch import make_batch
+from kernels.attention import PagedAttentionInputs, paged_attention_reference
 from kernels.attention_triton import paged_attention_triton
 from tests.kernels.common import DTYPES, assert_close
-from tests.kernels.paged_batch import PagedBatch, make_batch
 
 # One step of continuous batching: a fresh prefill, decodes (one with a single-token context),
 # prefix-cached chunks whose queries are shorter than their contexts.
@@ -40,7 +42,7 @@ def test_mixed_prefill_and_decode(
         dtype=dtype,
         device=device,
     )
-    assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
+    assert_close(paged_attention_triton(batch), paged_attention_reference(batch))
 
 
 @pytest.mark.parametrize(
@@ -60,7 +62,7 @@ def test_batch_shapes(device: torch.device, q_lens: list[int], seq_lens: list[in
         dtype=torch.float16,
         device=device,
     )
-    assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
+    assert_close(paged_attention_triton(batch), paged_attention_reference(batch))
 
 
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(6, 2), (12, 2), (14, 2)])
@@ -76,7 +78,7 @@ def test_group_sizes_that_are_not_powers_of_two(
         head_size=32,
         device=device,
     )
-    assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
+    assert_close(paged_attention_triton(batch), paged_attention_reference(batch))
 
 
 @pytest.mark.parametrize("block_size", [48, 64])
@@ -88,7 +90,7 @@ def test_block_size_other_than_the_key_tile(device: torch.device, block_size: in
         block_size=block_size,
         device=device,
     )
-    assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
+    assert_close(paged_attention_triton(batch), paged_attention_reference(batch))
 
 
 def test_strided_query_from_a_fused_projection(device: torch.device) -> None:
@@ -102,7 +104,7 @@ def test_strided_query_from_a_fused_projection(device: torch.device) -> None:
     qkv = torch.randn(5, 8 * 32, device=device)
     batch.query = qkv[:, : 4 * 32].view(5, 4, 32)
     assert not batch.query.is_contiguous()
-    assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
+    assert_close(paged_attention_triton(batch), paged_attention_reference(batch))
 
 
 def test_block_ids_past_int32_element_offsets(device: torch.device) -> None:
@@ -128,10 +130,10 @@ def test_block_ids_past_int32_element_offsets(device: torch.device) -> None:
         pytest.skip(f"cannot reserve a 4 GiB cache here: {exc}")
     assert batch.k_cache.numel() > 2**31
     assert int(batch.block_table.min()) >= first_block
-    assert_close(paged_attention_triton(*batch.args()), paged_attention_reference(*batch.args()))
+    assert_close(paged_attention_triton(batch), paged_attention_reference(batch))
 
 
-def _small_batch(device: torch.device) -> PagedBatch:
+def _small_batch(device: torch.device) -> PagedAttentionInputs:
     return make_batch(
         [2, 1],
         [2, 9],
@@ -141,24 +143,21 @@ def _small_batch(device: torch.device) -> PagedBatch:
 
 def test_rejects_bad_inputs(device: torch.device) -> None:
     batch = _small_batch(device)
-    args = list(batch.args())
-    bad = {
-        0: batch.query.to(torch.float16),  # dtype differs from the caches
-        1: batch.k_cache[..., :8],  # head size differs from the query
-        3: batch.block_table.float(),  # non-integer block table
-        4: batch.query_start_loc[:-1],  # wrong length
-    }
-    for index, value in bad.items():
-        broken = list(args)
-        broken[index] = value
+    broken = [
+        replace(batch, query=batch.query.to(torch.float16)),  # dtype differs from the caches
+        replace(batch, k_cache=batch.k_cache[..., :8]),  # head size differs from the query
+        replace(batch, block_table=batch.block_table.float()),  # non-integer block table
+        replace(batch, query_start_loc=batch.query_start_loc[:-1]),  # wrong length
+    ]
+    for bad in broken:
         with pytest.raises(ValueError):
-            paged_attention_triton(*broken)
+            paged_attention_triton(bad)
     odd_heads = batch.query[:, :3]  # 3 query heads over 2 KV heads
     with pytest.raises(ValueError, match="multiple"):
-        paged_attention_triton(odd_heads, *args[1:])
+        paged_attention_triton(replace(batch, query=odd_heads))
 
 
-def _step_kv(batch: PagedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_kv(batch: PagedAttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's new K/V, as ``store_kv_cache`` wrote them: read back through the tables."""
     block_size = batch.k_cache.shape[1]
     slots = []
@@ -192,5 +191,5 @@ def test_fresh_prefills_may_attend_to_the_steps_own_kv(
         device=device,
     )
     key, value = _step_kv(batch)
-    shortcut = paged_attention_reference(*batch.args(), key=key, value=value)
-    assert_close(shortcut, paged_attention_reference(*batch.args()))
+    shortcut = paged_attention_reference(batch, key=key, value=value)
+    assert_close(shortcut, paged_attention_reference(batch))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from infra.harness.paged_batch import make_batch
 from kernels.attention import paged_attention_reference, plan_attention
 from tests.kernels.common import assert_close
-from tests.kernels.paged_batch import make_batch
 
 # Decodes with contexts far apart, one prefill chunk and one short (speculative) query.
 SEQ_LENS = [760, 12, 700, 400, 90, 380, 300, 40, 260, 120, 650, 33, 9]
@@ -26,7 +26,7 @@ def test_decodes_are_grouped_by_context_length() -> None:
 
 def test_grouped_decodes_match_per_request_attention() -> None:
     batch = make_batch(Q_LENS, SEQ_LENS, num_heads=4, num_kv_heads=2, device=torch.device("cpu"))
-    out = paged_attention_reference(*batch.args())
+    out = paged_attention_reference(batch)
     block_size = batch.k_cache.shape[1]
     for r, (q_len, seq_len) in enumerate(zip(Q_LENS, SEQ_LENS, strict=True)):
         if q_len != 1:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import kernels
+from infra.harness.paged_batch import make_batch
 from kernels import dispatch
 from kernels.rotary import build_cos_sin_cache
-from tests.kernels.paged_batch import make_batch
 
 LAUNCHERS = [
     "paged_attention_triton",
@@ -51,7 +51,7 @@ def _run_every_op(device: torch.device) -> list[torch.Tensor]:
     key = torch.randn(4, 2, 16, device=device)
     slots = torch.tensor([0, 1, -1, 40], device=device)
     kernels.store_kv_cache(key, key + 1, batch.k_cache, batch.v_cache, slots)
-    attn = kernels.paged_attention(*batch.args())
+    attn = kernels.paged_attention(batch)
     x = torch.randn(4, 32, device=device)
     normed, residual = kernels.rms_norm(x, torch.ones(32, device=device), 1e-6, x)
     assert residual is not None

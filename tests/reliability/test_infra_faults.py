@@ -183,9 +183,9 @@ def test_api_restart_while_clients_poll(stack_parts: dict[str, Any]) -> None:
 def take_shard_message(stack: Stack, batch_id: str, index: int) -> bool:
     """Delete shard ``index``'s message from its queue in Redis, as a Redis restart between
     a worker's ``BRPOP`` and its unacked record does (jobs/pipeline/watchdog.py)."""
-    prefix = stack.settings.broker_key_prefix
+    prefix = stack.settings.redis.broker_key_prefix
     client: Any = stack.redis
-    for key in client.scan_iter(match=f"{prefix}*{stack.settings.shard_queue}*"):
+    for key in client.scan_iter(match=f"{prefix}*{stack.settings.redis.shard_queue}*"):
         if client.type(key) != "list":
             continue
         for raw in client.lrange(key, 0, -1):

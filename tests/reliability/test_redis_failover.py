@@ -1,6 +1,6 @@
 """Redis Sentinel: the master dies mid-batch, a replica is promoted, the batch completes.
 
-The state store and the broker both use the ``sentinel://`` URL (jobs/service_settings.py).
+The state store and the broker both use the ``sentinel://`` URL (jobs/settings_sections.py).
 Replication is asynchronous, so the master's last writes before it died may be missing on
 the promoted replica: a queue push (the watchdog sends the shard again), a shard's counts
 (final counts come from the assembled files), a done mark (the shard runs again).
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from infra.harness.sentinel import SentinelGroup
-from jobs.service_settings import redis_client
+from jobs.connections import redis_client
 from tests.reliability.conftest import fast_stack, long_lines, submit
 from tests.reliability.test_worker_faults import assert_complete, wait_submitted
 

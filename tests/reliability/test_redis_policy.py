@@ -36,7 +36,7 @@ def test_api_and_worker_refuse_an_evicting_redis(own_redis: RedisServer, tmp_pat
     assert worker.process.returncode != 0
     assert REFUSAL in worker.log_path.read_text(errors="replace"), worker.log_tail()
 
-    allowed = settings.model_copy(update={"allow_evicting_redis": True})
+    allowed = settings.updated(allow_evicting_redis=True)
     api = ApiProcess(allowed, tmp_path / "api-allowed.log")
     api.start()  # told to accept the risk: it serves
     try:

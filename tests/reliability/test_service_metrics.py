@@ -100,7 +100,9 @@ def test_metrics_show_the_queue_the_batches_and_the_lines(
             if c.status == psutil.CONN_LISTEN and c.laddr.port == metrics_port
         ]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
-    strays = [k for k in client.scan_iter(count=1000) if not k.startswith(settings.key_prefix)]
+    strays = [
+        k for k in client.scan_iter(count=1000) if not k.startswith(settings.redis.key_prefix)
+    ]
     assert not strays, f"keys outside the deployment's prefix: {strays[:10]}"
-    assert any(k.startswith(f"{settings.key_prefix}:broker:") for k in client.scan_iter())
+    assert any(k.startswith(f"{settings.redis.key_prefix}:broker:") for k in client.scan_iter())
     client.close()

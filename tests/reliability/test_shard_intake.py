@@ -48,7 +48,7 @@ def submit(stack: Stack, lines: list[dict[str, Any]], priority: int | None = Non
 def queue_depth(stack: Stack) -> int:
     s = stack.settings
     queue = s.model_router().queue_of(MODEL)
-    probe = QueueProbe(s.resolved_broker_url, queue, s.broker_transport_options())
+    probe = QueueProbe(s.redis.resolved_broker_url, queue, s.redis.broker_transport_options())
     try:
         return probe()
     finally:
@@ -56,7 +56,7 @@ def queue_depth(stack: Stack) -> int:
 
 
 def stats(stack: Stack, worker: WorkerProcess) -> dict[str, float]:
-    return worker_stats(stack.redis, stack.settings.key_prefix, worker.name)
+    return worker_stats(stack.redis, stack.settings.redis.key_prefix, worker.name)
 
 
 def test_a_full_worker_leaves_shards_in_the_queue_and_a_second_worker_runs_them(

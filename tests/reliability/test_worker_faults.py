@@ -14,7 +14,7 @@ import pytest
 from infra.harness.batches import chat_line, result_lines, wait_batch
 from infra.harness.service import MODEL
 from infra.harness.workers import WorkerProcess, worker_stats
-from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.connections import open_dispatcher
 from tests.reliability.conftest import fast_stack, long_lines, submit
 from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once
@@ -26,7 +26,9 @@ def wait_submitted(stack: Stack, worker: WorkerProcess, at_least: int = 1) -> No
     """Until the worker's engine has requests in flight (stats are per worker process)."""
     deadline = time.monotonic() + 60
     while (
-        worker_stats(stack.redis, stack.settings.key_prefix, worker.name).get("num_submitted", 0)
+        worker_stats(stack.redis, stack.settings.redis.key_prefix, worker.name).get(
+            "num_submitted", 0
+        )
         < at_least
     ):
         assert worker.process.poll() is None, worker.log_tail()
@@ -79,11 +81,9 @@ def test_duplicate_shard_messages_write_each_line_once(stack: Stack) -> None:
     while client.batches.retrieve(batch_id).status == "validating":
         time.sleep(0.05)
     settings = stack.settings
-    dispatcher = ShardDispatcher(
-        settings.resolved_broker_url, settings.model_router(), settings.broker_transport_options()
-    )
+    dispatcher = open_dispatcher(settings)
     try:
-        for index in range(len(lines) // settings.shard_size):
+        for index in range(len(lines) // settings.limits.shard_size):
             for _ in range(2):  # each shard now has three messages on the queue
                 dispatcher.dispatch(batch_id, index, priority=0, model=MODEL)
     finally:
@@ -95,7 +95,9 @@ def test_duplicate_shard_messages_write_each_line_once(stack: Stack) -> None:
 
 
 def shard_hash(stack: Stack, name: str, batch_id: str) -> dict[int, str]:
-    raw: dict[Any, Any] = stack.redis.hgetall(f"{stack.settings.key_prefix}:{name}:{batch_id}")
+    raw: dict[Any, Any] = stack.redis.hgetall(
+        f"{stack.settings.redis.key_prefix}:{name}:{batch_id}"
+    )
     return {int(index): value for index, value in raw.items()}
 
 
@@ -114,7 +116,7 @@ def test_a_sigkilled_workers_shards_run_again_without_waiting_the_visibility_tim
         wait_submitted(live, first)
         first.kill()
         killed_at = time.monotonic()
-        broker = live.settings.resolved_broker_key_prefix
+        broker = live.settings.redis.resolved_broker_key_prefix
         assert live.redis.delete(f"{broker}unacked", f"{broker}unacked_index") == 2
         dead_runs = set(shard_hash(live, "shard_running", batch_id))
         assert dead_runs, "the killed worker was running shards"
@@ -137,7 +139,7 @@ def wait_shard_count(stack: Stack, batch_id: str, at_least: int, worker: WorkerP
     """Until shard 0's live ``completed`` count (jobs/state/shard_ledger.py) reaches
     ``at_least``."""
     deadline = time.monotonic() + 120
-    key = f"{stack.settings.key_prefix}:shard_counts:{batch_id}"
+    key = f"{stack.settings.redis.key_prefix}:shard_counts:{batch_id}"
     client: Any = stack.redis
     while int(client.hget(key, "0:completed") or 0) < at_least:
         assert worker.process.poll() is None, worker.log_tail()
@@ -163,7 +165,7 @@ def test_a_rerun_computes_only_the_lines_its_killed_run_had_not_finished(
         usage = live.client().batches.retrieve(batch_id).usage
         assert usage is not None and usage.output_tokens == 24 * 20, "tokens counted once"
         time.sleep(1)  # the second worker's last stats
-        rerun = worker_stats(live.redis, live.settings.key_prefix, second.name)
+        rerun = worker_stats(live.redis, live.settings.redis.key_prefix, second.name)
         assert 1 <= rerun["num_submitted"] <= 2, rerun
         share = rerun["num_batched_tokens"] / (usage.input_tokens + usage.output_tokens)
         print(f"rerun: {rerun['num_submitted']:.0f} of 20 lines, {share:.1%} of the tokens")
@@ -196,7 +198,7 @@ def test_sigterm_hands_back_a_long_shard_after_the_grace_keeping_its_finished_li
         second = live.start_worker(concurrency=1)
         assert_complete(live, batch_id, [line["custom_id"] for line in lines])
         time.sleep(1)  # the second worker's last stats
-        rerun = worker_stats(live.redis, live.settings.key_prefix, second.name)
+        rerun = worker_stats(live.redis, live.settings.redis.key_prefix, second.name)
         print(f"stopped {stopped_after_s:.1f} s after SIGTERM; rerun {rerun['num_submitted']:.0f}")
         assert stopped_after_s < 15, stopped_after_s
         assert 1 <= rerun["num_submitted"] <= 48 - 8, rerun
@@ -234,7 +236,7 @@ def test_engine_exception_fails_only_the_marked_lines(
         after = long_lines("after", 4, max_tokens=4)
         assert_complete(live, submit(live, after), [line["custom_id"] for line in after])
         assert worker.process.poll() is None, "the worker stays up"
-        stats = worker_stats(live.redis, live.settings.key_prefix, worker.name)
+        stats = worker_stats(live.redis, live.settings.redis.key_prefix, worker.name)
         if crash_at == "step":
             assert stats["num_culprits"] == 4, stats
             assert stats["num_failed_steps"] >= 4, stats

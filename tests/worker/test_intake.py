@@ -10,7 +10,7 @@ import redis
 from infra.harness.service import REDIS_URL
 from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.routing import ModelRouter
-from jobs.service_settings import PRIORITY_STEPS
+from jobs.settings_sections import PRIORITY_STEPS
 from worker.engine_load import EngineLoad
 from worker.intake import ShardIntake
 from worker.queue_probe import QueueProbe

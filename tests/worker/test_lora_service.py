@@ -86,7 +86,7 @@ def lines_for(model: str) -> list[dict[str, Any]]:
 def offline_answers(stack: Stack, base_dir: Path) -> dict[str, list[str]]:
     """Each good adapter's (and the base model's) offline greedy answers, with the same
     ``LoRARequest`` the worker builds from the settings."""
-    requests = adapter_requests(stack.settings.lora_adapters, BASE)
+    requests = adapter_requests(stack.settings.serving.lora_adapters, BASE)
     llm = LLM(model=str(base_dir), enable_lora=True, max_loras=2, max_lora_rank=16)
     chats = [[{"role": "user", "content": p}] for p in PROMPTS]
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
@@ -103,7 +103,7 @@ def test_adapter_batches_match_offline_greedy_and_name_the_adapter(
     client = live.client()
     listed = {m.id: (m.model_extra or {}).get("parent") for m in client.models.list().data}
     assert listed == {BASE: None, **{name: BASE for name in [*GOOD, *BAD]}}
-    [worker] = WorkerRegistry(live.redis, live.settings.key_prefix).live()
+    [worker] = WorkerRegistry(live.redis, live.settings.redis.key_prefix).live()
     assert (worker.model, worker.adapters) == (BASE, sorted([*GOOD, *BAD]))
     batch_ids = {name: create_chat_batch(client, lines_for(name)) for name in (BASE, *GOOD)}
     expected = offline_answers(live, deployment["base"])

@@ -20,7 +20,7 @@ from infra.harness.batches import chat_line, create_chat_batch, result_lines, wa
 from infra.harness.stack import Stack
 from infra.harness.tiny_models import build_tiny_chat_model
 from infra.harness.workers import worker_stats
-from jobs.pipeline.dispatch import ShardDispatcher
+from jobs.connections import open_dispatcher
 from tests.worker.conftest import StackOpener
 
 pytestmark = pytest.mark.slow
@@ -88,9 +88,7 @@ def test_each_batch_runs_only_on_its_models_worker(
     }
     # A stray message for A's shard in B's queue: B forwards it rather than run it.
     settings = pools.settings
-    stray = ShardDispatcher(
-        settings.resolved_broker_url, settings.model_router(), settings.broker_transport_options()
-    )
+    stray = open_dispatcher(settings)
     try:
         queue_b = settings.model_router().queue_of(MODEL_B)
         stray.send_to(queue_b, batch_ids[MODEL_A], 0, priority=5)
@@ -113,7 +111,9 @@ def test_each_batch_runs_only_on_its_models_worker(
     while "belongs to another model" not in worker_b.log_tail(100_000):
         assert time.monotonic() < deadline, worker_b.log_tail()
         time.sleep(0.2)
-    stats = [worker_stats(pools.redis, pools.settings.key_prefix, w.name) for w in pools.workers]
+    stats = [
+        worker_stats(pools.redis, pools.settings.redis.key_prefix, w.name) for w in pools.workers
+    ]
     assert [s["num_batches_served"] for s in stats] == [1.0, 1.0]
 
 
@@ -141,7 +141,7 @@ def test_a_batch_for_an_unserved_model_waits_says_so_and_expires(pools: Stack) -
     time.sleep(2)  # it waits: no worker takes its shards
     assert client.batches.retrieve(batch_id).request_counts.completed == 0  # type: ignore[union-attr]
     # The API accepts windows of whole hours: move this batch's deadline to now instead.
-    key = f"{pools.settings.key_prefix}:batch:{batch_id}"
+    key = f"{pools.settings.redis.key_prefix}:batch:{batch_id}"
     pools.redis.hset(key, "expires_at", int(time.time()))
     expired = wait_batch(client, batch_id, {"expired"}, timeout_s=60)
     outputs, errors = result_lines(client, expired)

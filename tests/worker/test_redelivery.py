@@ -36,7 +36,10 @@ def test_sigkill_mid_batch_then_new_worker_completes(short_timeout_stack: Stack)
     # Kill while the first shards' requests are inside the engine, before any finished.
     deadline = time.monotonic() + 120
     while (
-        worker_stats(stack.redis, stack.settings.key_prefix, first.name).get("num_submitted", 0) < 1
+        worker_stats(stack.redis, stack.settings.redis.key_prefix, first.name).get(
+            "num_submitted", 0
+        )
+        < 1
     ):
         assert time.monotonic() < deadline, first.log_tail()
         time.sleep(0.05)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from jobs.settings import Settings
 from worker.celeryconfig import celery_config
-from worker.settings import WorkerSettings
 from worker.tasks import RETRY_BACKOFF_MAX_S, retry_countdown
 
 
@@ -17,4 +17,4 @@ def test_retry_countdowns_double_and_stay_under_half_the_visibility_timeout() ->
 
 
 def test_a_long_broker_outage_never_makes_the_worker_give_up() -> None:
-    assert celery_config(WorkerSettings())["broker_connection_max_retries"] is None
+    assert celery_config(Settings())["broker_connection_max_retries"] is None

@@ -68,7 +68,7 @@ def test_chat_batch_matches_offline_engine(stack: Stack) -> None:
 
 
 def test_four_batches_share_engine_steps(stack: Stack) -> None:
-    before = worker_stats(stack.redis, stack.settings.key_prefix, stack.workers[0].name)
+    before = worker_stats(stack.redis, stack.settings.redis.key_prefix, stack.workers[0].name)
     batch_ids = [
         submit(
             stack,
@@ -92,7 +92,7 @@ def test_four_batches_share_engine_steps(stack: Stack) -> None:
         outputs, errors = result_lines(client, batch)
         assert len(outputs) == 6 and not errors
     time.sleep(1)  # one more stats publication
-    after = worker_stats(stack.redis, stack.settings.key_prefix, stack.workers[0].name)
+    after = worker_stats(stack.redis, stack.settings.redis.key_prefix, stack.workers[0].name)
     assert after["num_multi_batch_steps"] > before.get("num_multi_batch_steps", 0)
     assert after["max_batches_in_step"] >= 2
     assert after["num_batches_served"] - before.get("num_batches_served", 0) >= 4
@@ -137,7 +137,7 @@ def test_expiry_ends_a_running_batch(stack: Stack) -> None:
     wait_progress(stack, batch_id, completed=2)
     # The API accepts windows of whole hours: move this batch's deadline to now instead.
     stack.redis.hset(
-        f"{stack.settings.key_prefix}:batch:{batch_id}", "expires_at", int(time.time())
+        f"{stack.settings.redis.key_prefix}:batch:{batch_id}", "expires_at", int(time.time())
     )
     client = stack.client()
     batch = wait_batch(client, batch_id, {"expired"}, timeout_s=30)

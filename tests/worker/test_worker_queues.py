@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.cli import build_parser
+from jobs.settings import Settings
 from worker.celeryconfig import celery_config
-from worker.settings import WorkerSettings
+from worker.settings import consumed_queues, served_name
 
 
 def test_the_served_name_is_the_flag_else_the_models_entry_else_the_directory(
@@ -14,17 +15,22 @@ def test_the_served_name_is_the_flag_else_the_models_entry_else_the_directory(
 ) -> None:
     held = tmp_path / "weights-v2"
     models = {"chat": str(held), "other": str(tmp_path / "other")}
-    assert WorkerSettings(worker_model=str(held), models=models).served_name() == "chat"
-    named = WorkerSettings(worker_model=str(held), models=models, worker_served_name="x")
-    assert named.served_name() == "x"
-    assert WorkerSettings(worker_model=str(held)).served_name() == "weights-v2"
+    chosen = Settings.from_flat({"worker_model": str(held), "models": models})
+    assert served_name(chosen) == "chat"
+    named = chosen.updated(worker_served_name="x")
+    assert served_name(named) == "x"
+    assert served_name(Settings.from_flat({"worker_model": str(held)})) == "weights-v2"
 
 
 def test_a_worker_consumes_housekeeping_and_its_models_queue_only(tmp_path: Path) -> None:
-    settings = WorkerSettings(
-        worker_model=str(tmp_path / "m"), shard_queue="kv.shards", models={"a": "/a", "b": "/b"}
+    settings = Settings.from_flat(
+        {
+            "worker_model": str(tmp_path / "m"),
+            "shard_queue": "kv.shards",
+            "models": {"a": "/a", "b": "/b"},
+        }
     )
-    assert settings.consumed_queues() == ["kv.shards", "kv.shards.m"]
+    assert consumed_queues(settings) == ["kv.shards", "kv.shards.m"]
     queues = celery_config(settings)["task_queues"]
     assert [(q.name, q.exchange.name, q.routing_key) for q in queues] == [
         ("kv.shards", "kv.shards", "kv.shards"),

@@ -1,36 +1,11 @@
-"""Random paged-attention batches: shuffled block tables over a cache with spare blocks."""
+"""Random paged-attention batches (shuffled block tables over a cache with spare blocks), for
+the kernel tests and the attention benchmark alike."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(slots=True)
-class PagedBatch:
-    query: torch.Tensor  # [num_tokens, num_heads, head_size]
-    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
-    v_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size]
-    block_table: torch.Tensor  # [num_reqs, max_blocks_per_req] int32
-    query_start_loc: torch.Tensor  # [num_reqs + 1] int32
-    seq_lens: torch.Tensor  # [num_reqs] int32
-    max_query_len: int
-    max_seq_len: int
-    scale: float
-
-    def args(self) -> tuple:
-        return (
-            self.query,
-            self.k_cache,
-            self.v_cache,
-            self.block_table,
-            self.query_start_loc,
-            self.seq_lens,
-            self.max_query_len,
-            self.max_seq_len,
-            self.scale,
-        )
+from kernels.attention import PagedAttentionInputs
 
 
 def make_batch(
@@ -44,7 +19,7 @@ def make_batch(
     dtype: torch.dtype = torch.float32,
     device: torch.device,
     first_block: int = 0,
-) -> PagedBatch:
+) -> PagedAttentionInputs:
     """Requests get random distinct blocks from ``[first_block, first_block + needed + 8)``.
 
     Blocks below ``first_block`` are allocated but never written or read, which puts the used
@@ -73,7 +48,7 @@ def make_batch(
     for q in q_lens:
         starts.append(starts[-1] + q)
     query = torch.randn(starts[-1], num_heads, head_size, device=device).to(dtype)
-    return PagedBatch(
+    return PagedAttentionInputs(
         query=query,
         k_cache=k_cache,
         v_cache=v_cache,
