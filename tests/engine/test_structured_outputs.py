@@ -20,8 +20,10 @@ from engine import (
     StructuredOutputsError,
     StructuredOutputsParams,
 )
-from engine.grammar import GrammarCache
+from engine.block_pool import KVBlock
+from engine.grammar import GrammarCache, StructuredOutputs
 from engine.outputs import RequestOutput
+from engine.request import Request
 from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
 MAX_TOKENS = {"review": 60, "invoice": 130, "staff": 60}
@@ -125,11 +127,31 @@ def test_preemption_and_prefix_cache_hits_keep_outputs(smollm2_dir: Path, smol: 
     reference = [o.outputs[0] for o in smol.chat(chats, params, use_tqdm=False)]
 
     tight = LLM(str(smollm2_dir), dtype="float32", device="cpu", block_size=16, num_kv_blocks=14)
+    scheduler = tight.engine.scheduler
+    preempt, lookup = scheduler._preempt, scheduler.kv_cache.get_computed_blocks
+    preempted_at: list[int] = []  # output tokens of each request when it was preempted
+    resumed_hits: list[int] = []  # cached blocks found by requests that had output tokens
+
+    def watched_preempt(request: Request) -> None:
+        preempted_at.append(request.num_output_tokens)
+        preempt(request)
+
+    def watched_lookup(request: Request) -> list[KVBlock]:
+        hits = lookup(request)
+        if request.num_output_tokens:
+            resumed_hits.append(len(hits))
+        return hits
+
+    scheduler._preempt = watched_preempt  # type: ignore[method-assign]
+    scheduler.kv_cache.get_computed_blocks = watched_lookup  # type: ignore[method-assign]
     first = tight.chat(chats[:2], params[:2], use_tqdm=False)  # cached prompt blocks for later
     rest = tight.chat(chats, params, use_tqdm=False)
     stats = tight.engine.stats
-    assert stats.num_preemptions > 0
     assert stats.prefix_cache_hits > 0
+    # Requests were preempted mid-generation, and came back to prefix-cache hits on blocks
+    # that hold their prompt and output tokens; their matchers carried on from there.
+    assert preempted_at and max(preempted_at) > 0, preempted_at
+    assert resumed_hits and max(resumed_hits) > 0, resumed_hits
     for got in ([o.outputs[0] for o in first], [o.outputs[0] for o in rest]):
         for answer, expected in zip(got, reference, strict=False):
             assert answer.token_ids == expected.token_ids
@@ -182,6 +204,7 @@ def test_samples_seeds_logprobs_and_stop_strings(smol: LLM) -> None:
     params.temperature = 0.9
     once, again = (smol.chat([extraction_messages(doc)], params, use_tqdm=False)[0] for _ in "ab")
     assert [o.token_ids for o in once.outputs] == [o.token_ids for o in again.outputs]
+    assert len({tuple(o.token_ids) for o in once.outputs}) > 1  # each sample its own way
     for sample in once.outputs:
         if sample.finish_reason == "stop":
             jsonschema.validate(json.loads(sample.text), SCHEMAS["staff"])
@@ -221,20 +244,25 @@ def test_max_tokens_cut_is_a_length_finish(smol: LLM) -> None:
         json.loads(out.text)
 
 
-def test_rollback_restores_the_mask(smol: LLM) -> None:
+def _staff_requests(smol: LLM, *request_ids: str) -> tuple[StructuredOutputs, list[Request]]:
+    """Staff-schema requests added to ``smol``'s engine, their grammar compiled, not stepped."""
     engine = smol.engine
     structured = engine.structured
     assert structured is not None
-    tokenizer = smol.get_tokenizer()
     params = _schema_params("staff")
     assert params.structured_outputs is not None
     structured.cache.get(params.structured_outputs).result(timeout=120)  # compiled: no wait
-    prompt = tokenizer.apply_chat_template(extraction_messages(DOCUMENTS[-1]))
-    engine.add_request("rollback", prompt, params)
-    (request,) = engine.scheduler.requests.values()
+    prompt = smol.get_tokenizer().apply_chat_template(extraction_messages(DOCUMENTS[-1]))
+    for request_id in request_ids:
+        engine.add_request(request_id, prompt, params)
+    return structured, list(engine.scheduler.requests.values())
+
+
+def test_rollback_restores_the_mask(smol: LLM) -> None:
+    structured, (request,) = _staff_requests(smol, "rollback")
     before = structured.fill_bitmask([request])
     assert before is not None
-    for token_id in tokenizer.encode('{"name": "A', add_special_tokens=False):
+    for token_id in smol.get_tokenizer().encode('{"name": "A', add_special_tokens=False):
         request.append_token(token_id)
         structured.accept(request, token_id)
     advanced = structured.fill_bitmask([request])
@@ -245,7 +273,25 @@ def test_rollback_restores_the_mask(smol: LLM) -> None:
     assert after is not None and torch.equal(after.bitmask, before.bitmask)
     with pytest.raises(ValueError, match="cannot roll back"):
         structured.rollback(request.request_id, 1)
-    engine.abort_request("rollback")
+    smol.engine.abort_request("rollback")
+
+
+def test_a_matcher_out_of_step_is_rebuilt_from_the_output_tokens(smol: LLM) -> None:
+    """Tokens that reached a request without passing its matcher (a rerun from scratch)
+    leave it behind; the next mask is that of a matcher fed the output tokens."""
+    structured, (stepped, behind) = _staff_requests(smol, "stepped", "behind")
+    fresh = structured.fill_bitmask([behind])
+    tokenizer = smol.get_tokenizer()
+    for token_id in tokenizer.encode('{"name": "Ann", "age": 4', add_special_tokens=False):
+        stepped.append_token(token_id)
+        structured.accept(stepped, token_id)
+        behind.append_token(token_id)  # the matcher never saw it
+    masks = structured.fill_bitmask([stepped, behind])
+    assert fresh is not None and masks is not None and masks.rows == [0, 1]
+    assert torch.equal(masks.bitmask[1], masks.bitmask[0])
+    assert not torch.equal(masks.bitmask[1], fresh.bitmask[0])
+    for request_id in ("stepped", "behind"):
+        smol.engine.abort_request(request_id)
 
 
 def test_a_compiling_grammar_does_not_hold_up_the_batch(smol: LLM) -> None:
@@ -366,3 +412,8 @@ def test_grammar_cache_compiles_once_per_schema_and_keeps_the_recent_ones(smol: 
     again.result(timeout=60)
     assert cache.get(c) is cache.get(c)
     assert (cache.stats.num_compiles, cache.stats.num_cache_hits) == (4, 3)
+    # The key is the canonical schema: key order and JSON text vs object do not matter.
+    staff = SCHEMAS["staff"]
+    reordered = json.dumps(dict(reversed(staff.items())), indent=2)
+    assert StructuredOutputsParams(json=staff).key == StructuredOutputsParams(json=reordered).key
+    assert StructuredOutputsParams(json=staff).key != StructuredOutputsParams(json_object=True).key
