@@ -18,6 +18,7 @@ from api.routers.health import router as health_router
 from engine.config import EngineConfig
 from infra.cli import build_parser
 from jobs.settings import Settings, env_names
+from jobs.settings_sections import WorkerSection
 from worker.settings import consumed_queues, served_name
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -214,7 +215,7 @@ def test_worker_metrics_are_on_in_every_launcher(
     """``kvbatch worker`` alone serves its engine metrics on loopback; the Compose and
     Kubernetes workers serve them to their private network on the port Prometheus scrapes
     (``kvbatch up`` and ``demo``: tests/infra/test_up.py)."""
-    defaults = WorkerSettings.model_fields
+    defaults = WorkerSection.model_fields
     assert (defaults["metrics_port"].default, defaults["metrics_host"].default) == (
         9300,
         "127.0.0.1",
