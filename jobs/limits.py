@@ -11,7 +11,9 @@ class Limits:
 
     max_requests_per_file: int = 50_000
     max_file_bytes: int = 200_000_000
-    max_line_bytes: int = 2_000_000
+    # A line may hold a large schema or document: 16 MB leaves a 10 MB JSON schema to the
+    # schema bound (a 400 line) instead of failing the whole file.
+    max_line_bytes: int = 16_000_000
     max_n: int = 8
     max_tokens: int = 4096
     max_stop_sequences: int = 4

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from engine.lora_request import LoRARequest
+from jobs.limits import Limits
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.shards import shard_key
@@ -64,7 +65,7 @@ class ShardBusy(Exception):
 class ShardLimits:
     max_deliveries: int = 5
     lease_s: int = 30
-    max_line_bytes: int = 2_000_000
+    max_line_bytes: int = Limits().max_line_bytes
     commit: CommitPolicy = field(default_factory=CommitPolicy)
 
 

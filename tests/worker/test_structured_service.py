@@ -19,8 +19,6 @@ from tests.worker.service import assert_each_once
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = {"review": 60, "invoice": 130, "staff": 60}
-BIG_LINE_BYTES = 12_000_000  # room for a 10 MB schema, which the schema bound then refuses
-STACK_SETTINGS = {"max_line_bytes": BIG_LINE_BYTES}  # read by the module's ``stack`` fixture
 
 
 def _line(custom_id: str, url: str = "/v1/chat/completions", **body: Any) -> dict[str, Any]:
