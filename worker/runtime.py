@@ -13,16 +13,13 @@ import socket
 import threading
 from typing import Any
 
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from engine.llm_engine import LLMEngine
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.dispatch import ShardDispatcher
 from jobs.pipeline.fair_dispatch import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.watchdog import ShardWatchdog
-from jobs.service_settings import check_redis_policies, open_redis, open_storage
+from jobs.service_settings import check_redis_policies, end_ride_out, open_redis, open_storage
 from jobs.state.checkpoints import CommitPolicy
 from jobs.state.shard_ledger import ShardLedger, StopReason
 from jobs.state.store import JobStore
@@ -189,7 +186,7 @@ class WorkerRuntime:
         engine's threads alive by raising before they are stopped.
         """
         self.host.close()
-        self.redis.set_retry(Retry(NoBackoff(), 0))
+        end_ride_out(self.redis)  # the stats thread may be riding one out right now
         for part in (self.publisher, self.queue_probe, self.dispatcher, self.storage, self.redis):
             try:
                 part.close()
