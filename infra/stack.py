@@ -105,7 +105,14 @@ class LocalStack:
         for process in reversed([p for p in self.processes if wanted(p)]):
             self.processes.remove(process)
             code = process.stop()
-            self.console.print(f"[dim]stopped {process.name} (pid {process.pid}, status {code})")
+            if code is None:
+                self.console.print(
+                    f"[red]{process.name} (pid {process.pid}) outlived SIGKILL; left behind"
+                )
+            else:
+                self.console.print(
+                    f"[dim]stopped {process.name} (pid {process.pid}, status {code})"
+                )
 
     def _check_ports(self) -> None:
         for name, port in (("API", self.config.api_port), ("Flower", self.config.flower_port)):

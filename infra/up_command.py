@@ -77,16 +77,24 @@ class _Stop(Exception):
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM into :class:`_Stop` and SIGINT into KeyboardInterrupt, then restore."""
+    """Turn SIGTERM into :class:`_Stop` and SIGINT into KeyboardInterrupt, then restore.
+
+    SIGINT is installed explicitly, not left to Python's default: a shell starts a
+    background job (``kvbatch up &`` in a script, a test runner started that way) with
+    SIGINT ignored, Python keeps an ignored SIGINT as it found it, and ``up`` would then
+    never stop on the Ctrl-C it promises to stop on.
+    """
 
     def raise_stop(signum: int, frame: FrameType | None) -> None:
         raise _Stop(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, raise_stop)
+    previous_term = signal.signal(signal.SIGTERM, raise_stop)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def ignore_signals() -> None:

@@ -59,6 +59,30 @@ def open_dispatcher(settings: Settings) -> ShardDispatcher:
     )
 
 
+class RideOut(Retry):
+    """The retry policy of an :func:`open_redis` client: one object for all its connections.
+
+    redis-py copies a client's ``Retry`` into each connection, so a policy replaced later
+    (``set_retry``) reaches only commands not yet started, and a thread already riding out
+    an outage goes on for up to ``redis_ride_out_s``. Shared, :meth:`end` stops those too.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RideOut:
+        return self
+
+    def end(self) -> None:
+        """Every command from now on, and every one riding out an outage right now (on any
+        thread), fails at its next failed attempt: for a process that is shutting down."""
+        self.update_retries(0)
+
+
+def end_ride_out(client: redis.Redis) -> None:
+    """Stop ``client`` (from :func:`open_redis`) riding out outages; see :class:`RideOut`."""
+    retry = client.get_retry()
+    assert isinstance(retry, RideOut), "a client from open_redis"
+    retry.end()
+
+
 def open_redis(settings: Settings) -> redis.Redis:
     """A Redis client that rides out a restart of Redis instead of failing at once.
 
@@ -77,7 +101,7 @@ def open_redis(settings: Settings) -> redis.Redis:
         settings.redis.redis_url,
         settings.redis.redis_sentinel_master,
         decode_responses=True,
-        retry=Retry(backoff, retries),
+        retry=RideOut(backoff, retries),
     )
 
 

@@ -13,11 +13,14 @@ import socket
 import threading
 from typing import Any
 
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from engine.llm_engine import LLMEngine
-from jobs.connections import check_redis_policies, open_dispatcher, open_redis, open_storage
+from jobs.connections import (
+    check_redis_policies,
+    end_ride_out,
+    open_dispatcher,
+    open_redis,
+    open_storage,
+)
 from jobs.pipeline.admission import priority_of
 from jobs.pipeline.fair_share import open_fair_queues
 from jobs.pipeline.finalize import BatchFinalizer
@@ -194,7 +197,7 @@ class WorkerRuntime:
         engine's threads alive by raising before they are stopped.
         """
         self.host.close()
-        self.redis.set_retry(Retry(NoBackoff(), 0))
+        end_ride_out(self.redis)  # the stats thread may be riding one out right now
         for part in (self.publisher, self.queue_probe, self.dispatcher, self.storage, self.redis):
             try:
                 part.close()

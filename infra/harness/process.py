@@ -85,14 +85,19 @@ class ManagedProcess:
             return ""
         return "\n".join(lines[-num_lines:])
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM the group, wait, then SIGKILL what is left; returns the exit status."""
+    def stop(self, timeout_s: float = 15.0, kill_timeout_s: float = 10.0) -> int | None:
+        """SIGTERM the group, wait ``timeout_s``, then SIGKILL what is left and wait
+        ``kill_timeout_s``; returns the exit status, None if the leader outlived even that.
+
+        Every wait is bounded, so a caller stopping several children always gets through
+        them all: a process in uninterruptible sleep (a hung disk or device driver) does not
+        die of SIGKILL until the kernel call returns, and that must not hang the caller.
+        """
         self._signal_group(signal.SIGTERM)
-        try:
-            code = self._popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        code = self._wait(timeout_s)
+        if code is None:
             self._signal_group(signal.SIGKILL)
-            code = self._popen.wait()
+            code = self._wait(kill_timeout_s)
         # The leader may exit before its group (beat outlives the worker by a moment).
         self._signal_group(signal.SIGKILL)
         return code
@@ -101,6 +106,12 @@ class ManagedProcess:
         """SIGKILL the whole group, as a crash would; returns the exit status."""
         self._signal_group(signal.SIGKILL)
         return self._popen.wait(timeout=timeout_s)
+
+    def _wait(self, timeout_s: float) -> int | None:
+        try:
+            return self._popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -31,14 +32,24 @@ def isolated_env(redis_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def launch(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def launch(
+    args: list[str], env: dict[str, str], log_path: Path, *, sigint_ignored: bool = False
+) -> subprocess.Popen[bytes]:
+    """``kvbatch ARGS``; ``sigint_ignored`` starts it as a shell starts a background job
+    without job control (``kvbatch up &`` in a script): with SIGINT ignored."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "infra.cli", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_ignore_sigint if sigint_ignored else None,
         )
+
+
+def _ignore_sigint() -> None:
+    """Runs in the child before exec; an ignored signal stays ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def wait_for_line(

@@ -101,6 +101,29 @@ def test_up_leaves_a_redis_it_did_not_start_alone(tmp_path: Path, smollm2_dir: P
         theirs.wait(timeout=10)
 
 
+def test_up_stops_on_sigint_even_when_started_with_it_ignored(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """``kvbatch up &`` in a script (or a test run started that way) inherits SIGINT ignored,
+    and Python leaves it so: ``up`` must still stop everything, Redis last, on SIGINT."""
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    args = ["up", "--port", str(free_port()), "--no-flower", "--var-dir", str(tmp_path / "var")]
+    args += ["--model", str(tiny_model_dirs["llama"])]
+    log = tmp_path / "up.log"
+    up = launch(args, isolated_env(redis_url), log, sigint_ignored=True)
+    try:
+        wait_for_line(up, log, READY, timeout_s=300)
+        stop_and_check(up, signal.SIGINT, descendants(up.pid))
+    finally:
+        if up.poll() is None:
+            up.kill()
+    stopped = [
+        line.split()[1] for line in log.read_text().splitlines() if line.startswith("stopped ")
+    ]
+    assert stopped == ["worker", "api", "redis"]
+    assert not redis_answers(redis_url)
+
+
 def test_up_says_how_to_install_redis_when_it_must_start_one(
     tmp_path: Path, tiny_model_dirs: dict[str, Path]
 ) -> None:
