@@ -4,7 +4,7 @@ by 400 lines in the error file (body-level problems, as OpenAI does); never a 5x
 dead worker.
 
 tests/api/test_bad_input.py covers the field-by-field table; this adds the byte-level and
-size-level hostility (BOM, CRLF, truncation, 10 MB lines, deep nesting, giant numbers,
+size-level hostility (BOM, CRLF, truncation, 17 MB lines, deep nesting, giant numbers,
 prompts longer than the model's context) with a worker behind the API.
 """
 
@@ -60,8 +60,8 @@ CORPUS: list[tuple[str, bytes, str, str | None]] = [
     ),
     ("NUL bytes", GOOD + b"\n\x00\x00\x00\n", "failed", "invalid_json_line"),
     (
-        "10 MB line",
-        GOOD + b"\n" + b'{"custom_id": "' + b"x" * 10_000_000 + b'"}\n',
+        "17 MB line",
+        GOOD + b"\n" + b'{"custom_id": "' + b"x" * 17_000_000 + b'"}\n',
         "failed",
         "line_too_long",
     ),

@@ -55,6 +55,15 @@ def queue_depth(stack: Stack) -> int:
         probe.close()
 
 
+def shards_done(stack: Stack, batch_id: str) -> int:
+    """Shards of 8 lines whose every line the ledger counts as answered."""
+    key = f"{stack.settings.redis.key_prefix}:shard_counts:{batch_id}"
+    counts: dict[str, str] = stack.redis.hgetall(key)  # type: ignore[assignment]
+    return sum(
+        1 for field, value in counts.items() if field.endswith(":completed") and int(value) >= 8
+    )
+
+
 def stats(stack: Stack, worker: WorkerProcess) -> dict[str, float]:
     return worker_stats(stack.redis, stack.settings.redis.key_prefix, worker.name)
 
@@ -83,16 +92,21 @@ def test_a_full_worker_leaves_shards_in_the_queue_and_a_second_worker_runs_them(
         os.killpg(first.process.pid, signal.SIGSTOP)
         try:
             left_in_queue = queue_depth(stack)
+            done = shards_done(stack, batch_id)
             second = stack.start_worker(concurrency=None)
         finally:
             os.killpg(first.process.pid, signal.SIGCONT)
-        assert left_in_queue >= 12 - 3 - 3, "three shards done and at most three held"
+        # The ledger, not the stats published every 0.3 s: a fast machine may finish a
+        # fourth shard between the last stats read and the freeze.
+        assert left_in_queue >= 12 - done - 3, "the shards done, at most three held, the rest"
+        assert left_in_queue >= 2, "work left for a second worker"
         batch = wait_batch(stack.client(), batch_id, {"completed", "failed"}, timeout_s=180)
         assert batch.status == "completed", batch
         outputs, errors = result_lines(stack.client(), batch)
         assert_each_once([line["custom_id"] for line in lines], outputs, errors)
         assert not errors
-        assert stats(stack, second)["intake_shards_taken"] >= 2, "the second worker got work"
+        # At least one: the resumed first worker may win the race for the last shards.
+        assert stats(stack, second)["intake_shards_taken"] >= 1, "the second worker got work"
         first_stats = stats(stack, first)
         assert first_stats["engine_capacity"] == 8
         assert first_stats["intake_watermark"] == 16

@@ -152,10 +152,11 @@ def test_a_rerun_computes_only_the_lines_its_killed_run_had_not_finished(
 ) -> None:
     """One 20-line shard on an engine of 2 sequences (lines finish two by two), committing
     every line: SIGKILL once 18 lines are counted (90 %); the rerun runs only the 2 that
-    were in the engine. (benchmarks/checkpoint_rerun.py measures the shipped settings.)"""
+    were in the engine. Lines of 64 tokens leave the kill 64 steps to land in, even on a
+    fast machine. (benchmarks/checkpoint_rerun.py measures the shipped settings.)"""
     knobs = {"shard_size": 20, "engine_max_num_seqs": 2, "shard_commit_lines": 1}
     with fast_stack(**stack_parts, **knobs) as live:  # type: ignore[arg-type]
-        lines = long_lines("p", 20)
+        lines = long_lines("p", 20, max_tokens=64)
         batch_id = submit(live, lines)
         first = live.start_worker(concurrency=1)
         wait_shard_count(live, batch_id, 18, first)
@@ -163,7 +164,7 @@ def test_a_rerun_computes_only_the_lines_its_killed_run_had_not_finished(
         second = live.start_worker(concurrency=1)
         assert_complete(live, batch_id, [line["custom_id"] for line in lines])
         usage = live.client().batches.retrieve(batch_id).usage
-        assert usage is not None and usage.output_tokens == 24 * 20, "tokens counted once"
+        assert usage is not None and usage.output_tokens == 64 * 20, "tokens counted once"
         time.sleep(1)  # the second worker's last stats
         rerun = worker_stats(live.redis, live.settings.redis.key_prefix, second.name)
         assert 1 <= rerun["num_submitted"] <= 2, rerun
