@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from infra.harness.sentinel import SentinelGroup
 from jobs.connections import redis_client
 from tests.reliability.conftest import fast_stack, long_lines, submit
 from tests.reliability.test_worker_faults import assert_complete, wait_submitted
+from tests.worker.conftest import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +43,23 @@ def test_master_killed_mid_batch_the_replica_takes_over_and_the_batch_completes(
             while group.master_port() != group.replica.port:
                 assert time.monotonic() < deadline, "no failover"
                 time.sleep(0.2)
+            wait_api_follows(stack, batch_id)
             assert_complete(stack, batch_id, [line["custom_id"] for line in lines])
             assert worker.process.poll() is None, "the worker followed the new master"
     finally:
         client.close()
         group.stop()
+
+
+def wait_api_follows(stack: Stack, batch_id: str) -> None:
+    """Until the API answers again: its own sentinel client may find no master for a moment
+    after this test's client saw the promotion, and answers 503 ("retry shortly") meanwhile,
+    as a client should expect during a failover."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            stack.client().batches.retrieve(batch_id)
+            return
+        except openai.InternalServerError as err:
+            assert err.status_code == 503 and time.monotonic() < deadline, err
+            time.sleep(0.5)
