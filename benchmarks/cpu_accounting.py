@@ -18,13 +18,13 @@ Usage: python -m benchmarks.cpu_accounting --requests 256 --max-tokens 32 --roun
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.common import parse_options
 from benchmarks.engine_full import DEFAULT_SHARD_SIZE, WorkerStats, prompts, worker
 from benchmarks.service_vs_offline import lines, run_offline, run_service
 from engine import LLM, SamplingParams
@@ -109,13 +109,9 @@ def redis_pid() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--poll-s", type=float, default=0.2)
-    parser.add_argument("--stats-interval-s", type=float, default=0.25)
-    args = parser.parse_args()
+    args = parse_options(
+        __doc__, requests=256, max_tokens=32, rounds=2, poll_s=0.2, stats_interval_s=0.25
+    )
     n, mt = args.requests, args.max_tokens
     llm = LLM(model=str(SMOLLM2))
     llm.chat(
