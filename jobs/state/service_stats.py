@@ -4,7 +4,7 @@
     P:stats:finished       hash  model \\x1f tenant \\x1f field -> total over finished batches
                                  fields: batches, completed, failed, input_tokens,
                                  cached_tokens, output_tokens, duration_s
-    P:stats:webhooks       hash  tenant \x1f outcome -> webhook delivery attempts
+    P:stats:webhooks       hash  tenant \\x1f outcome -> webhook delivery attempts
                                  outcomes: delivered, retried, given_up
     broker queue lists     one per priority step: queue, queue\\x06\\x16{1..9} (kombu's names)
 
