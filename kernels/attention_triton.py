@@ -199,7 +199,8 @@ def attention_tiles(
     return AttentionTiles(block_m, tile_n, head_pad, num_warps)
 
 
-def _check_inputs(batch: PagedAttentionInputs) -> None:
+def _check_inputs(batch: PagedAttentionInputs) -> dict[str, torch.Tensor]:
+    """Raise on what the kernel cannot read; return its pointer keywords for the batch."""
     query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
     block_table, seq_lens = batch.block_table, batch.seq_lens
     query_start_loc = batch.query_start_loc
@@ -211,8 +212,10 @@ def _check_inputs(batch: PagedAttentionInputs) -> None:
     for name, t in (("block_table", block_table), ("query_start_loc", query_start_loc)):
         checks.check_dtype(name, t, checks.INDEX_DTYPES)
     checks.check_dtype("seq_lens", seq_lens, checks.INDEX_DTYPES)
-    checks.check_same_device(query=query, k_cache=k_cache, v_cache=v_cache, block_table=block_table)
-    checks.check_same_device(query=query, query_start_loc=query_start_loc, seq_lens=seq_lens)
+    tensors = checks.pointers(
+        query=query, k_cache=k_cache, v_cache=v_cache, block_table=block_table
+    )
+    tensors |= checks.pointers(query=query, query_start_loc=query_start_loc, seq_lens=seq_lens)
     if k_cache.dtype != query.dtype or v_cache.dtype != query.dtype:
         raise ValueError(f"caches ({k_cache.dtype}, {v_cache.dtype}) must match {query.dtype}")
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
@@ -228,6 +231,7 @@ def _check_inputs(batch: PagedAttentionInputs) -> None:
     checks.check_shape("seq_lens", seq_lens, (num_reqs,))
     checks.check_unit_stride("query", query)
     checks.check_unit_stride("k_cache", k_cache)
+    return tensors
 
 
 def paged_attention_triton(
@@ -242,10 +246,8 @@ def paged_attention_triton(
     the program so each K/V tile is loaded once for all of them. ``max_query_len`` sizes the
     tile rows and ``max_seq_len`` the key tile; neither needs to be exact for correctness.
     """
-    _check_inputs(batch)
-    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
-    block_table, seq_lens = batch.block_table, batch.seq_lens
-    query_start_loc, scale = batch.query_start_loc, batch.scale
+    tensors = _check_inputs(batch)
+    query, k_cache, block_table = batch.query, batch.k_cache, batch.block_table
     num_tokens, num_heads, head_size = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     num_reqs = block_table.shape[0]
@@ -258,14 +260,9 @@ def paged_attention_triton(
     grid = (num_tokens // block_q + num_reqs, num_kv_heads)
     _paged_attention_kernel[grid](
         out_ptr=out,
-        query_ptr=query,
-        k_cache_ptr=k_cache,
-        v_cache_ptr=v_cache,
-        block_table_ptr=block_table,
-        query_start_loc_ptr=query_start_loc,
-        seq_lens_ptr=seq_lens,
+        **tensors,
         num_reqs=num_reqs,
-        qk_scale=scale * math.log2(math.e),
+        qk_scale=batch.scale * math.log2(math.e),
         **checks.strides(out, "ot oh"),
         **checks.strides(query, "qt qh"),
         **checks.strides(k_cache, "cb cs ch"),

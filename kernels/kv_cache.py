@@ -102,8 +102,8 @@ def store_kv_cache_triton(
     checks.check_dtype("key", key, checks.FLOAT_DTYPES)
     checks.check_dtype("k_cache", k_cache, checks.FLOAT_DTYPES)
     checks.check_dtype("slot_mapping", slot_mapping, checks.INDEX_DTYPES)
-    checks.check_same_device(
-        key=key, value=value, k_cache=k_cache, v_cache=v_cache, slots=slot_mapping
+    tensors = checks.pointers(
+        key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping
     )
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
         raise ValueError("k_cache and v_cache must have the same shape and strides")
@@ -115,11 +115,7 @@ def store_kv_cache_triton(
     if num_tokens == 0:
         return
     _store_kv_cache_kernel[(num_tokens,)](
-        key_ptr=key,
-        value_ptr=value,
-        k_cache_ptr=k_cache,
-        v_cache_ptr=v_cache,
-        slot_mapping_ptr=slot_mapping,
+        **tensors,
         **checks.strides(key, "kt kh"),
         **checks.strides(value, "vt vh"),
         **checks.strides(k_cache, "cb cs ch"),

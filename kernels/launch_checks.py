@@ -1,7 +1,8 @@
 """Input checks shared by the Triton launchers: bad tensors raise ``ValueError`` before launch.
 
 A kernel handed a wrong dtype or a strided last dimension would not fail; it would read the
-wrong bytes. So every launcher validates what it cannot handle and says which argument is wrong.
+wrong bytes. So every launcher validates what it cannot handle and says which argument is wrong,
+and builds its launch keywords (``pointers``, ``strides``) from the tensors it checked.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 def check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {shape}")
+
+
+def pointers(**tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A launcher's pointer keywords, one per tensor, once they are known to share a device:
+    ``pointers(key=key, k_cache=k_cache)`` is ``{"key_ptr": key, "k_cache_ptr": k_cache}``.
+    Naming each tensor once, for the check and the launch both, leaves no argument unchecked."""
+    check_same_device(**tensors)
+    return {f"{name}_ptr": t for name, t in tensors.items()}
 
 
 def strides(t: torch.Tensor, names: str) -> dict[str, int]:

@@ -34,8 +34,9 @@ from kernels.launch_checks import (
     INDEX_DTYPES,
     check_dtype,
     check_rank,
-    check_same_device,
     check_unit_stride,
+    pointers,
+    strides,
 )
 
 
@@ -98,12 +99,28 @@ def _lora_dot(a, b, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
+def _slot_run(slot_start_ptr, slot):
+    """Where ``slot``'s run starts in ``sorted_token_ids``, and how many tokens it holds."""
+    run_start = tl.load(slot_start_ptr + slot)
+    return run_start, tl.load(slot_start_ptr + slot + 1) - run_start
+
+
+@triton.jit
+def _run_rows(sorted_token_ids_ptr, run_start, run_len, pid_m, BLOCK_M: tl.constexpr):
+    """Block ``pid_m`` of a run: its tokens' rows ``[BLOCK_M]`` int64, and which are in the run."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    mask_m = offs_m < run_len
+    rows = tl.load(sorted_token_ids_ptr + run_start + offs_m, mask=mask_m, other=0)
+    return rows.to(tl.int64), mask_m
+
+
+@triton.jit
 def _lora_shrink_kernel(
     out_ptr,  # [num_tokens, N] fp32, zeroed
     x_ptr,  # [num_tokens, K]
-    a_ptr,  # [num_slots, N, K]
-    sorted_ptr,  # [num_tokens]
-    start_ptr,  # [num_slots + 1]
+    lora_a_ptr,  # [num_slots, N, K]
+    sorted_token_ids_ptr,  # [num_tokens]
+    slot_start_ptr,  # [num_slots + 1]
     stride_x,
     stride_al,
     stride_an,
@@ -117,16 +134,13 @@ def _lora_shrink_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     slot = tl.program_id(2)
-    run_start = tl.load(start_ptr + slot)
-    run_len = tl.load(start_ptr + slot + 1) - run_start
+    run_start, run_len = _slot_run(slot_start_ptr, slot)
     if pid_m * BLOCK_M >= run_len:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    mask_m = offs_m < run_len
-    rows = tl.load(sorted_ptr + run_start + offs_m, mask=mask_m, other=0).to(tl.int64)
+    rows, mask_m = _run_rows(sorted_token_ids_ptr, run_start, run_len, pid_m, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     mask_n = offs_n < N
-    a_base = a_ptr + slot.to(tl.int64) * stride_al
+    a_base = lora_a_ptr + slot.to(tl.int64) * stride_al
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
@@ -149,10 +163,10 @@ def _lora_shrink_kernel(
 @triton.jit
 def _lora_expand_kernel(
     y_ptr,  # [num_tokens, out_features], updated in place
-    u_ptr,  # [num_tokens, S * RANK] fp32
-    b_ptr,  # [num_slots, out_features, RANK]
-    sorted_ptr,
-    start_ptr,
+    shrunk_ptr,  # [num_tokens, S * RANK] fp32
+    lora_b_ptr,  # [num_slots, out_features, RANK]
+    sorted_token_ids_ptr,
+    slot_start_ptr,
     stride_y,
     stride_bl,
     stride_bn,
@@ -170,26 +184,23 @@ def _lora_expand_kernel(
     pid_n = tl.program_id(1)
     slot = tl.program_id(2) // NUM_SHARDS
     shard = tl.program_id(2) % NUM_SHARDS
-    run_start = tl.load(start_ptr + slot)
-    run_len = tl.load(start_ptr + slot + 1) - run_start
+    run_start, run_len = _slot_run(slot_start_ptr, slot)
     col_start = tl.where(shard == 0, 0, tl.where(shard == 1, OFFSET_1, OFFSET_2))
     col_end = tl.where(shard == 0, OFFSET_1, tl.where(shard == 1, OFFSET_2, OFFSET_3))
     if pid_m * BLOCK_M >= run_len or pid_n * BLOCK_N >= col_end - col_start:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < run_len
-    rows = tl.load(sorted_ptr + run_start + offs_m, mask=mask_m, other=0).to(tl.int64)
+    rows, mask_m = _run_rows(sorted_token_ids_ptr, run_start, run_len, pid_m, BLOCK_M)
     cols = col_start + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     mask_n = cols < col_end
     offs_r = tl.arange(0, RANK_PAD)
     mask_r = offs_r < RANK
     u = tl.load(
-        u_ptr + rows[:, None] * (NUM_SHARDS * RANK) + shard * RANK + offs_r[None, :],
+        shrunk_ptr + rows[:, None] * (NUM_SHARDS * RANK) + shard * RANK + offs_r[None, :],
         mask=mask_m[:, None] & mask_r[None, :],
         other=0.0,
     )  # [BLOCK_M, RANK_PAD] fp32
     b = tl.load(
-        b_ptr + slot.to(tl.int64) * stride_bl + cols[None, :] * stride_bn + offs_r[:, None],
+        lora_b_ptr + slot.to(tl.int64) * stride_bl + cols[None, :] * stride_bn + offs_r[:, None],
         mask=mask_r[:, None] & mask_n[None, :],
         other=0.0,
     )  # [RANK_PAD, BLOCK_N]
@@ -212,6 +223,17 @@ def _block_m(num_tokens: int) -> int:
     return 16 if num_tokens <= 16 else 32
 
 
+def _block_n(width: int) -> int:
+    """Output columns per program, of ``width`` (``S * R``, or the widest shard)."""
+    return max(16, min(64, triton.next_power_of_2(width)))
+
+
+def _upcast_dot(dtype: torch.dtype) -> bool:
+    """``_lora_dot``'s choice: fp32 products exactly, and every product under the interpreter
+    (it multiplies bf16 wrongly); 16-bit products natively on a GPU."""
+    return dtype == torch.float32 or bool(triton.knobs.runtime.interpret)
+
+
 def lora_shrink_triton(
     x: torch.Tensor,
     lora_a: torch.Tensor,
@@ -232,7 +254,7 @@ def lora_shrink_triton(
     check_unit_stride("x", x)
     check_unit_stride("lora_a", lora_a)
     _check_mapping(sorted_token_ids, slot_start)
-    check_same_device(x=x, lora_a=lora_a, sorted_token_ids=sorted_token_ids, slot_start=slot_start)
+    tensors = pointers(x=x, lora_a=lora_a, sorted_token_ids=sorted_token_ids, slot_start=slot_start)
     num_tokens, k = x.shape
     num_slots, n, k_a = lora_a.shape
     if k_a != k or slot_start.shape[0] != num_slots + 1:
@@ -240,24 +262,18 @@ def lora_shrink_triton(
     out = torch.zeros(num_tokens, n, dtype=torch.float32, device=x.device)
     if num_tokens == 0:
         return out
-    block_m = _block_m(num_tokens)
-    block_n = max(16, min(64, triton.next_power_of_2(n)))
-    block_k = 64
+    block_m, block_n = _block_m(num_tokens), _block_n(n)
     _lora_shrink_kernel[(triton.cdiv(num_tokens, block_m), triton.cdiv(n, block_n), num_slots)](
         out_ptr=out,
-        x_ptr=x,
-        a_ptr=lora_a,
-        sorted_ptr=sorted_token_ids,
-        start_ptr=slot_start,
-        stride_x=x.stride(0),
-        stride_al=lora_a.stride(0),
-        stride_an=lora_a.stride(1),
+        **tensors,
+        **strides(x, "x"),
+        **strides(lora_a, "al an"),
         K=k,
         N=n,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        UPCAST_DOT=x.dtype == torch.float32 or bool(triton.knobs.runtime.interpret),
+        BLOCK_K=64,
+        UPCAST_DOT=_upcast_dot(x.dtype),
     )
     return out
 
@@ -285,7 +301,9 @@ def lora_expand_triton(
     check_unit_stride("y", y)
     check_unit_stride("lora_b", lora_b)
     _check_mapping(sorted_token_ids, slot_start)
-    check_same_device(y=y, shrunk=shrunk, lora_b=lora_b, sorted_token_ids=sorted_token_ids)
+    tensors = pointers(
+        y=y, shrunk=shrunk, lora_b=lora_b, sorted_token_ids=sorted_token_ids, slot_start=slot_start
+    )
     num_tokens, out_features = y.shape
     num_slots, out_b, rank = lora_b.shape
     num_shards = len(shard_offsets) - 1
@@ -302,18 +320,12 @@ def lora_expand_triton(
         return y
     widest = max(b - a for a, b in itertools.pairwise(shard_offsets))
     ends = [*shard_offsets[1:], *[out_features] * (4 - len(shard_offsets))]
-    block_m = _block_m(num_tokens)
-    block_n = max(16, min(64, triton.next_power_of_2(widest)))
+    block_m, block_n = _block_m(num_tokens), _block_n(widest)
     grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(widest, block_n), num_slots * num_shards)
     _lora_expand_kernel[grid](
-        y_ptr=y,
-        u_ptr=shrunk,
-        b_ptr=lora_b,
-        sorted_ptr=sorted_token_ids,
-        start_ptr=slot_start,
-        stride_y=y.stride(0),
-        stride_bl=lora_b.stride(0),
-        stride_bn=lora_b.stride(1),
+        **tensors,
+        **strides(y, "y"),
+        **strides(lora_b, "bl bn"),
         NUM_SHARDS=num_shards,
         OFFSET_1=ends[0],
         OFFSET_2=ends[1],
@@ -322,6 +334,6 @@ def lora_expand_triton(
         RANK_PAD=max(16, triton.next_power_of_2(rank)),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        UPCAST_DOT=y.dtype == torch.float32 or bool(triton.knobs.runtime.interpret),
+        UPCAST_DOT=_upcast_dot(y.dtype),
     )
     return y

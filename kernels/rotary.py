@@ -107,7 +107,7 @@ def _rotary_kernel(
     query_ptr,  # [num_tokens, num_heads, head_size]
     key_ptr,  # [num_tokens, num_kv_heads, head_size]
     positions_ptr,  # [num_tokens]
-    cos_sin_ptr,  # [max_position, head_size]: cos half, then sin half
+    cos_sin_cache_ptr,  # [max_position, head_size]: cos half, then sin half
     stride_qt,
     stride_qh,
     stride_kt,
@@ -122,7 +122,7 @@ def _rotary_kernel(
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     dims = tl.arange(0, HALF_PAD)[None, :]  # [1, HALF_PAD]
-    row = cos_sin_ptr + pos * stride_cs + dims
+    row = cos_sin_cache_ptr + pos * stride_cs + dims
     cos = tl.load(row, mask=dims < HALF, other=0.0).to(tl.float32)  # [1, HALF_PAD]
     sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(tl.float32)  # [1, HALF_PAD]
     _rotate_heads(
@@ -178,7 +178,9 @@ def rotary_embedding_triton(
     for name, t in (("query", query), ("key", key), ("cos_sin_cache", cos_sin_cache)):
         checks.check_dtype(name, t, checks.FLOAT_DTYPES)
         checks.check_unit_stride(name, t)
-    checks.check_same_device(positions=positions, query=query, key=key, cos_sin_cache=cos_sin_cache)
+    tensors = checks.pointers(
+        positions=positions, query=query, key=key, cos_sin_cache=cos_sin_cache
+    )
     query_out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     key_out = torch.empty(key.shape, dtype=key.dtype, device=key.device)
     if num_tokens == 0:
@@ -186,10 +188,7 @@ def rotary_embedding_triton(
     _rotary_kernel[(num_tokens,)](
         query_out_ptr=query_out,
         key_out_ptr=key_out,
-        query_ptr=query,
-        key_ptr=key,
-        positions_ptr=positions,
-        cos_sin_ptr=cos_sin_cache,
+        **tensors,
         **checks.strides(query, "qt qh"),
         **checks.strides(key, "kt kh"),
         **checks.strides(cos_sin_cache, "cs"),

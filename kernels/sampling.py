@@ -21,9 +21,9 @@ from kernels.launch_checks import (
     FLOAT_DTYPES,
     check_dtype,
     check_rank,
-    check_same_device,
     check_shape,
     check_unit_stride,
+    pointers,
 )
 
 MAX_SEED = 2**31 - 2**24  # the kernel adds the row index to the seed
@@ -95,7 +95,7 @@ def sample_gumbel_triton(
     check_unit_stride("logits", logits)
     check_dtype("inv_temperature", inv_temperature, (torch.float32,))
     check_shape("inv_temperature", inv_temperature, (logits.shape[0],))
-    check_same_device(logits=logits, inv_temperature=inv_temperature)
+    tensors = pointers(logits=logits, inv_temperature=inv_temperature)
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in [0, {MAX_SEED}], got {seed}")
     num_rows, vocab_size = logits.shape
@@ -112,8 +112,7 @@ def sample_gumbel_triton(
     _sample_gumbel_kernel[(num_rows, num_splits)](
         partial_val_ptr=partial_val,
         partial_idx_ptr=partial_idx,
-        logits_ptr=logits,
-        inv_temperature_ptr=inv_temperature,
+        **tensors,
         seed=seed,
         vocab_size=vocab_size,
         split_size=split_size,
