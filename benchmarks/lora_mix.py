@@ -9,12 +9,11 @@ flipping each round, and the prefix cache is reset before each. Target: the mixe
 A last, separate run of the mixed batch times every LoRA shrink and expand call (the CPU runs
 them synchronously) against the engine's busy time: the LoRA kernels' share of step time.
 
-    python -m benchmarks.lora_mix --rounds 3 --threads 1
+    python -m benchmarks.lora_mix --rounds 3 --threads 1   (--threads 0: torch's default)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -27,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 import engine.models.lora as lora_layers
-from benchmarks.common import write_result
+from benchmarks.common import parse_options, write_result
 from engine import LLM, LoRARequest, SamplingParams
 from engine.model_fetch import fetch_model
 from engine.models.model_config import ModelConfig
@@ -131,15 +130,16 @@ def lora_share(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--name", default="lora_mix_cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    args = parser.parse_args()
+    args = parse_options(
+        __doc__,
+        model="smollm2-135m-instruct",
+        prompts=64,
+        prompt_len=128,
+        max_tokens=32,
+        rounds=3,
+        name="lora_mix_cpu",
+        threads=0,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = fetch_model(args.model, MODELS_DIR)
