@@ -7,11 +7,12 @@ completed) is compared with B's time alone on the same stack. Arms (peers in the
     fair_dispatch  tenants take turns reaching the broker, the engine serves in arrival order
     fair_engine    turns at the broker and in the engine's waiting queue (worker/fair_order.py)
 
-Tiny work per line (SmolLM2-135M, a few tokens) and a small engine (``engine_max_num_seqs``
-8) so that the queues, not the engine, decide.
+Tiny work per line (SmolLM2-135M, a few tokens). The window and the engine's size are the
+deployment defaults (``FairShareSettings``, ``EngineConfig``) unless ``--fair-window`` or
+``--max-num-seqs`` set them: fair share has to work with the settings that ship.
 
-    python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 8]
-        [--fair-window 2] [--arms fair_dispatch,fair_engine] [--name fair_share]
+    python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 0]
+        [--fair-window N] [--arms fair_dispatch,fair_engine] [--name fair_share]
 
 Arms alternate within each round; each arm runs on its own stack (the window is a service
 setting, the engine order a worker setting). Results: ``benchmarks/results/<name>.json``,
@@ -35,16 +36,18 @@ from moto.server import ThreadedMotoServer
 from openai import APIStatusError, OpenAI
 
 from benchmarks.common import write_result
+from engine.config import EngineConfig
 from infra.harness.batches import chat_line, create_chat_batch
 from infra.harness.redis_server import free_port
-from infra.harness.service import REDIS_URL
+from infra.harness.service import MODEL, REDIS_URL
 from infra.harness.stack import Stack, open_stack
+from jobs.pipeline.fair_share import FairShareSettings
 
 BACKLOG_BATCHES = 10
-ARMS = {  # arm -> (fair_share_window, fair_engine_order)
-    "fifo": (0, False),
-    "fair_dispatch": (2, False),
-    "fair_engine": (2, True),
+ARMS = {  # arm -> (fair share on, fair_engine_order); the window is --fair-window
+    "fifo": (False, False),
+    "fair_dispatch": (True, False),
+    "fair_engine": (True, True),
 }
 SHAPE = {"lines": 8, "max_tokens": 6}  # of every batch; set from the command line
 
@@ -93,8 +96,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lines", type=int, default=8, help="lines per batch")
     parser.add_argument("--max-tokens", type=int, default=6)
-    parser.add_argument("--max-num-seqs", type=int, default=8, help="the worker's engine")
-    parser.add_argument("--fair-window", type=int, default=2, help="the fair arms' window")
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=0, help="the worker's engine (0: the engine's default)"
+    )
+    parser.add_argument(
+        "--fair-window",
+        type=int,
+        default=FairShareSettings().fair_share_window,
+        help="the fair arms' window (default: the settings' default)",
+    )
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
     parser.add_argument("--name", default="fair_share", help="the results file's name")
     args = parser.parse_args()
@@ -102,11 +112,13 @@ def main() -> None:
     for arm in args.arms.split(","):
         if arm not in ARMS:
             parser.error(f"unknown arm {arm!r}; the arms are {', '.join(ARMS)}")
-        window, engine_order = ARMS[arm]
-        arms[arm] = (args.fair_window if window else 0, engine_order)
+        fair, engine_order = ARMS[arm]
+        arms[arm] = (args.fair_window if fair else 0, engine_order)
     SHAPE.update(lines=args.lines, max_tokens=args.max_tokens)
     settings: dict[str, object] = {"shard_size": max(1, args.lines // 2)}
-    worker = {"engine_max_num_seqs": args.max_num_seqs, "visibility_timeout_s": 600}
+    worker: dict[str, object] = {"visibility_timeout_s": 600}
+    if args.max_num_seqs:
+        worker["engine_max_num_seqs"] = args.max_num_seqs
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -147,6 +159,7 @@ def main() -> None:
                 "backlog_batches": BACKLOG_BATCHES,
                 "settings": settings,
                 "worker": worker,
+                "engine_max_num_seqs": args.max_num_seqs or EngineConfig(MODEL).max_num_seqs,
                 "arms": {
                     arm: {"fair_share_window": w, "fair_engine_order": e}
                     for arm, (w, e) in arms.items()

@@ -52,6 +52,10 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             # Not ours to run, ever: acknowledge it (a failure would come back forever).
             log.error("dropping a malformed shard message: %r", payload)
             return "invalid"
+        # Taken: its place in the broker's list is free, so the next tenant's shard goes in
+        # now rather than when this one ends (a window that refills only on ends would have
+        # to be as deep as the workers' shards in flight, and a deep FIFO undoes the turns).
+        release_fair_share(runtime)
         try:
             if runtime.forward_if_misrouted(args.batch_id, args.shard_index):
                 log.warning(
@@ -65,7 +69,7 @@ def run_shard(self: Task, payload: dict[str, object]) -> str:
             raise again_later(self, exc, countdown=0) from exc
         except Exception as exc:
             raise again_later(self, exc) from exc
-    release_fair_share(runtime)
+    release_fair_share(runtime)  # cheap; makes up for a pump that failed on the take
     log.info("shard %s/%d: %s", args.batch_id, args.shard_index, outcome)
     return outcome
 
@@ -117,7 +121,7 @@ def expire_batches() -> list[str]:
 
 def release_fair_share(runtime: WorkerRuntime) -> None:
     """Let the next tenants' shards into the broker (jobs/pipeline/fair_share.py); a failure here
-    costs only latency: the next shard or sweep pumps again."""
+    costs only latency: the next shard taken or ended, or the sweep, pumps again."""
     try:
         runtime.fair.pump()
     except Exception:

@@ -18,7 +18,11 @@ A tenant that arrives idle joins at ``min(ready) - fair_share_burst`` (never bel
 count), so a quiet tenant's small batch goes straight to the front, while a backlog can be
 jumped by at most ``fair_share_burst`` shards per arrival and two busy tenants alternate.
 
-Pumps run after intake queues a batch, after each shard task, and with the periodic sweep.
+Pumps run after intake queues a batch, when a worker takes a shard (and again when its task
+ends), and with the periodic sweep. Since every take refills the list it came from, the
+window only has to cover the moment between a worker taking a message and its pump: a small
+one (2) keeps the broker's FIFO from deciding the order, while a large one lets a backlog
+queued there first run ahead of every later tenant, as if there were no turns at all.
 Each step is one Lua script, so concurrent pumps never release a shard twice; a shard lost
 between the step and its broker message is sent again by the watchdog (jobs/pipeline/watchdog.py).
 The watchdog also sends a shard held here longer than its silence (twice the visibility
@@ -77,7 +81,8 @@ class FairShareSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     # Messages kept waiting in each broker priority list; 0 sends every shard at once (FIFO).
-    fair_share_window: int = Field(default=16, ge=0)
+    # Each shard a worker takes is replaced at once, so a couple cover the take-to-pump gap.
+    fair_share_window: int = Field(default=2, ge=0)
     fair_share_burst: int = Field(default=8, ge=0)
 
 

@@ -10,17 +10,25 @@ import openai
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 from kombu import Connection
 
 from infra.harness.batches import chat_line, jsonl, wait_settled
 from infra.harness.service import MODEL, LiveServer
+from jobs.connections import open_dispatcher
+from jobs.pipeline.fair_share import open_fair_queues
 
 
 def drain_tasks(live: LiveServer) -> list[tuple[dict[str, Any], int | None, str]]:
-    """Pop every message the API sent to the shard queue: (argument, priority, task name)."""
+    """Pop every message the API sent to the shard queue: (argument, priority, task name).
+
+    Fair share holds back what exceeds its window: each take pumps, as a worker's does."""
     settings = live.settings
     options = settings.redis.broker_transport_options()
     found = []
+    state = redis.Redis.from_url(settings.redis.redis_url, decode_responses=True)
+    dispatcher = open_dispatcher(settings)
+    fair = open_fair_queues(settings, state, dispatcher)
     with Connection(settings.redis.redis_url, transport_options=options) as conn:
         queue = conn.SimpleQueue(settings.model_router().queue_of(MODEL))
         while True:
@@ -31,7 +39,10 @@ def drain_tasks(live: LiveServer) -> list[tuple[dict[str, Any], int | None, str]
             args = message.payload[0]
             found.append((args[0], message.properties.get("priority"), message.headers["task"]))
             message.ack()
+            fair.pump()
         queue.close()
+    dispatcher.close()
+    state.close()
     return found
 
 

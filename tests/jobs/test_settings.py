@@ -24,7 +24,7 @@ def test_each_flat_variable_lands_in_its_section(monkeypatch: pytest.MonkeyPatch
         "KVBATCH_ENGINE_MAX_NUM_SEQS": "8",
         "KVBATCH_VISIBILITY_TIMEOUT_S": "7200",
         "KVBATCH_WEBHOOK_ALLOWED_HOSTS": '["hooks.example.com"]',
-        "KVBATCH_FAIR_SHARE_WINDOW": "2",
+        "KVBATCH_FAIR_SHARE_WINDOW": "5",
         "KVBATCH_FLOWER_PORT": "5566",
     }
     for name, value in env.items():
@@ -39,7 +39,7 @@ def test_each_flat_variable_lands_in_its_section(monkeypatch: pytest.MonkeyPatch
     assert settings.worker.engine.model == "/models/chat"
     assert settings.reliability.visibility_timeout_s == 7200
     assert settings.webhooks.webhook_allowed_hosts == ["hooks.example.com"]
-    assert settings.fair_share.fair_share_window == 2
+    assert settings.fair_share.fair_share_window == 5
     assert settings.flower.port == 5566
     assert set(env) <= env_names()
 

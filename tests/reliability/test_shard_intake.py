@@ -18,6 +18,7 @@ import pytest
 from infra.harness.batches import jsonl, result_lines, wait_batch
 from infra.harness.service import MODEL
 from infra.harness.workers import WorkerProcess, worker_stats
+from jobs.pipeline.fair_share import PRIORITY_STEPS, FairQueue
 from tests.reliability.conftest import fast_stack, long_lines
 from tests.worker.conftest import Stack
 from tests.worker.service import assert_each_once
@@ -46,13 +47,21 @@ def submit(stack: Stack, lines: list[dict[str, Any]], priority: int | None = Non
 
 
 def queue_depth(stack: Stack) -> int:
+    """Shards left in Redis: in the broker's list or held back by fair share (its window
+    lets only a few into the broker, each worker's take lets in the next)."""
     s = stack.settings
     queue = s.model_router().queue_of(MODEL)
     probe = QueueProbe(s.redis.resolved_broker_url, queue, s.redis.broker_transport_options())
+    # Read only (``waiting``): it never pumps, so it sends nothing.
+    fair = FairQueue(stack.redis, s.redis.key_prefix, no_send, dict, s.fair_share, lane=queue)
     try:
-        return probe()
+        return probe() + sum(sum(fair.waiting(p).values()) for p in PRIORITY_STEPS)
     finally:
         probe.close()
+
+
+def no_send(batch_id: str, shard_index: int, priority: int) -> None:
+    raise AssertionError("queue_depth only reads")
 
 
 def shards_done(stack: Stack, batch_id: str) -> int:

@@ -32,7 +32,7 @@ RECEIVER_PORT = free_port()
 RECEIVER = f"http://127.0.0.1:{RECEIVER_PORT}/hook"
 STACK_SETTINGS = {
     "shard_size": 3,
-    "fair_share_window": 2,  # shards reach the broker as earlier ones finish
+    "fair_share_window": 2,  # shards reach the broker as earlier ones are taken
     "webhook_urls": {"tenant-a": RECEIVER},
     "webhook_secrets": {"tenant-a": SECRET, "tenant-b": SECRET},
     "webhook_allowed_hosts": ["127.0.0.1"],
