@@ -2,7 +2,9 @@
 
 ``EngineBootstep`` (worker blueprint) starts the engine before the worker consumes any shard:
 a bootstep, not ``worker_process_init``, because loading a model takes longer than that
-signal allows; its ``info`` adds the engine's numbers to ``celery inspect stats``.
+signal allows; its ``info`` adds the engine's numbers to ``celery inspect stats``. It starts
+after Celery's ``Beat`` step, so that ``--beat`` forks its process while this one has a single
+thread (see :class:`EngineBootstep`).
 
 ``IntakeGate`` (consumer blueprint, after the task consumer, again after every reconnect)
 makes the broker consumer ask the intake (worker/intake.py) before each fetch. It wraps the
@@ -23,7 +25,19 @@ from worker.runtime import current_runtime, get_runtime, shutdown_runtime
 
 
 class EngineBootstep(bootsteps.StartStopStep):
+    """The engine of this worker process, with its threads and Redis connections.
+
+    ``requires`` Beat: the embedded beat (``--beat``) is a forked process, and a fork copies
+    every lock as it stands, held or not, but only the forking thread. Without this edge the
+    boot order of the two steps follows the hash seed; when the engine came first, the
+    engine's queue watcher could be holding its Redis pool's lock (it polls the queue every
+    0.1 s) at the fork, and the beat child hung for good in kombu's after-fork cleanup of that
+    channel (redis-py's pool ``reset()`` waits on the inherited lock): the worker was ready,
+    but no periodic task was ever sent. Without ``--beat`` the Beat step does nothing.
+    """
+
     label = "kvbatch engine"
+    requires = ("celery.worker.components:Beat",)
 
     def start(self, parent: Any) -> None:
         get_runtime(parent.hostname)
