@@ -68,13 +68,19 @@ def test_greedy_matches_transformers(model: str, shape: str, model_dirs: dict[st
     check_parity(model_dirs[model], shape)
 
 
-@pytest.mark.parametrize("model", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("model", ["qwen3"])
 def test_greedy_matches_transformers_with_triton_kernels(
     model: str, model_dirs: dict[str, Path]
 ) -> None:
     """The same check with every Triton kernel on, interpreted on the CPU, where each kernel
-    program runs in Python: tiny models, the chunked shape, and 8 of the 48 prompts (the
-    1-token and the 400-token ones among them) keep it to about a minute a model."""
+    program runs in Python: the tiny Qwen3, the chunked shape, and 8 of the 48 prompts (the
+    1-token and the 400-token ones among them).
+
+    One model: the kernels do not know the model family, and Qwen3 takes every kernel path
+    the others take plus the q/k norms (grouped-query attention, rotary, paged KV writes,
+    sampling); Llama and Qwen2 are checked against transformers on the reference backend
+    above. Each model here costs 1.5-2.5 minutes on a 2-core CI machine, and the three
+    together pushed CI past its 25 minutes on a slower VM."""
     previous = kernels.get_backend()
     kernels.set_backend("triton")
     try:
