@@ -19,4 +19,9 @@ py="$venv/bin/python"
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"
 # pytest exits 5 when it ran no test: a failure here too, never a silent pass.
-exec "$py" -m pytest -q -p no:cacheprovider --durations=30 "$@"
+# Two test processes (pytest-xdist; KVBATCH_TEST_PROCS=0 runs one): much of the suite waits
+# on the workers, APIs and Redis servers it starts, so a second process fills CI's idle
+# core. Whole files go to one process, so module fixtures (a loaded model, transformers'
+# reference outputs) are built once; tests/conftest.py gives each process one torch thread.
+exec "$py" -m pytest -q -p no:cacheprovider --durations=30 \
+    -n "${KVBATCH_TEST_PROCS:-2}" --dist loadfile "$@"

@@ -8,6 +8,12 @@ from pathlib import Path
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (infra/test.sh runs two test processes on CI's two cores) each process,
+# and every worker or API it starts, computes on one intra-op thread: two processes of two
+# OpenMP threads each on two cores spin against each other and run slower than one each.
+# Set before torch is imported here or in a child, which both read it at start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -97,14 +97,16 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
         completion_window="24h",
     )
     served: list[tuple[str, str]] = []
-    seen_running = 0
+    first_read_running = 0  # lines served when a page first had some while the batch ran
     cursor: str | None = None
     deadline = time.monotonic() + 240
     while True:
         page = results_page(client, batch.id, limit=3, **({"after": cursor} if cursor else {}))
         served += [(item["type"], item["line"]) for item in page["data"]]
-        if page["batch_status"] == "in_progress":
-            seen_running = len(served)
+        if page["batch_status"] == "in_progress" and not first_read_running:
+            # Only the first: every line may be downloadable before the status turns
+            # (the last shard committed, the batch not finalized yet).
+            first_read_running = len(served)
         cursor = page["next_cursor"]
         if page["finished"]:
             break
@@ -114,7 +116,7 @@ def test_results_while_running_match_the_final_files(stack: Stack) -> None:
     done = client.batches.retrieve(batch.id)
     assert done.status == "completed" and done.model_extra is not None
     assert done.model_extra["downloadable_lines"] == 6
-    assert 0 < seen_running < 6, "some lines were read while the batch ran"
+    assert 0 < first_read_running < 6, "some lines were read while the batch ran"
 
     def file_lines(file_id: str | None) -> list[str]:
         assert file_id is not None
