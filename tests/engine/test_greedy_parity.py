@@ -7,6 +7,7 @@ and a KV cache so small that requests get preempted and recomputed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,17 +44,37 @@ def model_dirs(tiny_model_dirs: dict[str, Path], smollm2_dir: Path) -> dict[str,
 
 
 @cache
-def reference(model_dir: Path) -> tuple[list[list[int]], list[int], list[list[int]]]:
-    """(prompts, max_tokens, HF greedy outputs) for one model, computed once per session."""
+def reference_inputs(model_dir: Path) -> tuple[Any, list[list[int]], list[int]]:
+    """(the transformers model, prompts, max_tokens) for one model, made once per process."""
     hf = load_hf_model(model_dir)
     if (model_dir / "tokenizer.json").exists():
         ids = Tokenizer.from_pretrained(str(model_dir)).encode(CORPUS * 2, add_special_tokens=False)
         prompts = text_token_prompts(ids, NUM_PROMPTS, MAX_PROMPT_LEN)
     else:
         prompts = random_token_prompts(NUM_PROMPTS, MAX_PROMPT_LEN, hf.config.vocab_size)
-    max_tokens = max_tokens_for(NUM_PROMPTS, 2, 10)
-    expected = [hf_greedy(hf, p, m) for p, m in zip(prompts, max_tokens, strict=True)]
-    return prompts, max_tokens, expected
+    return hf, prompts, max_tokens_for(NUM_PROMPTS, 2, 10)
+
+
+@cache
+def reference_output(model_dir: Path, index: int) -> list[int]:
+    """Transformers' greedy output for one prompt, computed once per process: a test that
+    checks a subset pays only for its prompts (test processes do not share this cache)."""
+    hf, prompts, max_tokens = reference_inputs(model_dir)
+    return hf_greedy(hf, prompts[index], max_tokens[index])
+
+
+def reference(
+    model_dir: Path, subset: Sequence[int] | None = None
+) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    """(prompts, max_tokens, transformers' greedy outputs) of one model's corpus, or of the
+    prompts at ``subset``'s indices."""
+    _, prompts, max_tokens = reference_inputs(model_dir)
+    indices = range(len(prompts)) if subset is None else subset
+    return (
+        [prompts[i] for i in indices],
+        [max_tokens[i] for i in indices],
+        [reference_output(model_dir, i) for i in indices],
+    )
 
 
 # SmolLM2 runs "plain" and "preempt" only: "preempt" pages in blocks of 16 and chunks every
@@ -94,11 +115,7 @@ def test_greedy_matches_transformers_with_triton_kernels(
 
 
 def check_parity(model_dir: Path, shape: str, subset: tuple[int, ...] | None = None) -> None:
-    prompts, max_tokens, expected = reference(model_dir)
-    if subset is not None:
-        prompts = [prompts[i] for i in subset]
-        max_tokens = [max_tokens[i] for i in subset]
-        expected = [expected[i] for i in subset]
+    prompts, max_tokens, expected = reference(model_dir, subset)
     llm = LLM(str(model_dir), dtype="float32", device="cpu", **ENGINE_SHAPES[shape])
     params = [SamplingParams(temperature=0.0, max_tokens=m) for m in max_tokens]
     outputs = llm.generate(prompts, params, use_tqdm=False)
