@@ -86,7 +86,10 @@ def test_each_batch_runs_only_on_its_models_worker(
         MODEL_A: create_chat_batch(client, lines_for(MODEL_A, "a")),
         MODEL_B: create_chat_batch(client, lines_for(MODEL_B, "b")),
     }
-    # A stray message for A's shard in B's queue: B forwards it rather than run it.
+    # A stray message for A's shard in B's queue: B forwards it rather than run it. Sent once
+    # A's batch is past validation: until then its record names no model (intake sets it),
+    # and a shard of a validating batch is skipped by whichever worker takes it.
+    wait_batch(client, batch_ids[MODEL_A], {"in_progress", "finalizing", "completed"}, 60)
     settings = pools.settings
     stray = open_dispatcher(settings)
     try:
