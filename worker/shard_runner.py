@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from engine.lora_request import LoRARequest
@@ -135,14 +135,21 @@ class ShardRunner:
             deliveries = self.ledger.record_delivery(batch_id, index)
             if self.ledger.finalizer_held(batch_id):
                 return "finalizing"
-            if deliveries > 1:
+            if deliveries.starts > 1:
                 self.ledger.take_back_counts(batch_id, index)
-            if deliveries > self.limits.max_deliveries:
-                outcome = self._give_up(batch, index, deliveries)
-            else:
-                outcome = self._execute(batch, index, ticket)
-            write_shard_results(self.storage, batch_id, index, outcome)
-            self.ledger.mark_done(batch_id, index, len(outcome.outputs), len(outcome.errors))
+            try:
+                if deliveries.unfinished > self.limits.max_deliveries:
+                    outcome = self._give_up(batch, index, deliveries.unfinished)
+                else:
+                    outcome = self._execute(batch, index, ticket)
+                write_shard_results(self.storage, batch_id, index, outcome)
+                self.ledger.mark_done(batch_id, index, len(outcome.outputs), len(outcome.errors))
+            except Exception:
+                # Storage or Redis away, or a shutdown handing the shard back: the task retries
+                # it. Only runs that die with their worker count towards giving it up.
+                with suppress(Exception):
+                    self.ledger.record_failed_run(batch_id, index)
+                raise
             drop_checkpoint(self.storage, batch_id, index)
         self.finalizer.try_finalize(batch.id)
         return "done"

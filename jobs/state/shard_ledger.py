@@ -9,6 +9,8 @@ nothing it does may add up twice:
                                                          (jobs/state/checkpoints.py)
     redis    P:shards_done:{batch}        set   shard indexes whose two objects are final
              P:shard_deliveries:{batch}   hash  shard index -> times a task started it
+             P:shard_failed_runs:{batch}  hash  shard index -> runs that ended in an error
+                                                the worker caught (storage down, shutdown)
              P:shard_counts:{batch}       hash  "{shard}:{counter}" -> what that run added
              P:shard_lease:{batch}:{shard}      "a worker runs it now", expires unless renewed
              P:shard_seen:{batch}         hash  shard index -> when a run of it last started
@@ -113,6 +115,19 @@ def result_key(batch_id: str, index: int, errors: bool) -> str:
     return f"{results_prefix(batch_id)}{index:05d}{suffix}"
 
 
+@dataclass(frozen=True, slots=True)
+class Deliveries:
+    """How often a shard's task has started, and how many of those runs ended in an error
+    their worker caught; the rest died with their worker or are running now."""
+
+    starts: int
+    failed_runs: int
+
+    @property
+    def unfinished(self) -> int:
+        return self.starts - self.failed_runs
+
+
 @dataclass(slots=True)
 class ShardOutcome:
     """One shard's lines, in input order, split by where they go."""
@@ -141,14 +156,25 @@ class ShardLedger:
         return self._store.key(name, batch_id, *rest)
 
     # -- deliveries and completion ------------------------------------------------------
-    def record_delivery(self, batch_id: str, index: int) -> int:
-        """Count one more start of this shard; returns how many starts there have been."""
+    def record_delivery(self, batch_id: str, index: int) -> Deliveries:
+        """Count one more start of this shard; returns the starts so far and how many of the
+        earlier ones ended in an error their worker caught."""
         key = self._key("shard_deliveries", batch_id)
         with self._redis.pipeline() as pipe:
             pipe.hincrby(key, str(index), 1)
             pipe.expire(key, BOOKKEEPING_TTL_S)
-            count, _ = pipe.execute()
-        return int(count)
+            pipe.hget(self._key("shard_failed_runs", batch_id), str(index))
+            count, _, failed = pipe.execute()
+        return Deliveries(int(count), int(failed or 0))
+
+    def record_failed_run(self, batch_id: str, index: int) -> None:
+        """A run of this shard ended in an error its worker caught and will retry: it did not
+        kill the worker, so it does not bring the shard closer to being given up."""
+        key = self._key("shard_failed_runs", batch_id)
+        with self._redis.pipeline() as pipe:
+            pipe.hincrby(key, str(index), 1)
+            pipe.expire(key, BOOKKEEPING_TTL_S)
+            pipe.execute()
 
     def is_done(self, batch_id: str, index: int) -> bool:
         return bool(self._redis.sismember(self._key("shards_done", batch_id), str(index)))
@@ -290,6 +316,7 @@ class ShardLedger:
         """Drop the bookkeeping of a finished batch (the done set stays to stop late reruns)."""
         keys = [
             self._key("shard_deliveries", batch_id),
+            self._key("shard_failed_runs", batch_id),
             self._key("shard_counts", batch_id),
             self._key("shard_seen", batch_id),
             self._key("shard_running", batch_id),

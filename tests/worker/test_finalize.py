@@ -16,7 +16,7 @@ from jobs.pipeline.finalize import BatchFinalizer
 from jobs.pipeline.shards import ShardWriter
 from jobs.state.ids import BatchId, FileId, TenantId
 from jobs.state.records import BatchRecord
-from jobs.state.shard_ledger import ShardLedger, ShardOutcome, write_shard_results
+from jobs.state.shard_ledger import Deliveries, ShardLedger, ShardOutcome, write_shard_results
 from jobs.state.status import BatchStatus
 from jobs.state.store import JobStore
 from jobs.storage import LocalStorage, read_lines
@@ -121,7 +121,10 @@ def test_rerun_takes_back_counts_of_the_unfinished_run(parts: Parts) -> None:
     batch_id = BatchId(f"batch_{secrets.token_hex(8)}")
     ledger.add_counts(batch_id, 0, completed=3, output_tokens=30)
     ledger.add_counts(batch_id, 1, completed=1, output_tokens=5)
-    assert ledger.record_delivery(batch_id, 0) == 1 and ledger.record_delivery(batch_id, 0) == 2
+    assert ledger.record_delivery(batch_id, 0).starts == 1
+    ledger.record_failed_run(batch_id, 0)  # e.g. storage was down: the task retries it
+    assert ledger.record_delivery(batch_id, 0) == Deliveries(starts=2, failed_runs=1)
+    assert ledger.record_delivery(batch_id, 0).unfinished == 2
     ledger.take_back_counts(batch_id, 0)
     ledger.add_counts(batch_id, 0, completed=4, output_tokens=40)
     raw = store.key("batch", batch_id)
