@@ -30,7 +30,8 @@ class EngineConfig:
     shape). ``enforce_eager`` turns off CUDA graphs for decode steps. ``sync_step_timing``
     waits for the device at the end of each forward pass so that the per-phase step times in
     the stats are device times (it costs the overlap of the sampler's launches with the tail
-    of the forward pass).
+    of the forward pass). ``cpu_packed_weights`` (fp32 on the CPU) trades twice the weights'
+    memory for faster steps of few rows: see engine/models/packed_weights.py.
     """
 
     model: str
@@ -48,6 +49,10 @@ class EngineConfig:
     load_format: str = "safetensors"
     enforce_eager: bool = False
     sync_step_timing: bool = True
+    # fp32 on the CPU: each projection's weight is kept a second time in MKL's packed GEMM
+    # layout (twice the weights' memory), so steps of a few rows per request do not repack
+    # every weight on every call (engine/models/packed_weights.py).
+    cpu_packed_weights: bool = True
     # Structured outputs: the largest constraint one request may hand the grammar compiler,
     # and the threads compiling grammars off the step loop.
     max_schema_bytes: int = 1_000_000

@@ -13,6 +13,7 @@ from engine.models.inputs import InputBuffers, ModelInputs
 from engine.models.loader import load_model
 from engine.models.lora import LoRAContext, attach_lora
 from engine.models.model_config import ModelConfig
+from engine.models.packed_weights import pack_weights, packing_available
 from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -48,6 +49,8 @@ class ModelRunner:
         self.lora: LoRAContext | None = None
         if config.enable_lora:
             self.lora = attach_lora(self.model, config.max_loras, config.max_lora_rank)
+        if config.cpu_packed_weights and packing_available(self.device, self.dtype):
+            pack_weights(self.model)
         self.buffers = InputBuffers(
             max_num_tokens=config.max_num_batched_tokens,
             max_num_reqs=config.max_num_seqs,

@@ -17,6 +17,7 @@ from kernels import rms_norm
 
 if TYPE_CHECKING:
     from engine.models.lora import LinearLoRA
+    from engine.models.packed_weights import PackedWeight
 
 
 def _empty(*shape: int) -> nn.Parameter:
@@ -32,7 +33,9 @@ class Linear(nn.Module):
                         shard 0      shard 1        shard 2
 
     The loader copies checkpoint matrix ``i`` into ``rows(i)``; one GEMM then replaces three.
-    ``lora`` (set by ``engine.models.lora.attach_lora``) adds each token's adapter delta.
+    ``lora`` (set by ``engine.models.lora.attach_lora``) adds each token's adapter delta;
+    ``packed`` (set by ``engine.models.packed_weights.pack_weights``, fp32 on the CPU) holds
+    the weight again in MKL's GEMM layout.
     """
 
     def __init__(self, in_features: int, shard_sizes: list[int], bias: bool) -> None:
@@ -41,13 +44,17 @@ class Linear(nn.Module):
         self.weight = _empty(sum(shard_sizes), in_features)
         self.bias = _empty(sum(shard_sizes)) if bias else None
         self.lora: LinearLoRA | None = None
+        self.packed: PackedWeight | None = None
 
     def rows(self, shard: int) -> slice:
         start = sum(self.shard_sizes[:shard])
         return slice(start, start + self.shard_sizes[shard])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = self.packed.linear(x, self.bias)
         return y if self.lora is None else self.lora.add_delta(x, y)
 
 

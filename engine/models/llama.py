@@ -19,6 +19,7 @@ from engine.models.attention import AttentionMetadata, KVCache, paged_attend
 from engine.models.layers import Embedding, Linear, RMSNorm
 from engine.models.lora import LoRAContext, LoRAMapping
 from engine.models.model_config import ModelConfig
+from engine.models.packed_weights import PackedWeight
 from kernels import build_cos_sin_cache, rotary_embedding, silu_and_mul
 
 
@@ -135,6 +136,7 @@ class LlamaForCausalLM(nn.Module):
         )
         self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
         self.lora_context: LoRAContext | None = None  # set by engine.models.lora.attach_lora
+        self.head_packed: PackedWeight | None = None  # set by packed_weights.pack_weights
 
     def forward(
         self,
@@ -155,5 +157,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, hidden_size] -> [n, vocab_size]`` fp32 logits."""
+        if self.head_packed is not None:
+            return self.head_packed.linear(hidden).float()
         head = self.model.embed_tokens if self.lm_head is None else self.lm_head
         return F.linear(hidden, head.weight).float()

@@ -1,0 +1,89 @@
+"""MKL-packed projection weights (fp32, CPU): the same products as ``F.linear``, turned on by
+default only where they apply, and the engine's greedy outputs unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import LLM, SamplingParams
+from engine.config import EngineConfig
+from engine.model_runner import ModelRunner
+from engine.models.layers import Linear
+from engine.models.packed_weights import PackedWeight, packing_available
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.skipif(
+    not packing_available(CPU, torch.float32), reason="this PyTorch build has no MKL packing"
+)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 17, 64, 300])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_f_linear(rows: int, bias: bool) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(384, 96, generator=gen)
+    b = torch.randn(384, generator=gen) if bias else None
+    x = torch.randn(rows, 96, generator=gen)
+    packed = PackedWeight.of(weight)
+    expected = F.linear(x, weight, b)
+    torch.testing.assert_close(packed.linear(x, b), expected, rtol=1e-5, atol=1e-4)
+    # Leading dimensions fold into rows, as F.linear's do.
+    got = packed.linear(x.view(1, rows, 96), b)
+    assert got.shape == (1, rows, 384)
+    torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_the_packed_layout_ignores_the_batch_size_hint() -> None:
+    """``PackedWeight.of`` packs once with a fixed hint and calls with each step's real row
+    count; that is sound only if the hint does not change the layout."""
+    weight = torch.randn(256, 64)
+    x = torch.randn(7, 64)
+    outputs = [
+        torch.ops.mkl._mkl_linear(
+            x, torch.ops.mkl._mkl_reorder_linear_weight(weight, hint), weight, None, 7
+        )
+        for hint in (1, 7, 64, 4096)
+    ]
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+
+
+def _runner(model_dir: Path, **args: object) -> ModelRunner:
+    config = EngineConfig(model=str(model_dir), device="cpu", num_kv_blocks=32, **args)  # type: ignore[arg-type]
+    return ModelRunner(config)
+
+
+def test_weights_are_packed_by_default_for_fp32_on_the_cpu_only(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    model_dir = tiny_model_dirs["llama"]
+    linears = lambda runner: [m for m in runner.model.modules() if isinstance(m, Linear)]  # noqa: E731
+    packed = _runner(model_dir)
+    assert packed.model.head_packed is not None
+    assert all(m.packed is not None for m in linears(packed))
+    for runner in (
+        _runner(model_dir, cpu_packed_weights=False),
+        _runner(model_dir, dtype="bfloat16"),
+    ):
+        assert runner.model.head_packed is None
+        assert all(m.packed is None for m in linears(runner))
+
+
+def test_greedy_outputs_are_the_same_with_and_without_packing(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """Prefill chunks, batched decodes and single-row decodes all take the packed path or
+    GEMV; the tokens match the unpacked engine's (which the parity tests hold to
+    transformers)."""
+    model_dir = str(tiny_model_dirs["qwen3"])
+    prompts = [list(range(3, 3 + n)) for n in (1, 5, 40, 90)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    outputs = []
+    for on in (True, False):
+        llm = LLM(model_dir, cpu_packed_weights=on, max_num_batched_tokens=64, block_size=16)
+        done = llm.generate(prompts, params, use_tqdm=False)
+        outputs.append([o.outputs[0].token_ids for o in done])
+    assert outputs[0] == outputs[1]
