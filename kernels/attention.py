@@ -59,6 +59,29 @@ class DecodePlan:
 
 
 @dataclass(slots=True)
+class ShortQueryPlan:
+    """The rows of 2..``MAX_SHORT_QUERY`` query tokens of a step (a decode verifying its
+    speculated tokens), padded to the longest: what ``_attend_short_queries`` gathers and
+    masks, the same for every layer (layout: that function's docstring)."""
+
+    rows: list[int]
+    block_ids: torch.Tensor  # [D * num_ctx_blocks] int64: their block tables, row-major
+    tokens: torch.Tensor  # [D, L] int64: each padded query position's row in the flat batch
+    real: torch.Tensor  # [D, L] bool: the position is a real query token, not padding
+    mask: torch.Tensor  # [D, L, ctx] bool: key j visible to query position i
+    width: int  # L, the longest query
+    ctx: int  # the longest context among them
+    # ``mask`` with each query position repeated for the G heads that share a KV head,
+    # by G: made by the first layer that asks, reused by the others.
+    head_masks: dict[int, torch.Tensor]
+
+    def mask_for(self, group: int) -> torch.Tensor:  # [D, 1, L * G, ctx]
+        if group not in self.head_masks:
+            self.head_masks[group] = self.mask.repeat_interleave(group, dim=1)[:, None]
+        return self.head_masks[group]
+
+
+@dataclass(slots=True)
 class ReferencePlan:
     """What the PyTorch path derives from a step's metadata before attending: the same for
     every layer of the step, so a caller builds it once and passes it to each layer."""
@@ -67,7 +90,7 @@ class ReferencePlan:
     lens: list[int]  # seq_lens
     q_lens: list[int]
     decodes: list[DecodePlan]
-    short_rows: list[int]  # 2..MAX_SHORT_QUERY query tokens
+    short: ShortQueryPlan | None  # rows of 2..MAX_SHORT_QUERY query tokens, if any
     prefill_rows: list[int]  # longer chunks, one SDPA call each
 
 
@@ -106,7 +129,14 @@ def plan_attention(
             _plan_decodes(g, lens, block_table, query_start_loc, seq_lens, block_size)
             for g in groups
         ],
-        short_rows=[r for r, q in enumerate(q_lens) if 1 < q <= MAX_SHORT_QUERY],
+        short=_plan_short_queries(
+            [r for r, q in enumerate(q_lens) if 1 < q <= MAX_SHORT_QUERY],
+            starts,
+            q_lens,
+            lens,
+            block_table,
+            block_size,
+        ),
         prefill_rows=[r for r, q in enumerate(q_lens) if q > MAX_SHORT_QUERY],
     )
 
@@ -129,6 +159,38 @@ def _plan_decodes(
         mask=valid[:, None, None, :],
         ctx=ctx,
         num_ctx_blocks=num_ctx_blocks,
+    )
+
+
+def _plan_short_queries(
+    rows: list[int],
+    starts: list[int],
+    q_lens: list[int],
+    lens: list[int],
+    block_table: torch.Tensor,  # [num_reqs, max_blocks_per_req] int32
+    block_size: int,
+) -> ShortQueryPlan | None:
+    if not rows:
+        return None
+    device = block_table.device
+    width, ctx = max(q_lens[r] for r in rows), max(lens[r] for r in rows)
+    index = torch.tensor(rows, device=device)
+    num_ctx_blocks = (ctx + block_size - 1) // block_size
+    offsets = torch.arange(width, device=device)[None, :]  # [1, L]
+    row_q_lens = torch.tensor([q_lens[r] for r in rows], device=device)[:, None]  # [D, 1]
+    clamped = torch.minimum(offsets, row_q_lens - 1)  # [D, L]
+    row_starts = torch.tensor([starts[r] for r in rows], device=device)[:, None]
+    row_lens = torch.tensor([lens[r] for r in rows], device=device)[:, None]
+    positions = row_lens - row_q_lens + clamped  # [D, L]
+    return ShortQueryPlan(
+        rows=rows,
+        block_ids=block_table[index, :num_ctx_blocks].long().flatten(),
+        tokens=row_starts + clamped,
+        real=offsets < row_q_lens,
+        mask=torch.arange(ctx, device=device)[None, None, :] <= positions[:, :, None],
+        width=width,
+        ctx=ctx,
+        head_masks={},
     )
 
 
@@ -170,8 +232,8 @@ def paged_attention_reference(
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=d.mask, scale=scale)
         out[d.query_rows] = o.reshape(num_decodes, num_heads, head_size)
 
-    if plan.short_rows:
-        _attend_short_queries(batch, starts, q_lens, lens, plan.short_rows, out)
+    if plan.short is not None:
+        _attend_short_queries(batch, plan.short, out)
 
     for r in plan.prefill_rows:
         q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
@@ -198,10 +260,7 @@ def paged_attention_reference(
 
 def _attend_short_queries(
     batch: PagedAttentionInputs,
-    starts: list[int],
-    q_lens: list[int],
-    lens: list[int],
-    rows: list[int],
+    short: ShortQueryPlan,
     out: torch.Tensor,  # [num_tokens, num_heads, head_size]
 ) -> None:
     """Rows of 2..``MAX_SHORT_QUERY`` query tokens in one padded 4-D SDPA call, like decodes.
@@ -213,30 +272,18 @@ def _attend_short_queries(
         mask: [D, 1, L * G, ctx]     key j visible iff j <= seq_len - q_len + i
     """
     query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
-    device = query.device
     num_heads, head_size = query.shape[1:]
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
-    num_rows, width = len(rows), max(q_lens[r] for r in rows)
-    ctx = max(lens[r] for r in rows)
-    index = torch.tensor(rows, device=device)
-    blocks = batch.block_table[index, : (ctx + block_size - 1) // block_size].long().flatten()
-    k = gather_blocks(k_cache, blocks, num_rows, ctx)  # [D, kvh, ctx, hs]
-    v = gather_blocks(v_cache, blocks, num_rows, ctx)
-    offsets = torch.arange(width, device=device)[None, :]  # [1, L]
-    row_q_lens = torch.tensor([q_lens[r] for r in rows], device=device)[:, None]  # [D, 1]
-    clamped = torch.minimum(offsets, row_q_lens - 1)  # [D, L]
-    tokens = torch.tensor([starts[r] for r in rows], device=device)[:, None] + clamped
-    positions = batch.seq_lens[index, None].long() - row_q_lens + clamped  # [D, L]
-    mask = torch.arange(ctx, device=device)[None, None, :] <= positions[:, :, None]
-    mask = mask.repeat_interleave(group, dim=1)[:, None]  # [D, 1, L * G, ctx]
-    q = query[tokens].view(num_rows, width, num_kv_heads, group, head_size)
+    num_rows, width = len(short.rows), short.width
+    k = gather_blocks(k_cache, short.block_ids, num_rows, short.ctx)  # [D, kvh, ctx, hs]
+    v = gather_blocks(v_cache, short.block_ids, num_rows, short.ctx)
+    q = query[short.tokens].view(num_rows, width, num_kv_heads, group, head_size)
     q = q.permute(0, 2, 1, 3, 4).reshape(num_rows, num_kv_heads, width * group, head_size)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=batch.scale)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=short.mask_for(group), scale=batch.scale)
     o = o.view(num_rows, num_kv_heads, width, group, head_size).permute(0, 2, 1, 3, 4)
     o = o.reshape(num_rows, width, num_heads, head_size)
-    real = offsets < row_q_lens  # [D, L]
-    out[tokens[real]] = o[real]
+    out[short.tokens[short.real]] = o[short.real]
 
 
 def gather_blocks(

@@ -21,7 +21,7 @@ def test_decodes_are_grouped_by_context_length() -> None:
     # A group closes when a context falls below 0.6 of its longest, once it holds 4 rows.
     assert groups == [[760, 700, 650, 400], [380, 300, 260, 120], [90, 40, 12]]
     assert [g.ctx for g in plan.decodes] == [760, 380, 90]
-    assert plan.short_rows == [12] and plan.prefill_rows == [11]
+    assert plan.short is not None and plan.short.rows == [12] and plan.prefill_rows == [11]
 
 
 def test_grouped_decodes_match_per_request_attention() -> None:
