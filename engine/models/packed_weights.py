@@ -23,6 +23,7 @@ same tests as before (tests/engine/test_greedy_parity.py).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ from engine.models.layers import Linear
 
 if TYPE_CHECKING:
     from engine.models.llama import LlamaForCausalLM
+
+log = logging.getLogger(__name__)
 
 # Rows below this go to F.linear (MKL's GEMV for one row: no repacking to save).
 MIN_PACKED_ROWS = 2
@@ -64,6 +67,17 @@ class PackedWeight:
         packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 64)
         return cls(weight, packed)
 
+    def agrees(self, probe_rows: tuple[int, ...] = (3, 64)) -> bool:
+        """Whether packed products equal ``F.linear``'s on a seeded probe at these row
+        counts: the layout is MKL's own and packed with one batch-size hint, so a CPU or
+        MKL build where either assumption fails is caught at load, not in the outputs."""
+        gen = torch.Generator().manual_seed(0)
+        for rows in probe_rows:
+            x = torch.randn(rows, self.weight.shape[1], generator=gen)
+            if not torch.allclose(self.linear(x), F.linear(x, self.weight), rtol=1e-4, atol=1e-4):
+                return False
+        return True
+
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if rows < MIN_PACKED_ROWS:
@@ -72,14 +86,18 @@ class PackedWeight:
         return out
 
 
-def pack_weights(model: LlamaForCausalLM) -> int:
+def pack_weights(model: LlamaForCausalLM) -> bool:
     """Give every projection of ``model`` (its ``Linear`` modules and the LM head) a packed
-    copy; returns how many weights were packed."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.packed = PackedWeight.of(module.weight)
-            count += 1
+    copy; if any packed copy disagrees with ``F.linear`` (``PackedWeight.agrees``), none is
+    kept, a warning says so, and the model runs on ``F.linear``. Returns whether it packed."""
     head = model.model.embed_tokens if model.lm_head is None else model.lm_head
-    model.head_packed = PackedWeight.of(head.weight)
-    return count + 1
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    packed = [PackedWeight.of(m.weight) for m in linears]
+    head_packed = PackedWeight.of(head.weight)
+    if not all(p.agrees() for p in [*packed, head_packed]):
+        log.warning("MKL-packed weights disagree with F.linear on this machine: not packing")
+        return False
+    for module, weight in zip(linears, packed, strict=True):
+        module.packed = weight
+    model.head_packed = head_packed
+    return True

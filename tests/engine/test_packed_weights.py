@@ -51,6 +51,20 @@ def test_the_packed_layout_ignores_the_batch_size_hint() -> None:
     assert all(torch.equal(outputs[0], other) for other in outputs[1:])
 
 
+def test_a_packed_copy_that_disagrees_is_caught_and_nothing_is_packed(
+    tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weight = torch.randn(64, 32)
+    assert PackedWeight.of(weight).agrees()
+    assert not PackedWeight(weight, PackedWeight.of(weight.flip(0)).packed).agrees()
+
+    # As if this machine's MKL packed every weight wrongly: the runner keeps F.linear.
+    monkeypatch.setattr(PackedWeight, "agrees", lambda self: False)
+    runner = _runner(tiny_model_dirs["llama"])
+    assert runner.model.head_packed is None
+    assert all(m.packed is None for m in runner.model.modules() if isinstance(m, Linear))
+
+
 def _runner(model_dir: Path, **args: object) -> ModelRunner:
     config = EngineConfig(model=str(model_dir), device="cpu", num_kv_blocks=32, **args)  # type: ignore[arg-type]
     return ModelRunner(config)
