@@ -62,8 +62,8 @@ class PackedWeight:
     @classmethod
     def of(cls, weight: torch.Tensor) -> PackedWeight:
         assert weight.dim() == 2 and weight.dtype == torch.float32, weight.shape
-        # The batch-size hint does not change the packed layout (checked in the tests); the
-        # op takes the real row count at each call.
+        # One batch-size hint for all row counts: the op takes each call's real count, and
+        # ``agrees`` checks at load that MKL's layout does not depend on the hint.
         packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 64)
         return cls(weight, packed)
 

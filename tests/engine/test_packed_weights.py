@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("rows", [1, 2, 5, 17, 64, 300])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_linear_equals_f_linear(rows: int, bias: bool) -> None:
+    """``PackedWeight.of`` packs once, with one batch-size hint, and every call passes its own
+    row count: the products must match ``F.linear`` at every count."""
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(384, 96, generator=gen)
     b = torch.randn(384, generator=gen) if bias else None
@@ -37,20 +39,6 @@ def test_packed_linear_equals_f_linear(rows: int, bias: bool) -> None:
     torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-4)
 
 
-def test_the_packed_layout_ignores_the_batch_size_hint() -> None:
-    """``PackedWeight.of`` packs once with a fixed hint and calls with each step's real row
-    count; that is sound only if the hint does not change the layout."""
-    weight = torch.randn(256, 64)
-    x = torch.randn(7, 64)
-    outputs = [
-        torch.ops.mkl._mkl_linear(
-            x, torch.ops.mkl._mkl_reorder_linear_weight(weight, hint), weight, None, 7
-        )
-        for hint in (1, 7, 64, 4096)
-    ]
-    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
-
-
 def test_a_packed_copy_that_disagrees_is_caught_and_nothing_is_packed(
     tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,7 +50,11 @@ def test_a_packed_copy_that_disagrees_is_caught_and_nothing_is_packed(
     monkeypatch.setattr(PackedWeight, "agrees", lambda self: False)
     runner = _runner(tiny_model_dirs["llama"])
     assert runner.model.head_packed is None
-    assert all(m.packed is None for m in runner.model.modules() if isinstance(m, Linear))
+    assert all(m.packed is None for m in _linears(runner))
+
+
+def _linears(runner: ModelRunner) -> list[Linear]:
+    return [m for m in runner.model.modules() if isinstance(m, Linear)]
 
 
 def _runner(model_dir: Path, **args: object) -> ModelRunner:
@@ -74,16 +66,15 @@ def test_weights_are_packed_by_default_for_fp32_on_the_cpu_only(
     tiny_model_dirs: dict[str, Path],
 ) -> None:
     model_dir = tiny_model_dirs["llama"]
-    linears = lambda runner: [m for m in runner.model.modules() if isinstance(m, Linear)]  # noqa: E731
     packed = _runner(model_dir)
     assert packed.model.head_packed is not None
-    assert all(m.packed is not None for m in linears(packed))
+    assert all(m.packed is not None for m in _linears(packed))
     for runner in (
         _runner(model_dir, cpu_packed_weights=False),
         _runner(model_dir, dtype="bfloat16"),
     ):
         assert runner.model.head_packed is None
-        assert all(m.packed is None for m in linears(runner))
+        assert all(m.packed is None for m in _linears(runner))
 
 
 def test_greedy_outputs_are_the_same_with_and_without_packing(
