@@ -1,18 +1,22 @@
 """Fair share across tenants: how long one tenant's batch takes behind another's backlog.
 
 Tenant A submits 10 batches, then tenant B one batch of the same size; B's time (create to
-completed) is compared with B's time alone on the same stack. Arms (peers in the same run):
+completed) is compared with B's time alone on the same stack, and the time A's whole backlog
+took (its first create to its last batch completed) shows what B's turns cost A. Arms (peers
+in the same run):
 
     fifo           shards straight to the broker (``fair_share_window=0``), engine FIFO
     fair_dispatch  tenants take turns reaching the broker, the engine serves in arrival order
-    fair_engine    turns at the broker and in the engine's waiting queue (worker/fair_order.py)
+    fair_engine    turns at the broker and in the engine's waiting queue (worker/fair_order.py),
+                   and tenants' shares of each step (EngineConfig.fair_step_rows): the defaults
+    whole_steps    fair_engine, but every running request in every step (fair_step_rows=0)
 
 Tiny work per line (SmolLM2-135M, a few tokens). The window and the engine's size are the
 deployment defaults (``FairShareSettings``, ``EngineConfig``) unless ``--fair-window`` or
 ``--max-num-seqs`` set them: fair share has to work with the settings that ship.
 
     python -m benchmarks.fair_share [--rounds 2] [--lines 8] [--max-tokens 6] [--max-num-seqs 0]
-        [--fair-window N] [--arms fair_dispatch,fair_engine] [--name fair_share]
+        [--fair-window N] [--arms whole_steps,fair_engine] [--name fair_share]
 
 Arms alternate within each round; each arm runs on its own stack (the window is a service
 setting, the engine order a worker setting). Results: ``benchmarks/results/<name>.json``,
@@ -22,7 +26,6 @@ with the load average before and after each arm (other work on the machine skews
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
 import statistics
@@ -33,7 +36,7 @@ from typing import Any
 
 import redis
 from moto.server import ThreadedMotoServer
-from openai import APIStatusError, OpenAI
+from openai import OpenAI
 
 from benchmarks.common import write_result
 from engine.config import EngineConfig
@@ -44,10 +47,11 @@ from infra.harness.stack import Stack, open_stack
 from jobs.pipeline.fair_share import FairShareSettings
 
 BACKLOG_BATCHES = 10
-ARMS = {  # arm -> (fair share on, fair_engine_order); the window is --fair-window
-    "fifo": (False, False),
-    "fair_dispatch": (True, False),
-    "fair_engine": (True, True),
+ARMS = {  # arm -> (fair share on, fair_engine_order, step shares); the window is --fair-window
+    "fifo": (False, False, False),
+    "fair_dispatch": (True, False, False),
+    "whole_steps": (True, True, False),
+    "fair_engine": (True, True, True),
 }
 SHAPE = {"lines": 8, "max_tokens": 6}  # of every batch; set from the command line
 
@@ -76,15 +80,19 @@ def one_arm(stack: Stack) -> dict[str, Any]:
     b = stack.server.client("key-beta")
     timed(b, "warm")
     alone = timed(b, "alone")
+    a_start = time.monotonic()
     backlog = [create(a, f"a{n}") for n in range(BACKLOG_BATCHES)]
     shared = timed(b, "shared")
     a_done = sum(a.batches.retrieve(i).status == "completed" for i in backlog)
-    for batch_id in backlog:  # the rest of A's backlog is not measured: stop it
-        with contextlib.suppress(APIStatusError):  # one that just finished cannot be
-            a.batches.cancel(batch_id)
-    for batch_id in backlog:
+    for batch_id in backlog:  # what B's turns cost A: its whole backlog's time
         wait_done(a, batch_id)
-    return {"alone_s": alone, "shared_s": shared, "ratio": shared / alone, "a_done": a_done}
+    return {
+        "alone_s": alone,
+        "shared_s": shared,
+        "ratio": shared / alone,
+        "a_done": a_done,
+        "a_backlog_s": time.monotonic() - a_start,
+    }
 
 
 def load_average() -> float:
@@ -108,12 +116,12 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
     parser.add_argument("--name", default="fair_share", help="the results file's name")
     args = parser.parse_args()
-    arms: dict[str, tuple[int, bool]] = {}
+    arms: dict[str, tuple[int, bool, bool]] = {}
     for arm in args.arms.split(","):
         if arm not in ARMS:
             parser.error(f"unknown arm {arm!r}; the arms are {', '.join(ARMS)}")
-        fair, engine_order = ARMS[arm]
-        arms[arm] = (args.fair_window if fair else 0, engine_order)
+        fair, engine_order, step_shares = ARMS[arm]
+        arms[arm] = (args.fair_window if fair else 0, engine_order, step_shares)
     SHAPE.update(lines=args.lines, max_tokens=args.max_tokens)
     settings: dict[str, object] = {"shard_size": max(1, args.lines // 2)}
     worker: dict[str, object] = {"visibility_timeout_s": 600}
@@ -128,8 +136,10 @@ def main() -> None:
     prefix = f"kvbatch-bench-fair-{secrets.token_hex(3)}"
     try:
         for _ in range(args.rounds):
-            for arm, (window, engine_order) in arms.items():
+            for arm, (window, engine_order, step_shares) in arms.items():
                 load_before = load_average()
+                # Off: every running request in every step; on: the engine's default.
+                shares = {} if step_shares else {"engine_fair_step_rows": 0}
                 with (
                     tempfile.TemporaryDirectory() as tmp,
                     open_stack(
@@ -139,6 +149,7 @@ def main() -> None:
                         client,
                         {**settings, "fair_share_window": window},
                         **worker,
+                        **shares,
                         fair_engine_order=engine_order,
                     ) as stack,
                 ):
@@ -160,9 +171,10 @@ def main() -> None:
                 "settings": settings,
                 "worker": worker,
                 "engine_max_num_seqs": args.max_num_seqs or EngineConfig(MODEL).max_num_seqs,
+                "engine_fair_step_rows": EngineConfig(MODEL, device="cpu").step_row_floor,
                 "arms": {
-                    arm: {"fair_share_window": w, "fair_engine_order": e}
-                    for arm, (w, e) in arms.items()
+                    arm: {"fair_share_window": w, "fair_engine_order": e, "step_shares": s}
+                    for arm, (w, e, s) in arms.items()
                 },
             },
             "runs": runs,

@@ -53,6 +53,12 @@ class EngineConfig:
     # layout (twice the weights' memory), so steps of a few rows per request do not repack
     # every weight on every call (engine/models/packed_weights.py).
     cpu_packed_weights: bool = True
+    # Tenants' shares of a step (engine/scheduler.py): while requests of two or more tenants
+    # are in the engine, a step runs no more requests of one tenant than the next-busiest
+    # tenant has there, but never caps a tenant below this many. 0: off. None: 8 on the
+    # CPU, where a step's time grows with its rows; off on CUDA, where a decode step takes
+    # about as long at 16 rows as at 256 and capping would only cost throughput.
+    fair_step_rows: int | None = None
     # Structured outputs: the largest constraint one request may hand the grammar compiler,
     # and the threads compiling grammars off the step loop.
     max_schema_bytes: int = 1_000_000
@@ -92,6 +98,8 @@ class EngineConfig:
             raise EngineConfigError("pooling_type must be last, mean or cls")
         if self.max_loras < 1 or not 1 <= self.max_lora_rank <= 512:
             raise EngineConfigError("max_loras must be at least 1 and max_lora_rank in [1, 512]")
+        if self.fair_step_rows is not None and self.fair_step_rows < 0:
+            raise EngineConfigError("fair_step_rows must be 0 (off) or positive")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError("gpu_memory_utilization must be in (0, 1]")
         if isinstance(self.speculative_config, str):
@@ -112,6 +120,13 @@ class EngineConfig:
         """The checked speculative settings (``__post_init__`` turned a dict into one)."""
         assert not isinstance(self.speculative_config, dict | str)
         return self.speculative_config
+
+    @property
+    def step_row_floor(self) -> int:
+        """``fair_step_rows`` resolved for this device; 0: tenants' shares are off."""
+        if self.fair_step_rows is not None:
+            return self.fair_step_rows
+        return 8 if self.torch_device.type == "cpu" else 0
 
     @property
     def torch_device(self) -> torch.device:

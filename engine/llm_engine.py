@@ -169,6 +169,7 @@ class LLMEngine:
         priority: int = 0,
         lora_request: LoRARequest | None = None,
         arrival_time: float | None = None,
+        tenant: Hashable | None = None,
     ) -> None:
         """Queue a request (to generate, or to embed with ``PoolingParams``), under
         ``lora_request``'s adapter if given; raises ``InvalidRequestError`` for one that
@@ -176,7 +177,9 @@ class LLMEngine:
 
         The scheduler serves waiting requests by ``(priority, arrival_time)``; without an
         ``arrival_time`` a request arrives after every earlier one. A caller that orders
-        requests its own way (a fair-queuing tag) passes it for every request."""
+        requests its own way (a fair-queuing tag) passes it for every request. ``tenant``
+        names whose request it is, for the tenants' shares of each step
+        (``EngineConfig.fair_step_rows``)."""
         if request_id in self._groups or request_id in self._pooling:
             raise InvalidRequestError(f"request id {request_id!r} is already in the engine")
         if arrival_time is not None and not math.isfinite(arrival_time):
@@ -189,7 +192,7 @@ class LLMEngine:
                 raise InvalidRequestError("embedding requests cannot run under a LoRA adapter")
             self.lora.register(lora_request)
         if isinstance(params, PoolingParams):
-            self._add_pooling(request_id, text, token_ids, params, priority, arrival_time)
+            self._add_pooling(request_id, text, token_ids, params, priority, arrival_time, tenant)
             return
         if params.max_tokens is None:  # the rest of the context (re-checked by the dataclass)
             params = replace(params, max_tokens=max(1, self.max_model_len - len(token_ids)))
@@ -210,6 +213,7 @@ class LLMEngine:
                 priority=priority,
                 parent=parent,
                 lora_request=lora_request,
+                tenant=tenant,
             )
             parent = parent or request
             detok = None
@@ -285,6 +289,7 @@ class LLMEngine:
         params: PoolingParams,
         priority: int,
         arrival_time: float | None,
+        tenant: Hashable | None,
     ) -> None:
         self._validate_pooling(token_ids, params)
         serial = next(self._arrivals)
@@ -295,6 +300,7 @@ class LLMEngine:
             arrival_time=float(serial) if arrival_time is None else arrival_time,
             priority=priority,
             pooling_params=params,
+            tenant=tenant,
         )
         self._pooling[request_id] = _PoolingGroup(request_id, request, text)
         self._owners[request.request_id] = request_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -51,6 +52,9 @@ class Request:
     ``parent`` is set on the 2nd..nth sample of an ``n > 1`` request: such a child shares the
     parent's full prompt blocks (ref-counted) instead of computing them again.
 
+    ``tenant`` is whose request it is, for the tenants' shares of a step (any hashable the
+    caller names; ``None`` is one tenant like any other).
+
     ``lora_request`` runs it under a LoRA adapter; ``lora_slot`` is the device slot holding
     that adapter while the request runs (set and cleared by the scheduler), -1 otherwise.
     """
@@ -74,6 +78,7 @@ class Request:
     draft_token_ids: list[int] = field(default_factory=list)
     lora_request: LoRARequest | None = None
     lora_slot: int = -1
+    tenant: Hashable | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:

@@ -12,6 +12,17 @@ Running requests go first (in priority, then arrival order), then waiting ones. 
 cache runs out, the worst running request is preempted: its blocks are freed and it later
 recomputes its prompt and its outputs so far as one longer prompt.
 
+Tenants share each step. On the CPU a step's time grows with the rows in it, so one
+tenant's backlog of 80 running requests makes every step of another tenant's 8 slow. While
+requests of two or more tenants are in the engine, a step runs at most ``cap`` requests of
+any one tenant, the rest of its running requests keeping their blocks and skipping the step::
+
+    in the engine:  A 80, B 8, C 3   ->  cap = max(fair_step_rows, 8)  (the second-largest)
+    one step:       A's first 8 (by queue order), all of B's, all of C's
+
+With one tenant in the engine nothing is capped (``fair_step_rows`` is 0 on CUDA by default,
+where a decode step costs about the same at 8 rows as at 256).
+
 A request under a LoRA adapter also needs a device slot holding it to run (``lora_slots``):
 while every slot is in use by other adapters it stays waiting, and requests behind it that
 need no new slot go ahead of it. It gives its slot back when it stops running.
@@ -20,8 +31,10 @@ need no new slot go ahead of it. It gives its slot back when it stops running.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from dataclasses import dataclass
+import heapq
+from collections import Counter
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
 
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheManager, cdiv
@@ -68,6 +81,8 @@ class Scheduler:
         self.lora_slots = LoRASlotTable(config.max_loras) if config.enable_lora else None
         self._arrival_order: dict[RequestId, int] = {}
         self._num_added = 0
+        self.step_row_floor = config.step_row_floor
+        self._tenant_sizes: Counter[Hashable | None] = Counter()  # requests in the engine
 
     @property
     def num_waiting(self) -> int:
@@ -103,17 +118,30 @@ class Scheduler:
         self._arrival_order[request.request_id] = self._num_added
         self._num_added += 1
         self.requests[request.request_id] = request
+        self._tenant_sizes[request.tenant] += 1
         bisect.insort(self.waiting, request, key=self._order_key)
 
     def schedule(self) -> SchedulerOutput:
         """Plan one step: running requests first, then admit waiting ones (unless this step
         had to preempt, which means the cache is already too full to admit anyone)."""
         output = SchedulerOutput()
-        budget = self._schedule_running(output, self.max_num_batched_tokens)
+        rows = _TenantRows(self._tenant_cap())
+        budget = self._schedule_running(output, self.max_num_batched_tokens, rows)
         if not output.preempted:
-            self._schedule_waiting(output, budget)
+            self._schedule_waiting(output, budget, rows)
         self._check_invariants(output)
         return output
+
+    def _tenant_cap(self) -> int | None:
+        """The most requests of one tenant a step may run; ``None``: no cap this step.
+
+        Waiting requests count too, so a newcomer's first step (its prefill) is already
+        shared. While its requests wait for blocks, the capped tenant still runs at least
+        ``step_row_floor`` rows, and its capped requests, run first by queue order, finish
+        and free blocks sooner than 80 running a token each would."""
+        if not self.step_row_floor or len(self._tenant_sizes) < 2:
+            return None
+        return max(self.step_row_floor, heapq.nlargest(2, self._tenant_sizes.values())[1])
 
     def update_from_output(
         self, output: SchedulerOutput, sampled_token_ids: list[list[int]]
@@ -193,13 +221,16 @@ class Scheduler:
     def _order_key(self, request: Request) -> tuple[int, float, int]:
         return (request.priority, request.arrival_time, self._arrival_order[request.request_id])
 
-    def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, output: SchedulerOutput, budget: int, rows: _TenantRows) -> int:
         """Give each running request its next chunk (a decode is a chunk of one token, plus
-        its drafts when it has some); return the budget left. Preempts from the tail of the
-        queue when blocks run out."""
+        its drafts when it has some) unless its tenant has used its rows; return the budget
+        left. Preempts from the tail of the queue when blocks run out."""
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            if not rows.take(request.tenant):
+                index += 1  # skips this step, keeps its blocks
+                continue
             num_drafts, block_ids = self._allocate_drafts(request, budget)
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             assert num_new > 0, "a running request always has a token to compute"
@@ -242,14 +273,18 @@ class Scheduler:
             if victim is request:
                 return None
 
-    def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
+    def _schedule_waiting(self, output: SchedulerOutput, budget: int, rows: _TenantRows) -> None:
         """Admit waiting requests in queue order while budget, sequence slots and blocks
         last. A sibling of an ``n > 1`` request waits (without blocking the queue) until its
-        parent has computed the prompt they share."""
+        parent has computed the prompt they share; so does a request whose tenant has used
+        its rows this step."""
         index = 0
         while index < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[index]
             parent = request.parent
+            if not rows.has_room(request.tenant):
+                index += 1
+                continue
             if request.lora_request is not None and not self._lora_slot_available(request):
                 index += 1  # every slot is busy with other adapters: wait, let others by
                 continue
@@ -267,6 +302,7 @@ class Scheduler:
             block_ids = self.kv_cache.allocate_slots(request, num_new, computed)
             if block_ids is None:
                 break  # FCFS: nobody behind it may overtake it for blocks
+            rows.take(request.tenant)
             self._acquire_lora_slot(request)
             del self.waiting[index]
             if request.status is RequestStatus.WAITING:
@@ -334,12 +370,16 @@ class Scheduler:
         request.status = status
         del self.requests[request.request_id]
         del self._arrival_order[request.request_id]
+        self._tenant_sizes[request.tenant] -= 1
+        if not self._tenant_sizes[request.tenant]:
+            del self._tenant_sizes[request.tenant]
 
     def _check_invariants(self, output: SchedulerOutput) -> None:
         """Cheap per-step checks: O(scheduled requests + block tables), no block walk."""
         assert output.num_batched_tokens <= self.max_num_batched_tokens
         assert len(self.running) <= self.max_num_seqs
         assert len(self.running) + len(self.waiting) == len(self.requests)
+        assert self._tenant_sizes.total() == len(self.requests)
         assert len(self.kv_cache.block_tables) == len(self.running), "only running hold blocks"
         assert len({id(s.request) for s in output.scheduled}) == len(output.scheduled)
         if self.lora_slots is not None:
@@ -351,3 +391,21 @@ class Scheduler:
             assert end <= self.max_model_len
             assert len(scheduled.block_ids) * self.block_size >= end
         self.kv_cache.check_step_invariants()
+
+
+@dataclass(slots=True)
+class _TenantRows:
+    """The rows each tenant has taken in the step being planned, against the step's cap."""
+
+    cap: int | None
+    taken: Counter[Hashable | None] = field(default_factory=Counter)
+
+    def has_room(self, tenant: Hashable | None) -> bool:
+        return self.cap is None or self.taken[tenant] < self.cap
+
+    def take(self, tenant: Hashable | None) -> bool:
+        """Count one row for ``tenant`` if it has room; whether it had."""
+        if not self.has_room(tenant):
+            return False
+        self.taken[tenant] += 1
+        return True

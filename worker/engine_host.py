@@ -255,6 +255,7 @@ class EngineHost:
                 submission.priority,
                 lora_request=submission.lora_request,
                 arrival_time=tag,
+                tenant=submission.tenant,
             )
         except LoRAAdapterError as exc:  # every line of that adapter is refused alike
             adapter = submission.lora_request.name if submission.lora_request else "?"
