@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
@@ -79,6 +80,7 @@ def make_request(
     priority: int = 0,
     parent: Request | None = None,
     eos: int | None = None,
+    tenant: Hashable | None = None,
 ) -> Request:
     tokens = prompt if prompt is not None else [random.randrange(VOCAB) for _ in range(num_prompt)]
     return Request(
@@ -88,6 +90,7 @@ def make_request(
         eos_token_id=eos,
         priority=priority,
         parent=parent,
+        tenant=tenant,
     )
 
 
@@ -99,6 +102,7 @@ def make_scheduler(
     max_num_seqs: int = 16,
     max_model_len: int = 256,
     prefix_caching: bool = True,
+    fair_step_rows: int | None = None,
 ) -> Scheduler:
     config = EngineConfig(
         model="fake",
@@ -106,6 +110,7 @@ def make_scheduler(
         max_num_batched_tokens=budget,
         max_num_seqs=max_num_seqs,
         enable_prefix_caching=prefix_caching,
+        fair_step_rows=fair_step_rows,
     )
     return Scheduler(config, num_kv_blocks=num_blocks, max_model_len=max_model_len)
 
@@ -371,9 +376,14 @@ def test_add_request_rejects_requests_that_can_never_run() -> None:
         scheduler.add_request(request)
 
 
-def test_random_workload_with_aborts_keeps_every_invariant() -> None:
+@pytest.mark.parametrize("tenants", ["", "abc"])
+def test_random_workload_with_aborts_keeps_every_invariant(tenants: str) -> None:
+    """With ``tenants``, requests of three tenants whose steps are shared at one row each
+    (``fair_step_rows=1``): capped requests skip steps amid preemptions and aborts."""
     rng = random.Random(3)
-    scheduler, model = make_fake_engine(num_blocks=16, block_size=4, budget=16, max_num_seqs=5)
+    scheduler, model = make_fake_engine(
+        num_blocks=16, block_size=4, budget=16, max_num_seqs=5, fair_step_rows=1
+    )
     prefixes = [[rng.randrange(VOCAB) for _ in range(20)] for _ in range(3)]
     live: list[Request] = []
     for _ in range(300):
@@ -384,8 +394,16 @@ def test_random_workload_with_aborts_keeps_every_invariant() -> None:
                 prompt = list(parent.prompt_token_ids)
             else:
                 parent = None
+            tenant: Hashable | None = rng.choice(tenants) if tenants else None
+            if parent is not None:
+                tenant = parent.tenant
             request = make_request(
-                0, rng.randint(1, 12), prompt=prompt, parent=parent, priority=rng.randint(0, 2)
+                0,
+                rng.randint(1, 12),
+                prompt=prompt,
+                parent=parent,
+                priority=rng.randint(0, 2),
+                tenant=tenant,
             )
             scheduler.add_request(request)
             live.append(request)

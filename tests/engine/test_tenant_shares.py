@@ -14,7 +14,7 @@ from engine import SamplingParams
 from engine.config import EngineConfig, EngineConfigError
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
-from engine.request import Request, RequestId, RequestStatus
+from engine.request import Request, RequestId
 from engine.scheduler import Scheduler
 from tests.engine.test_scheduler import VOCAB, FakeModel, run_all, step
 
@@ -98,24 +98,6 @@ def test_capped_steps_give_the_same_tokens_as_uncapped_ones() -> None:
         outputs[rows] = ([r.output_token_ids for r in requests], len(steps))
     assert outputs[0][0] == outputs[1][0]
     assert outputs[1][1] > outputs[0][1]  # the cap did hold rows back
-
-
-def test_random_tenants_with_preemption_and_aborts_keep_every_invariant() -> None:
-    rng = random.Random(5)
-    scheduler = scheduler_with(fair_step_rows=1, num_blocks=14)
-    model = FakeModel(scheduler)
-    live: list[Request] = []
-    for serial in range(300):
-        if rng.random() < 0.5:
-            request = tenant_request(rng.choice("abc"), serial, max_tokens=rng.randint(1, 10))
-            scheduler.add_request(request)
-            live.append(request)
-        if live and rng.random() < 0.05:
-            scheduler.finish_requests([rng.choice(live).request_id], RequestStatus.FINISHED_ABORTED)
-        step(scheduler, model)
-        live = [r for r in live if not r.status.is_finished]
-    run_all(scheduler, model)
-    assert scheduler.num_preemptions > 0
 
 
 def test_the_default_is_on_for_the_cpu_only_and_negative_is_refused() -> None:
