@@ -57,7 +57,7 @@ class EngineConfig:
     # are in the engine, a step runs no more requests of one tenant than the next-busiest
     # tenant has there, but never caps a tenant below this many. 0: off. None: 8 on the
     # CPU, where a step's time grows with its rows; off on CUDA, where a decode step takes
-    # about as long at 16 rows as at 256 and capping would only cost throughput.
+    # about as long at 8 rows as at 256 and capping would only cost throughput.
     fair_step_rows: int | None = None
     # Structured outputs: the largest constraint one request may hand the grammar compiler,
     # and the threads compiling grammars off the step loop.

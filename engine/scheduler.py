@@ -404,8 +404,11 @@ class _TenantRows:
         return self.cap is None or self.taken[tenant] < self.cap
 
     def take(self, tenant: Hashable | None) -> bool:
-        """Count one row for ``tenant`` if it has room; whether it had."""
-        if not self.has_room(tenant):
+        """Count one row for ``tenant`` if it has room; whether it had (uncapped: nothing
+        to count)."""
+        if self.cap is None:
+            return True
+        if self.taken[tenant] >= self.cap:
             return False
         self.taken[tenant] += 1
         return True
