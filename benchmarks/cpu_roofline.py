@@ -7,7 +7,8 @@ model of a step, with CPU-shaped measurements):
   far larger than the caches (bytes of the matrix read), i.e. how fast a decode step can
   stream the weights;
 - matmul FLOP/s: the best of square GEMMs and of the model's own projection shapes at a
-  prefill-sized batch.
+  prefill-sized batch, each through MKL (``torch.matmul``) and through oneDNN with the weight
+  reordered once (what the engine runs, engine/models/packed_weights.py).
 
 The engine then runs the workload; for every step it actually ran, the floor is
 ``max(weights + KV bytes / bandwidth, 2 * matrix params * tokens / FLOP rate)``, and the
@@ -37,6 +38,7 @@ from benchmarks.roofline import DeviceLimits, ModelTraffic, drain, summarize_ste
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_fetch import fetch_model
+from engine.models.packed_weights import PackedWeight
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats
 
@@ -46,6 +48,7 @@ OP_KINDS: dict[str, str] = {
     "aten::mm": "projections (GEMM)",
     "aten::linear": "projections (GEMM)",
     "aten::matmul": "projections (GEMM)",
+    "mkldnn::_linear_pointwise": "projections (GEMM)",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA)",
     "aten::_scaled_dot_product_attention_math": "attention (SDPA)",
     "aten::bmm": "attention (SDPA)",
@@ -79,6 +82,9 @@ def measure_cpu_limits(hidden: int, intermediate: int) -> tuple[DeviceLimits, di
     copy_bw = 2 * big / best_of(lambda: dst.copy_(src), 5)
     matrix, vector = src.view(-1, 2048), torch.ones(2048)
     gemv_bw = big / best_of(lambda: torch.mv(matrix, vector), 5)
+    reordered = PackedWeight.of(matrix)
+    row = vector.view(1, -1)
+    gemv_bw = max(gemv_bw, big / best_of(lambda: reordered.linear(row), 5))
     # [m, k] @ [k, n]: squares, and a 512-token chunk through the MLP's projections
     shapes = {
         "square_1024": (1024, 1024, 1024),
@@ -89,7 +95,11 @@ def measure_cpu_limits(hidden: int, intermediate: int) -> tuple[DeviceLimits, di
     rates = {}
     for name, (m, k, n) in shapes.items():
         x, w = torch.randn(m, k), torch.randn(n, k)
-        rates[name] = 2 * m * k * n / best_of(functools.partial(torch.matmul, x, w.T), 5)
+        seconds = min(
+            best_of(functools.partial(torch.matmul, x, w.T), 5),
+            best_of(functools.partial(PackedWeight.of(w).linear, x), 5),
+        )
+        rates[name] = 2 * m * k * n / seconds
     measured = {"copy_GB_s": copy_bw / 1e9, "gemv_GB_s": gemv_bw / 1e9}
     measured.update({f"gemm_{k}_GFLOP_s": v / 1e9 for k, v in rates.items()})
     return DeviceLimits(max(copy_bw, gemv_bw), max(rates.values())), measured

@@ -49,7 +49,7 @@ class EngineConfig:
     load_format: str = "safetensors"
     enforce_eager: bool = False
     sync_step_timing: bool = True
-    # fp32 on the CPU: each projection's weight is kept a second time in MKL's packed GEMM
+    # fp32 on the CPU: each projection's weight is kept a second time in oneDNN's blocked
     # layout (twice the weights' memory), so steps of a few rows per request do not repack
     # every weight on every call (engine/models/packed_weights.py).
     cpu_packed_weights: bool = True

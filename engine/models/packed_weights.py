@@ -1,24 +1,28 @@
-"""Projection weights kept a second time in MKL's packed GEMM layout, for fp32 on the CPU.
+"""Projection weights kept a second time in oneDNN's blocked layout, for fp32 on the CPU.
 
 A plain ``F.linear`` hands MKL the weight in PyTorch's layout, and MKL repacks it into its
 GEMM kernel's blocked layout on every call. For a prefill of thousands of tokens that copy is
 noise; for a decode step of a few rows, or a speculative verify of k + 1 tokens per request,
-it is a second pass over every weight of the model, each step. Packing once at load time
-(``cblas_sgemm_pack``, reached through ``torch.ops.mkl._mkl_linear``, the op PyTorch's own
-CPU compiler emits for frozen fp32 linears) removes it::
+it is a second pass over every weight of the model, each step. Reordering once at load time
+(``torch.ops.mkldnn._reorder_linear_weight``, then ``_linear_pointwise``: the pair PyTorch's
+own CPU compiler emits for fp32 linears whose row count varies, as a step's does) removes it.
 
-    measured on a 2-core Xeon VM, SmolLM2-135M, fp32, median decode step of 3 rounds
-    (benchmarks/results/cpu_packed_weights.json, python -m benchmarks.cpu_packed_weights):
-        8 rows     F.linear 110 ms    packed  89 ms    (1.23x)
-        32 rows    F.linear 208 ms    packed 174 ms    (1.20x)
-        the 32-prompt engine_vs_hf workload end to end: 1.10x output tokens/s
+oneDNN rather than MKL's own packed GEMM (``cblas_sgemm_pack``, which this module used
+first): oneDNN picks its kernels from the CPU's instruction sets, where MKL takes slower paths
+on some CPUs, and it handles a few rows far better. Every projection of SmolLM2-135M once
+(plus the LM head), 2 threads, ms, best of 3 (``python -m benchmarks.cpu_packed_weights``
+measures the engine end to end)::
 
-The packed copy costs as much memory as the weights. A single row (a lone decode) keeps
-``F.linear``: MKL takes its GEMV path there, which reads the weight once anyway.
+    rows                 1      2      5      8     33     64    512
+    AMD EPYC (AVX2)
+      F.linear         22.9   50.6   69.2   67.8  114.6  192.3      -
+      MKL packed          -   38.4   57.1   56.5  100.4  150.4   1221
+      oneDNN reordered 15.2   17.4   23.2   27.4   70.8  123.8   1008
 
-The packed product sums in another order than ``F.linear`` for a few rows, so logits differ
-in the last bits (about 1e-6 relative); greedy parity with transformers is checked by the
-same tests as before (tests/engine/test_greedy_parity.py).
+The reordered copy costs as much memory as the weights. Its products sum in another order
+than ``F.linear``'s, so logits differ in the last bits (about 1e-6 relative); greedy parity
+with transformers is checked by the same tests as before (tests/engine/test_greedy_parity.py),
+and ``PackedWeight.agrees`` checks every copy at load.
 """
 
 from __future__ import annotations
@@ -37,24 +41,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Rows below this go to F.linear (MKL's GEMV for one row: no repacking to save).
-MIN_PACKED_ROWS = 2
-
-
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """MKL-packed fp32 GEMMs exist in this PyTorch build, for this device and dtype."""
+    """oneDNN-reordered fp32 linears exist in this PyTorch build, for this device and dtype."""
     return (
         device.type == "cpu"
         and dtype == torch.float32
-        and torch.backends.mkl.is_available()
-        and hasattr(torch.ops.mkl, "_mkl_linear")
-        and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )
 
 
 @dataclass(frozen=True, slots=True)
 class PackedWeight:
-    """``weight`` ``[out, in]`` and its packed copy; ``linear`` computes ``x W^T + b``."""
+    """``weight`` ``[out, in]`` and its reordered copy; ``linear`` computes ``x W^T + b``."""
 
     weight: torch.Tensor
     packed: torch.Tensor
@@ -63,14 +63,14 @@ class PackedWeight:
     def of(cls, weight: torch.Tensor) -> PackedWeight:
         assert weight.dim() == 2 and weight.dtype == torch.float32, weight.shape
         # One batch-size hint for all row counts: the op takes each call's real count, and
-        # ``agrees`` checks at load that MKL's layout does not depend on the hint.
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 64)
+        # ``agrees`` checks at load that the layout serves other counts.
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 64)
         return cls(weight, packed)
 
-    def agrees(self, probe_rows: tuple[int, ...] = (3, 64)) -> bool:
+    def agrees(self, probe_rows: tuple[int, ...] = (1, 3, 64)) -> bool:
         """Whether packed products equal ``F.linear``'s on a seeded probe at these row
-        counts: the layout is MKL's own and packed with one batch-size hint, so a CPU or
-        MKL build where either assumption fails is caught at load, not in the outputs."""
+        counts: the layout is oneDNN's own and chosen with one batch-size hint, so a CPU or
+        oneDNN build where either assumption fails is caught at load, not in the outputs."""
         gen = torch.Generator().manual_seed(0)
         for rows in probe_rows:
             x = torch.randn(rows, self.weight.shape[1], generator=gen)
@@ -79,10 +79,7 @@ class PackedWeight:
         return True
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows < MIN_PACKED_ROWS:
-            return F.linear(x, self.weight, bias)
-        out: torch.Tensor = torch.ops.mkl._mkl_linear(x, self.packed, self.weight, bias, rows)
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
         return out
 
 
@@ -95,7 +92,7 @@ def pack_weights(model: LlamaForCausalLM) -> bool:
     packed = [PackedWeight.of(m.weight) for m in linears]
     head_packed = PackedWeight.of(head.weight)
     if not all(p.agrees() for p in [*packed, head_packed]):
-        log.warning("MKL-packed weights disagree with F.linear on this machine: not packing")
+        log.warning("oneDNN-reordered weights disagree with F.linear on this machine: not packing")
         return False
     for module, weight in zip(linears, packed, strict=True):
         module.packed = weight

@@ -1,4 +1,4 @@
-"""MKL-packed projection weights (fp32, CPU): the same products as ``F.linear``, turned on by
+"""oneDNN-reordered projection weights (fp32, CPU): the same products as ``F.linear``, turned on by
 default only where they apply, and the engine's greedy outputs unchanged."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from engine.models.packed_weights import PackedWeight, packing_available
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(
-    not packing_available(CPU, torch.float32), reason="this PyTorch build has no MKL packing"
+    not packing_available(CPU, torch.float32), reason="this PyTorch build has no oneDNN linear"
 )
 
 
@@ -46,7 +46,7 @@ def test_a_packed_copy_that_disagrees_is_caught_and_nothing_is_packed(
     assert PackedWeight.of(weight).agrees()
     assert not PackedWeight(weight, PackedWeight.of(weight.flip(0)).packed).agrees()
 
-    # As if this machine's MKL packed every weight wrongly: the runner keeps F.linear.
+    # As if this machine's oneDNN reordered every weight wrongly: the runner keeps F.linear.
     monkeypatch.setattr(PackedWeight, "agrees", lambda self: False)
     runner = _runner(tiny_model_dirs["llama"])
     assert runner.model.head_packed is None
@@ -80,8 +80,8 @@ def test_weights_are_packed_by_default_for_fp32_on_the_cpu_only(
 def test_greedy_outputs_are_the_same_with_and_without_packing(
     tiny_model_dirs: dict[str, Path],
 ) -> None:
-    """Prefill chunks, batched decodes and single-row decodes all take the packed path or
-    GEMV; the tokens match the unpacked engine's (which the parity tests hold to
+    """Prefill chunks, batched decodes and single-row decodes all take the reordered
+    weights; the tokens match the unpacked engine's (which the parity tests hold to
     transformers)."""
     model_dir = str(tiny_model_dirs["qwen3"])
     prompts = [list(range(3, 3 + n)) for n in (1, 5, 40, 90)]
