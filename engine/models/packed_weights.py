@@ -9,15 +9,18 @@ own CPU compiler emits for fp32 linears whose row count varies, as a step's does
 
 oneDNN rather than MKL's own packed GEMM (``cblas_sgemm_pack``, which this module used
 first): oneDNN picks its kernels from the CPU's instruction sets, where MKL takes slower paths
-on some CPUs, and it handles a few rows far better. Every projection of SmolLM2-135M once
-(plus the LM head), 2 threads, ms, best of 3 (``python -m benchmarks.cpu_packed_weights``
-measures the engine end to end)::
+on some CPUs, and it handles a few rows far better. Only an AMD CPU has been measured
+against MKL's packed GEMM so far (below); on Intel CPUs oneDNN is Intel's own library. Every
+projection of SmolLM2-135M once
+(its 120 layer projections and the LM head, 538 MB), 2 threads, median ms of 7, arms
+alternating (``python -m benchmarks.cpu_linear_libraries``; ``cpu_packed_weights`` measures
+the engine end to end)::
 
-    rows                 1      2      5      8     33     64    512
+    rows                  1      2      5      8     33     64    256
     AMD EPYC (AVX2)
-      F.linear         22.9   50.6   69.2   67.8  114.6  192.3      -
-      MKL packed          -   38.4   57.1   56.5  100.4  150.4   1221
-      oneDNN reordered 15.2   17.4   23.2   27.4   70.8  123.8   1008
+      F.linear          68.4  122.8  110.2  118.9  171.2  252.0  674.1
+      MKL packed        70.2   79.8   89.6  117.5  168.3  241.3  676.7
+      oneDNN reordered  51.5   54.3   54.1   62.8  101.0  175.1  586.4
 
 The reordered copy costs as much memory as the weights. Its products sum in another order
 than ``F.linear``'s, so logits differ in the last bits (about 1e-6 relative); greedy parity
