@@ -39,6 +39,26 @@ def test_packed_linear_equals_f_linear(rows: int, bias: bool) -> None:
     torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-4)
 
 
+def test_one_row_on_one_thread_takes_f_linear_and_more_take_the_reordered_copy() -> None:
+    """On one thread a single row is ``F.linear``'s GEMV to the bit; two rows, or two threads,
+    go through oneDNN (whose sums differ from ``F.linear``'s in the last bits)."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(512, 256, generator=gen)
+    packed = PackedWeight.of(weight)
+    one, two = torch.randn(1, 256, generator=gen), torch.randn(2, 256, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(packed.linear(one), F.linear(one, weight))
+        reordered = torch.ops.mkldnn._linear_pointwise(two, packed.packed, None, "none", [], "")
+        assert torch.equal(packed.linear(two), reordered)
+        torch.set_num_threads(2)
+        reordered = torch.ops.mkldnn._linear_pointwise(one, packed.packed, None, "none", [], "")
+        assert torch.equal(packed.linear(one), reordered)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_packed_copy_that_disagrees_is_caught_and_nothing_is_packed(
     tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
