@@ -7,14 +7,15 @@ decode row to a prefill chunk, through:
 - ``f_linear``: ``F.linear``, MKL with the weight in PyTorch's layout (repacked every call);
 - ``mkl_packed``: MKL's packed GEMM, the weight packed once (``cblas_sgemm_pack``, what the
   engine used before; a single row goes to ``F.linear``, MKL's GEMV, as it did there);
-- ``onednn_reordered``: oneDNN with the weight reordered once, what the engine runs
-  (engine/models/packed_weights.py).
+- ``onednn_reordered``: oneDNN with the weight reordered once (``PackedWeight.of``), called
+  directly: what the engine runs, except that on one thread a single row goes to
+  ``F.linear`` there (engine/models/packed_weights.py), which this arm measures the reason for.
 
 The three arms alternate within each repeat; the result is each arm's median milliseconds
 per pass and the ratios to ``onednn_reordered``. Run it with the thread count the engine
-gets (torch's default).
+gets (torch's default), or with ``OMP_NUM_THREADS=1`` for one thread.
 
-    python -m benchmarks.cpu_linear_libraries [--repeats 7]
+    python -m benchmarks.cpu_linear_libraries [--repeats 7] [--name cpu_linear_libraries]
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def arms(weights: list[torch.Tensor]) -> dict[str, Callable[[int, torch.Tensor],
     return {
         "f_linear": lambda i, x: F.linear(x, weights[i]),
         "mkl_packed": mkl_packed,
-        "onednn_reordered": lambda i, x: onednn[i].linear(x),
+        "onednn_reordered": lambda i, x: torch.ops.mkldnn._linear_pointwise(
+            x, onednn[i].packed, None, "none", [], ""
+        ),
     }
 
 
@@ -71,7 +74,7 @@ def pass_ms(
 
 
 def main() -> None:
-    args = parse_options(__doc__, repeats=7)
+    args = parse_options(__doc__, repeats=7, name="cpu_linear_libraries")
     weights = model_weights()
     paths = arms(weights)
     per_rows: dict[str, Any] = {}
@@ -93,10 +96,11 @@ def main() -> None:
             "projections": len(weights),
             "weight_bytes": sum(w.numel() * 4 for w in weights),
             "repeats": args.repeats,
+            "torch_threads": torch.get_num_threads(),
         },
         "rows": per_rows,
     }
-    print(write_result("cpu_linear_libraries", result))
+    print(write_result(args.name, result))
 
 
 if __name__ == "__main__":

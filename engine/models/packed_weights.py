@@ -9,12 +9,11 @@ own CPU compiler emits for fp32 linears whose row count varies, as a step's does
 
 oneDNN rather than MKL's own packed GEMM (``cblas_sgemm_pack``, which this module used
 first): oneDNN picks its kernels from the CPU's instruction sets, where MKL takes slower paths
-on some CPUs, and it handles a few rows far better. Only an AMD CPU has been measured
-against MKL's packed GEMM so far (below); on Intel CPUs oneDNN is Intel's own library. Every
-projection of SmolLM2-135M once
-(its 120 layer projections and the LM head, 538 MB), 2 threads, median ms of 7, arms
-alternating (``python -m benchmarks.cpu_linear_libraries``; ``cpu_packed_weights`` measures
-the engine end to end)::
+on some CPUs, and it handles a few rows far better. Only an AMD CPU has been measured against
+MKL's packed GEMM so far (below); on Intel CPUs oneDNN is Intel's own library. Every
+projection of SmolLM2-135M once (its 120 layer projections and the LM head, 538 MB), 2
+threads, median ms of 7, arms alternating (``python -m benchmarks.cpu_linear_libraries``;
+``cpu_packed_weights`` measures the engine end to end)::
 
     rows                  1      2      5      8     33     64    256
     AMD EPYC (AVX2)
@@ -84,8 +83,8 @@ class PackedWeight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if x.numel() == x.shape[-1] and torch.get_num_threads() == 1:
             # One row on one thread: MKL's GEMV streams the weight faster than oneDNN there
-            # (95.8 against 119.6 ms a pass on the AMD EPYC above); from two threads on, or
-            # from two rows, oneDNN is the faster.
+            # (on the AMD EPYC above: cpu_linear_libraries_1_thread.json); from two threads
+            # on, or from two rows, oneDNN is the faster.
             return F.linear(x, self.weight, bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
         return out
