@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 # A model directory holds a tokenizer when it has one of these (fast, sentencepiece, BPE vocab).
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -19,6 +20,34 @@ class TokenizerError(ValueError):
 def has_tokenizer(model_dir: str | Path) -> bool:
     """Whether ``model_dir`` ships tokenizer files; without them the engine takes token ids only."""
     return any((Path(model_dir) / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def _load_hf_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained``, given the model's config as a plain ``PretrainedConfig``
+    when ``tokenizer_config.json`` names its class and brings no remote code.
+
+    Left to itself, AutoTokenizer loads the config through its model family's class, and that
+    imports the family's modelling stack (~900 modules, 1.5-2 s: the larger part of a worker's
+    start after torch itself). With a declared class and no ``auto_map`` its choice reads only
+    the config's ``model_type``, ``tokenizer_class`` and name, which the plain config carries
+    as well; ``test_tokenizer`` checks that both ways give the same class and ids. Any other
+    tokenizer goes through AutoTokenizer whole.
+    """
+    declared = _tokenizer_config(model_dir)
+    config_file = model_dir / "config.json"
+    if declared.get("tokenizer_class") and "auto_map" not in declared and config_file.is_file():
+        config = PretrainedConfig.from_dict(json.loads(config_file.read_text()))
+        config.name_or_path = str(model_dir)
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, config=config)
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def _tokenizer_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    loaded = json.loads(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
 
 
 class Tokenizer:
@@ -38,7 +67,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"no tokenizer files in {model_dir} (looked for {_TOKENIZER_FILES})"
             )
-        return cls(AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True))
+        return cls(_load_hf_tokenizer(Path(model_dir)))
 
     @property
     def eos_token_id(self) -> int | None:

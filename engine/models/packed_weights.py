@@ -92,13 +92,19 @@ class PackedWeight:
 
 def pack_weights(model: LlamaForCausalLM) -> bool:
     """Give every projection of ``model`` (its ``Linear`` modules and the LM head) a packed
-    copy; if any packed copy disagrees with ``F.linear`` (``PackedWeight.agrees``), none is
-    kept, a warning says so, and the model runs on ``F.linear``. Returns whether it packed."""
+    copy; if a packed copy disagrees with ``F.linear`` (``PackedWeight.agrees``), none is
+    kept, a warning says so, and the model runs on ``F.linear``. Returns whether it packed.
+
+    One copy of each weight shape is probed: oneDNN picks the layout from the shape (with
+    the dtype and the CPU), never from the values, so the others share its verdict. Probing
+    all of SmolLM2's 121 weights took 1.1 s of every engine start on one thread; its 5
+    shapes take 0.3 s (the LM head's is most of it)."""
     head = model.model.embed_tokens if model.lm_head is None else model.lm_head
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     packed = [PackedWeight.of(m.weight) for m in linears]
     head_packed = PackedWeight.of(head.weight)
-    if not all(p.agrees() for p in [*packed, head_packed]):
+    one_per_shape = {tuple(p.weight.shape): p for p in [*packed, head_packed]}
+    if not all(p.agrees() for p in one_per_shape.values()):
         log.warning("oneDNN-reordered weights disagree with F.linear on this machine: not packing")
         return False
     for module, weight in zip(linears, packed, strict=True):

@@ -12,6 +12,7 @@ import itertools
 from functools import cache
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -175,6 +176,24 @@ def test_kv_cache_is_sized_from_the_memory_budget(tiny_model_dirs: dict[str, Pat
 
     with pytest.raises(EngineConfigError, match="at least 2"):
         make_runner(tiny_model_dirs["qwen3"], num_kv_blocks=None, kv_cache_memory_gb=1e-6)
+
+
+def test_a_cpu_kv_cache_is_zero_aligned_and_resident_only_as_used(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """The CPU cache comes from ``calloc`` (engine/model_runner.py): zeros, 64-byte aligned,
+    and a 1 GiB budget does not make 1 GiB resident before the cache is written."""
+    process = psutil.Process()
+    before = process.memory_info().rss
+    runner = make_runner(tiny_model_dirs["qwen3"], num_kv_blocks=None, kv_cache_memory_gb=1.0)
+    grown = process.memory_info().rss - before
+    cache = runner.kv_caches[0].k_cache
+    assert runner.num_kv_blocks * runner.kv_block_bytes > 2**30 - runner.kv_block_bytes
+    assert grown < 2**28, f"{grown} bytes resident for an unused cache"
+    assert all(c.k_cache.data_ptr() % 64 == 0 for c in runner.kv_caches)
+    assert cache.dtype == torch.float32 and not cache[:64].any()
+    cache[3].fill_(1.0)  # written pages become resident and hold what was written
+    assert cache[3].eq(1.0).all() and not cache[2].any() and not cache[4].any()
 
 
 def test_max_model_len_defaults_to_the_model_and_may_only_shrink(

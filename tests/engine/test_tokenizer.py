@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from engine.tokenizer import Tokenizer, TokenizerError, has_tokenizer
 from tests.engine.bpe_tokenizer import BOS, EOS, IM_START, build_bpe_tokenizer
@@ -75,3 +78,43 @@ def test_missing_chat_template(tmp_path: Path) -> None:
     assert not tokenizer.has_chat_template
     with pytest.raises(TokenizerError, match="no chat template"):
         tokenizer.apply_chat_template(MESSAGES)
+
+
+# (the config's model_type, tokenizer_config.json's tokenizer_class): the declared class alone,
+# one the model family registers differently (Llama's, over a ByteLevel tokenizer.json: the
+# case AutoTokenizer overrides), another family's class, and no declared class at all.
+DECLARATIONS = [
+    ("llama", "TokenizersBackend"),
+    ("llama", "LlamaTokenizer"),
+    ("qwen2", "Qwen2Tokenizer"),
+    ("qwen3", "PreTrainedTokenizerFast"),
+    ("gpt2", "GPT2Tokenizer"),
+    ("qwen2", None),
+]
+
+
+@pytest.mark.parametrize(("model_type", "declared"), DECLARATIONS)
+def test_tokenizer_is_the_one_auto_tokenizer_picks(
+    model_type: str, declared: str | None, smollm2_dir: Path, tmp_path: Path
+) -> None:
+    """The plain config given to AutoTokenizer (engine/tokenizer.py) changes neither the class
+    it picks nor the ids: SmolLM2's tokenizer files under several declarations."""
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        shutil.copy(smollm2_dir / name, tmp_path / name)
+    settings = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
+    settings.pop("tokenizer_class", None)
+    if declared is not None:
+        settings["tokenizer_class"] = declared
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    config = json.loads((smollm2_dir / "config.json").read_text()) | {"model_type": model_type}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    ours = Tokenizer.from_pretrained(tmp_path)
+    auto = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    assert type(ours.hf_tokenizer) is type(auto)
+    text = " Grüße, 你好 🚀 the end.\n  x"
+    for special in (True, False):
+        assert ours.encode(text, special) == auto.encode(text, add_special_tokens=special)
+    rendered = auto.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert ours.apply_chat_template(MESSAGES) == auto.encode(rendered, add_special_tokens=False)
+    assert ours.all_special_ids == list(auto.all_special_ids)
