@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     from engine.config import EngineConfig
     from engine.llm import LLM
     from engine.llm_engine import InvalidRequestError, LLMEngine
-    from engine.lora_adapter import LoRAAdapterError
-    from engine.lora_request import LoRARequest
+    from engine.lora_request import LoRAAdapterError, LoRARequest
     from engine.outputs import CompletionOutput, RequestOutput
     from engine.sampling_params import SamplingParams, SamplingParamsError
     from engine.structured_outputs import StructuredOutputsError, StructuredOutputsParams
@@ -25,7 +24,7 @@ _EXPORTS = {
     "LLMEngine": "engine.llm_engine",
     "InvalidRequestError": "engine.llm_engine",
     "EngineConfig": "engine.config",
-    "LoRAAdapterError": "engine.lora_adapter",
+    "LoRAAdapterError": "engine.lora_request",
     "LoRARequest": "engine.lora_request",
     "CompletionOutput": "engine.outputs",
     "RequestOutput": "engine.outputs",

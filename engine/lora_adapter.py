@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from engine.lora_request import LoRARequest
+from engine.lora_request import LoRAAdapterError, LoRARequest
 from engine.models.layers import Linear
 from engine.models.lora import LORA_MODULES, lora_linears
 
@@ -42,11 +42,6 @@ _TARGETS = {
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<prefix>.+)\.(?P<module>\w+)\.lora_(?P<ab>[AB])\.weight$"
 )
-
-
-class LoRAAdapterError(ValueError):
-    """An adapter that cannot run on this engine: missing or corrupt files, a rank over
-    ``max_lora_rank``, an unsupported PEFT feature, or shapes of another base model."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class LoRAAdapterError(ValueError):
+    """An adapter that cannot run on this engine: missing or corrupt files, a rank over
+    ``max_lora_rank``, an unsupported PEFT feature, or shapes of another base model.
+
+    Declared here, beside the request, so that code which only names adapters (a worker's
+    adapter table, read by its Celery configuration and so by Flower) need not import torch.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class LoRARequest:
     """A PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``), a

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from engine.llm_engine import LLMEngine
-from engine.lora_adapter import LoRAAdapterError
-from engine.lora_request import LoRARequest
+from engine.lora_request import LoRAAdapterError, LoRARequest
 from jobs.adapters import RegisteredAdapter
+
+if TYPE_CHECKING:  # the engine's module imports torch: worker.celeryconfig reads this one
+    from engine.llm_engine import LLMEngine
 
 log = logging.getLogger(__name__)
 
