@@ -23,7 +23,8 @@ LOAD_FORMATS = ("safetensors", "dummy")
 @dataclass(slots=True)
 class EngineConfig:
     """``num_kv_blocks=None`` sizes the KV cache from ``kv_cache_memory_gb`` (CPU) or from
-    free GPU memory times ``gpu_memory_utilization`` (CUDA).
+    free GPU memory times ``gpu_memory_utilization`` (CUDA). The CPU cache is mapped at
+    start and becomes resident as it fills, not all at once (engine/model_runner.py).
 
     ``load_format="dummy"`` fills the weights with seeded random values instead of reading a
     checkpoint, so a directory holding only ``config.json`` runs (benchmarks of a model's

@@ -211,6 +211,9 @@ def resolve_max_model_len(config: EngineConfig, model_config: ModelConfig) -> in
     return config.max_model_len
 
 
+_ALIGN = 64  # a cache line, and what oneDNN and the vector kernels like their rows on
+
+
 def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero tensor in host memory from ``calloc`` (numpy's ``zeros``), 64-byte aligned.
 
@@ -222,6 +225,3 @@ def _calloc_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     raw = torch.from_numpy(np.zeros(nbytes + _ALIGN, dtype=np.uint8))
     start = -raw.data_ptr() % _ALIGN
     return raw[start : start + nbytes].view(dtype).view(shape)
-
-
-_ALIGN = 64  # a cache line, and what oneDNN and the vector kernels like their rows on
