@@ -18,6 +18,7 @@ from engine.models.packed_weights import pack_weights, packing_available
 from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from kernels import prepare as prepare_kernels
 from kernels import use_triton
 
 
@@ -62,6 +63,7 @@ class ModelRunner:
         )
         self.num_kv_blocks = self._count_kv_blocks()
         self.kv_caches = self._allocate_kv_caches(self.num_kv_blocks)
+        prepare_kernels(self.device, self.dtype)
         self.graphs: DecodeGraphs | None = None
         if self._wants_cuda_graphs():
             self.graphs = DecodeGraphs(

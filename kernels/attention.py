@@ -212,14 +212,12 @@ def paged_attention_reference(
     the masked half of the scores (embedding requests are all such chunks).
     """
     query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
-    block_table, scale = batch.block_table, batch.scale
     _, num_heads, head_size = query.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query)
     if plan is None:
-        plan = plan_attention(block_table, batch.query_start_loc, batch.seq_lens, block_size)
-    starts, lens, q_lens = plan.starts, plan.lens, plan.q_lens
+        plan = plan_attention(batch.block_table, batch.query_start_loc, batch.seq_lens, block_size)
 
     for d in plan.decodes:
         # The G query heads that share a KV head become G "query positions" of one 4-D SDPA
@@ -229,12 +227,29 @@ def paged_attention_reference(
         k = gather_blocks(k_cache, d.block_ids, num_decodes, d.ctx)  # [D, kvh, ctx, hs]
         v = gather_blocks(v_cache, d.block_ids, num_decodes, d.ctx)
         q = query[d.query_rows].view(num_decodes, num_kv_heads, group, head_size)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=d.mask, scale=scale)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=d.mask, scale=batch.scale)
         out[d.query_rows] = o.reshape(num_decodes, num_heads, head_size)
 
     if plan.short is not None:
         _attend_short_queries(batch, plan.short, out)
 
+    attend_prefills(batch, plan, out, key=key, value=value)
+    return out
+
+
+def attend_prefills(
+    batch: PagedAttentionInputs,
+    plan: ReferencePlan,
+    out: torch.Tensor,  # [num_tokens, num_heads, head_size]: the prefill rows are written
+    *,
+    key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
+    value: torch.Tensor | None = None,
+) -> None:
+    """The rows of over ``MAX_SHORT_QUERY`` query tokens, one SDPA call each."""
+    query, k_cache, v_cache = batch.query, batch.k_cache, batch.v_cache
+    block_table, scale = batch.block_table, batch.scale
+    block_size = k_cache.shape[1]
+    starts, lens, q_lens = plan.starts, plan.lens, plan.q_lens
     for r in plan.prefill_rows:
         q_start, q_len, ctx = starts[r], q_lens[r], lens[r]
         q = query[q_start : q_start + q_len].transpose(0, 1)[None]  # [1, heads, q_len, hs]
@@ -255,7 +270,6 @@ def paged_attention_reference(
         mask = torch.arange(ctx, device=query.device)[None, :] <= q_pos[:, None]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         out[q_start : q_start + q_len] = o[0].transpose(0, 1)
-    return out
 
 
 def _attend_short_queries(

@@ -1,8 +1,10 @@
 """Choosing between the Triton kernels and the PyTorch references.
 
 ``auto`` (the default, or ``KVBATCH_KERNELS=auto``) runs Triton on CUDA tensors and the
-reference elsewhere; ``triton`` forces the kernels (on the CPU they then need
-``TRITON_INTERPRET=1`` set before ``kernels`` is imported); ``torch`` forces the references.
+reference elsewhere, except the CPU's fp32 attention for decodes and short queries, which
+runs a C kernel where this machine can build it (kernels/cpu_attention.py); ``triton``
+forces the Triton kernels (on the CPU they then need ``TRITON_INTERPRET=1`` set before
+``kernels`` is imported); ``torch`` forces the references.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import triton
 from kernels.activation import silu_and_mul_reference, silu_and_mul_triton
 from kernels.attention import PagedAttentionInputs, ReferencePlan, paged_attention_reference
 from kernels.attention_triton import paged_attention_triton
+from kernels.cpu_attention import kernel_applies, kernel_library, paged_attention_cpu
 from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
 from kernels.lora import (
     lora_expand_reference,
@@ -74,7 +77,17 @@ def paged_attention(
     ``plan``: ``plan_attention`` of this step's metadata, shared by its layers (PyTorch path)."""
     if use_triton(batch.query):
         return paged_attention_triton(batch)
+    library = kernel_library() if _backend is Backend.AUTO and kernel_applies(batch) else None
+    if library is not None:
+        return paged_attention_cpu(batch, library, key=key, value=value, plan=plan)
     return paged_attention_reference(batch, key=key, value=value, plan=plan)
+
+
+def prepare(device: torch.device, dtype: torch.dtype) -> None:
+    """Build what the current backend will run on ``device`` before the first step (the
+    CPU attention kernel compiles once per machine), so a step never waits for a build."""
+    if _backend is Backend.AUTO and device.type == "cpu" and dtype == torch.float32:
+        kernel_library()
 
 
 def store_kv_cache(

@@ -92,6 +92,7 @@ def test_dockerfile_installs_the_pinned_torch_and_runs_kvbatch() -> None:
     pin = re.search(r'"(torch==[\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert pin is not None and pin.group(1) in dockerfile
     assert 'ENTRYPOINT ["kvbatch"]' in dockerfile
+    assert re.search(r"apt-get install [^\n]*\bgcc\b", dockerfile), "CPU attention needs a compiler"
     for source in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.MULTILINE):
         assert (ROOT / source).exists(), source
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, flags=re.MULTILINE)
