@@ -38,89 +38,97 @@ static inline float dot(const float *restrict a, const float *restrict b, const 
     return s;
 }
 
-/* One row's KV heads [h0, h1): its q_len * group query vectors per head against the row's
- * context, a block of positions at a time, so each block's keys and values are read from
- * memory once, in order, and then from the cache for every query that sees them. hs is a
- * constant where the callers below pass one, which unrolls the vector loops. */
+/* One row's work: its KV heads [h0, h1) and where its queries, context and scores are. */
+typedef struct {
+    int64_t q_start, q_len, seq, h0, h1;
+    const int32_t *table; /* the row's block table */
+    float *scores;        /* [h - h0][t * group + g][p] */
+} Row;
+
+enum Sweep { SCORES, VALUES };
+
+/* Every (query, visible key position) pair of the row, a block of positions at a time, so
+ * each block of the cache is read from memory once, in order, then from the CPU's cache for
+ * every query that sees it. Key position p is visible to query token t iff
+ * p < seq - q_len + t + 1. SCORES writes q . k * scale; VALUES adds weight * v to out.
+ * sweep and hs are constants where attend_rows passes them, so each use compiles to its own
+ * loop with the vector loops unrolled. */
+static inline __attribute__((always_inline)) void sweep(
+    const Job *j, const Row *x, const enum Sweep what, const int64_t hs) {
+    const int64_t group = j->num_heads / j->num_kv_heads;
+    const int64_t bs = j->block_size;
+    const int64_t kv_row = j->num_kv_heads * hs; /* floats between positions */
+    const int64_t num_q = x->q_len * group;      /* query vectors per KV head */
+    const float *cache = what == SCORES ? j->k_cache : j->v_cache;
+    for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
+        const float *block = cache + (int64_t)x->table[b0 / bs] * bs * kv_row;
+        for (int64_t h = x->h0; h < x->h1; h++) {
+            for (int64_t t = 0; t < x->q_len; t++) {
+                const int64_t visible = x->seq - x->q_len + t + 1;
+                const int64_t end = visible < b0 + bs ? visible : b0 + bs;
+                for (int64_t g = 0; g < group; g++) {
+                    const int64_t vec = ((x->q_start + t) * j->num_heads + h * group + g) * hs;
+                    float *restrict w = x->scores + ((h - x->h0) * num_q + t * group + g) * x->seq;
+                    if (what == SCORES) {
+                        const float *restrict q = j->query + vec;
+                        for (int64_t p = b0; p < end; p++)
+                            w[p] = dot(q, block + (p - b0) * kv_row + h * hs, hs) * j->scale;
+                    } else {
+                        float *restrict o = j->out + vec;
+                        for (int64_t p = b0; p < end; p++) {
+                            const float *restrict v = block + (p - b0) * kv_row + h * hs;
+                            for (int64_t d = 0; d < hs; d++) o[d] += w[p] * v[d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* One row's KV heads [h0, h1): scores, softmax over each query's visible keys, weighted
+ * values. */
 static inline __attribute__((always_inline)) int attend_rows(
     const Job *j, int64_t row, int64_t h0, int64_t h1, float **scores, int64_t *capacity,
     const int64_t hs) {
     const int64_t r = j->rows[row];
-    const int64_t q_start = j->query_start_loc[r];
-    const int64_t q_len = j->query_start_loc[r + 1] - q_start;
-    const int64_t seq = j->seq_lens[r];
     const int64_t group = j->num_heads / j->num_kv_heads;
-    const int64_t bs = j->block_size;
-    const int64_t kv_row = j->num_kv_heads * hs; /* floats between positions */
-    const int64_t block_floats = bs * kv_row;
-    const int64_t num_q = q_len * group; /* query vectors per KV head */
-    const int64_t need = (h1 - h0) * num_q * seq;
-    const int32_t *table = j->block_table + r * j->table_stride;
-
+    Row x = {
+        .q_start = j->query_start_loc[r],
+        .q_len = j->query_start_loc[r + 1] - j->query_start_loc[r],
+        .seq = j->seq_lens[r],
+        .h0 = h0,
+        .h1 = h1,
+        .table = j->block_table + r * j->table_stride,
+    };
+    const int64_t need = (h1 - h0) * x.q_len * group * x.seq;
     if (need > *capacity) {
         float *grown = realloc(*scores, (size_t)need * sizeof(float));
         if (grown == NULL) return -1;
         *scores = grown;
         *capacity = need;
     }
-    /* Scores [h - h0][t * group + g][p]; key position p is visible to query token t iff
-     * p < seq - q_len + t + 1. */
-    float *s = *scores;
-    for (int64_t b0 = 0; b0 < seq; b0 += bs) {
-        const float *block = j->k_cache + (int64_t)table[b0 / bs] * block_floats;
-        for (int64_t h = h0; h < h1; h++) {
-            for (int64_t t = 0; t < q_len; t++) {
-                const int64_t end = seq - q_len + t + 1 < b0 + bs ? seq - q_len + t + 1 : b0 + bs;
-                for (int64_t g = 0; g < group; g++) {
-                    const float *restrict q =
-                        j->query + ((q_start + t) * j->num_heads + h * group + g) * hs;
-                    float *restrict w = s + ((h - h0) * num_q + t * group + g) * seq;
-                    for (int64_t p = b0; p < end; p++)
-                        w[p] = dot(q, block + (p - b0) * kv_row + h * hs, hs) * j->scale;
-                }
-            }
+    x.scores = *scores;
+    sweep(j, &x, SCORES, hs);
+    for (int64_t i = 0; i < (h1 - h0) * x.q_len * group; i++) {
+        const int64_t t = (i / group) % x.q_len;
+        const int64_t visible = x.seq - x.q_len + t + 1;
+        float *w = x.scores + i * x.seq;
+        float top = w[0];
+        for (int64_t p = 1; p < visible; p++) top = w[p] > top ? w[p] : top;
+        float total = 0.0f;
+        for (int64_t p = 0; p < visible; p++) {
+            w[p] = expf(w[p] - top);
+            total += w[p];
         }
+        const float inv = 1.0f / total;
+        for (int64_t p = 0; p < visible; p++) w[p] *= inv;
     }
-    /* Softmax over each query's visible keys, in place. */
-    for (int64_t h = h0; h < h1; h++) {
-        for (int64_t t = 0; t < q_len; t++) {
-            const int64_t visible = seq - q_len + t + 1;
-            for (int64_t g = 0; g < group; g++) {
-                float *w = s + ((h - h0) * num_q + t * group + g) * seq;
-                float top = w[0];
-                for (int64_t p = 1; p < visible; p++) top = w[p] > top ? w[p] : top;
-                float total = 0.0f;
-                for (int64_t p = 0; p < visible; p++) {
-                    w[p] = expf(w[p] - top);
-                    total += w[p];
-                }
-                const float inv = 1.0f / total;
-                for (int64_t p = 0; p < visible; p++) w[p] *= inv;
-            }
-        }
-    }
-    /* Output: the weighted values, accumulated block by block into out (zeroed first). */
-    for (int64_t t = 0; t < q_len; t++) {
-        float *o = j->out + ((q_start + t) * j->num_heads + h0 * group) * hs;
+    for (int64_t t = 0; t < x.q_len; t++) {
+        float *o = j->out + ((x.q_start + t) * j->num_heads + h0 * group) * hs;
         for (int64_t d = 0; d < (h1 - h0) * group * hs; d++) o[d] = 0.0f;
     }
-    for (int64_t b0 = 0; b0 < seq; b0 += bs) {
-        const float *block = j->v_cache + (int64_t)table[b0 / bs] * block_floats;
-        for (int64_t h = h0; h < h1; h++) {
-            for (int64_t t = 0; t < q_len; t++) {
-                const int64_t end = seq - q_len + t + 1 < b0 + bs ? seq - q_len + t + 1 : b0 + bs;
-                for (int64_t g = 0; g < group; g++) {
-                    float *restrict o =
-                        j->out + ((q_start + t) * j->num_heads + h * group + g) * hs;
-                    const float *restrict w = s + ((h - h0) * num_q + t * group + g) * seq;
-                    for (int64_t p = b0; p < end; p++) {
-                        const float *restrict v = block + (p - b0) * kv_row + h * hs;
-                        for (int64_t d = 0; d < hs; d++) o[d] += w[p] * v[d];
-                    }
-                }
-            }
-        }
-    }
+    sweep(j, &x, VALUES, hs);
     return 0;
 }
 
