@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from kernels.attention import (
-    MAX_SHORT_QUERY,
     PagedAttentionInputs,
     ReferencePlan,
     attend_prefills,
@@ -148,8 +147,7 @@ def paged_attention_cpu(
         block_size = batch.k_cache.shape[1]
         plan = plan_attention(batch.block_table, batch.query_start_loc, batch.seq_lens, block_size)
     out = torch.empty_like(batch.query)
-    rows = [r for r, q in enumerate(plan.q_lens) if q <= MAX_SHORT_QUERY]
-    attend_short_queries(batch, torch.tensor(rows, dtype=torch.int32), out, library)
+    attend_short_queries(batch, plan.kernel_rows, out, library)
     attend_prefills(batch, plan, out, key=key, value=value)
     return out
 
