@@ -1,10 +1,13 @@
-"""The CPU attention kernel (kernels/cpu_attention.py) against the PyTorch reference, in the
-engine, step by step.
+"""The CPU's C kernels for attention and the per-token operations against the PyTorch
+references, in the engine, step by step.
 
 One engine on SmolLM2-135M-Instruct in fp32 (the default settings). Its running batch is
-stepped with the kernel backend alternating between ``auto`` (the C kernel for decodes and
-short queries: what users get) and ``torch`` (the reference: gather K/V, then SDPA), so
-both arms time the same batches on the same machine at nearly the same moment:
+stepped with the kernel backend alternating between ``auto`` (what users get: the C kernel
+for the attention of decodes and short queries, kernels/cpu_attention.py, and the C
+RMSNorm, rotary, KV-store and SiLU-and-mul, kernels/cpu_pointwise.py) and ``torch`` (the
+references: gather K/V then SDPA, and PyTorch's tensor ops). The projections run on the
+packed weights in both arms. Both arms time the same batches on the same machine at nearly
+the same moment:
 
 - ``decode_R_ctxC``: ``R`` requests with prompts of ``C`` tokens are prefilled, then
   ``--steps`` decode steps of ``R`` rows are timed per arm: the median step, in ms;

@@ -1,4 +1,4 @@
-"""SmolLM2's projections through three CPU GEMM paths, same weights, same run.
+"""SmolLM2's projections through four CPU GEMM paths, same weights, same run.
 
 Every projection of SmolLM2-135M-Instruct (its 120 layer projections and the LM head, the
 checkpoint's own fp32 weights, 538 MB: far past any cache) once, at row counts from a single
@@ -7,12 +7,15 @@ decode row to a prefill chunk, through:
 - ``f_linear``: ``F.linear``, MKL with the weight in PyTorch's layout (repacked every call);
 - ``mkl_packed``: MKL's packed GEMM, the weight packed once (``cblas_sgemm_pack``, what the
   engine used before; a single row goes to ``F.linear``, MKL's GEMV, as it did there);
-- ``onednn_reordered``: oneDNN with the weight reordered once (``PackedWeight.of``), called
-  directly: what the engine runs, except that on one thread a single row goes to
-  ``F.linear`` there (engine/models/packed_weights.py), which this arm measures the reason for.
+- ``onednn_reordered``: oneDNN with the weight reordered once (``Layout.ONEDNN``), called
+  directly: what the engine runs where no C compiler is found, except that on one thread a
+  single row goes to ``F.linear`` there (engine/models/packed_weights.py), which this arm
+  measures the reason for;
+- ``panels``: kernels/cpu_linear.c with the weight packed once into panels
+  (``Layout.PANELS``): what the engine runs.
 
-The three arms alternate within each repeat; the result is each arm's median milliseconds
-per pass and the ratios to ``onednn_reordered``. Run it with the thread count the engine
+The arms alternate within each repeat; the result is each arm's median milliseconds per
+pass and the ratios to ``onednn_reordered``. Run it with the thread count the engine
 gets (torch's default), or with ``OMP_NUM_THREADS=1`` for one thread.
 
     python -m benchmarks.cpu_linear_libraries [--repeats 7] [--name cpu_linear_libraries]
@@ -32,7 +35,7 @@ from benchmarks.common import parse_options, write_result
 from engine import LLM
 from engine.model_fetch import fetch_model
 from engine.models.layers import Linear
-from engine.models.packed_weights import PackedWeight
+from engine.models.packed_weights import Layout, PackedWeight
 
 ROW_COUNTS = (1, 2, 5, 8, 16, 33, 64, 256)
 
@@ -47,7 +50,8 @@ def model_weights() -> list[torch.Tensor]:
 
 def arms(weights: list[torch.Tensor]) -> dict[str, Callable[[int, torch.Tensor], object]]:
     mkl = [torch.ops.mkl._mkl_reorder_linear_weight(w, 64) for w in weights]
-    onednn = [PackedWeight.of(w) for w in weights]
+    onednn = [PackedWeight.of(w, Layout.ONEDNN) for w in weights]
+    panels = [PackedWeight.of(w, Layout.PANELS) for w in weights]
 
     def mkl_packed(i: int, x: torch.Tensor) -> object:
         if x.shape[0] == 1:
@@ -60,6 +64,7 @@ def arms(weights: list[torch.Tensor]) -> dict[str, Callable[[int, torch.Tensor],
         "onednn_reordered": lambda i, x: torch.ops.mkldnn._linear_pointwise(
             x, onednn[i].packed, None, "none", [], ""
         ),
+        "panels": lambda i, x: panels[i].linear(x),
     }
 
 

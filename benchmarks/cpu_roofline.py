@@ -7,8 +7,8 @@ model of a step, with CPU-shaped measurements):
   far larger than the caches (bytes of the matrix read), i.e. how fast a decode step can
   stream the weights;
 - matmul FLOP/s: the best of square GEMMs and of the model's own projection shapes at a
-  prefill-sized batch, each through MKL (``torch.matmul``) and through oneDNN with the weight
-  reordered once (what the engine runs, engine/models/packed_weights.py).
+  prefill-sized batch, each through MKL (``torch.matmul``), oneDNN with the weight reordered
+  once, and the engine's own panel kernel (engine/models/packed_weights.py's two layouts).
 
 The engine then runs the workload; for every step it actually ran, the floor is
 ``max(weights + KV bytes / bandwidth, 2 * matrix params * tokens / FLOP rate)``, and the
@@ -38,9 +38,10 @@ from benchmarks.roofline import DeviceLimits, ModelTraffic, drain, summarize_ste
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_fetch import fetch_model
-from engine.models.packed_weights import PackedWeight
+from engine.models.packed_weights import Layout, PackedWeight
 from engine.sampling_params import SamplingParams
 from engine.stats import StepStats
+from kernels.cpu_library import kernel_library
 
 # Profiler op names -> the kind of work they are in a decoder forward pass.
 OP_KINDS: dict[str, str] = {
@@ -77,14 +78,17 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
 def measure_cpu_limits(hidden: int, intermediate: int) -> tuple[DeviceLimits, dict[str, float]]:
     """fp32 bandwidth and GEMM rate on this CPU with the current thread count."""
     big = 2**27  # 512 MiB of fp32: far past any cache
+    layouts = [Layout.ONEDNN, *([Layout.PANELS] if kernel_library() is not None else [])]
     src = torch.empty(big // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
     copy_bw = 2 * big / best_of(lambda: dst.copy_(src), 5)
     matrix, vector = src.view(-1, 2048), torch.ones(2048)
     gemv_bw = big / best_of(lambda: torch.mv(matrix, vector), 5)
-    reordered = PackedWeight.of(matrix)
     row = vector.view(1, -1)
-    gemv_bw = max(gemv_bw, big / best_of(lambda: reordered.linear(row), 5))
+    for layout in layouts:
+        packed = PackedWeight.of(matrix, layout)
+        gemv_bw = max(gemv_bw, big / best_of(functools.partial(packed.linear, row), 5))
+        del packed
     # [m, k] @ [k, n]: squares, and a 512-token chunk through the MLP's projections
     shapes = {
         "square_1024": (1024, 1024, 1024),
@@ -97,7 +101,7 @@ def measure_cpu_limits(hidden: int, intermediate: int) -> tuple[DeviceLimits, di
         x, w = torch.randn(m, k), torch.randn(n, k)
         seconds = min(
             best_of(functools.partial(torch.matmul, x, w.T), 5),
-            best_of(functools.partial(PackedWeight.of(w).linear, x), 5),
+            *(best_of(functools.partial(PackedWeight.of(w, lay).linear, x), 5) for lay in layouts),
         )
         rates[name] = 2 * m * k * n / seconds
     measured = {"copy_GB_s": copy_bw / 1e9, "gemv_GB_s": gemv_bw / 1e9}

@@ -50,9 +50,9 @@ class EngineConfig:
     load_format: str = "safetensors"
     enforce_eager: bool = False
     sync_step_timing: bool = True
-    # fp32 on the CPU: each projection's weight is kept a second time in oneDNN's blocked
-    # layout (twice the weights' memory), so steps of a few rows per request do not repack
-    # every weight on every call (engine/models/packed_weights.py).
+    # fp32 on the CPU: each projection's weight is kept a second time, packed for the CPU's
+    # matmul kernel (twice the weights' memory), so steps of a few rows per request do not
+    # repack every weight on every call (engine/models/packed_weights.py).
     cpu_packed_weights: bool = True
     # Tenants' shares of a step (engine/scheduler.py): while requests of two or more tenants
     # are in the engine, a step runs no more requests of one tenant than the next-busiest

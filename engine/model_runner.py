@@ -10,11 +10,12 @@ import torch
 from engine.config import EngineConfig, EngineConfigError
 from engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
 from engine.models.attention import KVCache
+from engine.models.cpu_decoder import CpuDecoder
 from engine.models.inputs import InputBuffers, ModelInputs
 from engine.models.loader import load_model
 from engine.models.lora import LoRAContext, attach_lora
 from engine.models.model_config import ModelConfig
-from engine.models.packed_weights import pack_weights, packing_available
+from engine.models.packed_weights import Layout, pack_weights, packing_layout
 from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
@@ -51,8 +52,9 @@ class ModelRunner:
         self.lora: LoRAContext | None = None
         if config.enable_lora:
             self.lora = attach_lora(self.model, config.max_loras, config.max_lora_rank)
-        if config.cpu_packed_weights and packing_available(self.device, self.dtype):
-            pack_weights(self.model)
+        layout = packing_layout(self.device, self.dtype) if config.cpu_packed_weights else None
+        if layout is not None and pack_weights(self.model, layout) and layout is Layout.PANELS:
+            self.model.cpu_decoder = CpuDecoder.of(self.model)
         self.buffers = InputBuffers(
             max_num_tokens=config.max_num_batched_tokens,
             max_num_reqs=config.max_num_seqs,

@@ -20,6 +20,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "cpu_exp.h"
 
 typedef struct {
     const float *query, *k_cache, *v_cache;
@@ -86,8 +89,147 @@ static inline __attribute__((always_inline)) void sweep(
     }
 }
 
+/* Scores [0, visible) of one query vector -> softmax weights; [visible, seq) -> 0, so the
+ * value sweep may run every query over the whole context. */
+static void softmax(float *restrict w, const int64_t visible, const int64_t seq) {
+    float top = w[0];
+    for (int64_t p = 1; p < visible; p++) top = w[p] > top ? w[p] : top;
+    float total = 0.0f;
+    for (int64_t p = 0; p < visible; p++) {
+        w[p] = exp_nonpositive(w[p] - top);
+        total += w[p];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t p = 0; p < visible; p++) w[p] *= inv;
+    for (int64_t p = visible; p < seq; p++) w[p] = 0.0f;
+}
+
+#if defined(__AVX512F__)
+#define VL 16 /* floats per vector register */
+#define REGS 32
+#else
+#define VL 8
+#define REGS 16
+#endif
+#define MAX_CHUNK 8 /* query vectors held at once */
+typedef float vec __attribute__((vector_size(VL * 4), aligned(4)));
+
+/* The sum of v's lanes, halving the vector each time rather than a chain of VL adds. */
+static inline float lanes_sum(vec v) {
+#if VL == 16
+    typedef float half __attribute__((vector_size(32)));
+    half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+             __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    typedef float half __attribute__((vector_size(32)));
+    half h = v;
+#endif
+    typedef float quarter __attribute__((vector_size(16)));
+    quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    q += __builtin_shufflevector(q, q, 2, 3, 0, 1);
+    return q[0] + q[1];
+}
+
+/* Ask for a block's rows of one head (rows of hs floats, kv_row apart) before they are read:
+ * blocks lie anywhere in the cache, so the CPU's own prefetcher does not see the next one
+ * coming. */
+static inline void prefetch_rows(const float *rows, const int64_t count, const int64_t kv_row,
+                                 const int64_t hs) {
+    for (int64_t p = 0; p < count; p++)
+        for (int64_t d = 0; d < hs; d += 16) __builtin_prefetch(rows + p * kv_row + d);
+}
+
+/* Query vectors [i0, i0 + n) of KV head h (vector i: token i / group, head
+ * h * group + i % group), of nv vectors each: held in registers while every key, then every
+ * value, of the row's context streams past once; the softmax runs between the two sweeps.
+ * n and nv are constants where attend_chunk is called (always inlined), so the loops unroll
+ * and the arrays are registers. */
+static inline __attribute__((always_inline)) void attend_chunk(
+    const Job *j, const Row *x, const int64_t h, const int64_t i0, const int n, const int nv) {
+    const int64_t hs = nv * VL, group = j->num_heads / j->num_kv_heads;
+    const int64_t bs = j->block_size, kv_row = j->num_kv_heads * hs;
+    const int64_t num_q = x->q_len * group; /* query vectors of this KV head */
+    float *w[MAX_CHUNK];
+    vec qv[MAX_CHUNK][8];
+    for (int c = 0; c < n; c++) {
+        const int64_t i = i0 + c, t = i / group, g = i % group;
+        const float *q = j->query + ((x->q_start + t) * j->num_heads + h * group + g) * hs;
+        for (int v = 0; v < nv; v++) qv[c][v] = *(const vec *)(q + v * VL) * j->scale;
+        w[c] = x->scores + ((h - x->h0) * num_q + i) * x->seq;
+    }
+    for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
+        const float *block = j->k_cache + (int64_t)x->table[b0 / bs] * bs * kv_row + h * hs;
+        const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
+        if (end < x->seq) {
+            const int64_t next_end = x->seq < end + bs ? x->seq : end + bs;
+            const float *next = j->k_cache + (int64_t)x->table[end / bs] * bs * kv_row + h * hs;
+            prefetch_rows(next, next_end - end, kv_row, hs);
+        }
+        for (int64_t p = b0; p < end; p++) {
+            const float *k = block + (p - b0) * kv_row;
+            vec kv[8];
+            for (int v = 0; v < nv; v++) kv[v] = *(const vec *)(k + v * VL);
+            for (int c = 0; c < n; c++) {
+                vec acc = qv[c][0] * kv[0];
+                for (int v = 1; v < nv; v++) acc += qv[c][v] * kv[v];
+                w[c][p] = lanes_sum(acc);
+            }
+        }
+    }
+    for (int c = 0; c < n; c++) {
+        const int64_t t = (i0 + c) / group;
+        softmax(w[c], x->seq - x->q_len + t + 1, x->seq);
+    }
+    vec out[MAX_CHUNK][8];
+    for (int c = 0; c < n; c++)
+        for (int v = 0; v < nv; v++) out[c][v] = (vec){0};
+    for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
+        const float *block = j->v_cache + (int64_t)x->table[b0 / bs] * bs * kv_row + h * hs;
+        const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
+        if (end < x->seq) {
+            const int64_t next_end = x->seq < end + bs ? x->seq : end + bs;
+            const float *next = j->v_cache + (int64_t)x->table[end / bs] * bs * kv_row + h * hs;
+            prefetch_rows(next, next_end - end, kv_row, hs);
+        }
+        for (int64_t p = b0; p < end; p++) {
+            const float *val = block + (p - b0) * kv_row;
+            vec vv[8];
+            for (int v = 0; v < nv; v++) vv[v] = *(const vec *)(val + v * VL);
+            for (int c = 0; c < n; c++) {
+                const float weight = w[c][p];
+                for (int v = 0; v < nv; v++) out[c][v] += vv[v] * weight;
+            }
+        }
+    }
+    for (int c = 0; c < n; c++) {
+        const int64_t i = i0 + c, t = i / group, g = i % group;
+        float *o = j->out + ((x->q_start + t) * j->num_heads + h * group + g) * hs;
+        for (int v = 0; v < nv; v++) *(vec *)(o + v * VL) = out[c][v];
+    }
+}
+
+/* Every query vector of KV head h, for a head size of nv vectors, in chunks of about half
+ * the register file (the rest for the keys or values in flight). */
+static inline __attribute__((always_inline)) void attend_head_vec(
+    const Job *j, const Row *x, const int64_t h, const int nv) {
+    const int chunk = (REGS / 2) / nv < 1 ? 1 : (REGS / 2) / nv < MAX_CHUNK ? (REGS / 2) / nv : MAX_CHUNK;
+    const int64_t num_q = x->q_len * (j->num_heads / j->num_kv_heads);
+    for (int64_t i0 = 0; i0 < num_q; i0 += chunk) {
+        switch (num_q - i0 < chunk ? (int)(num_q - i0) : chunk) {
+            case 1: attend_chunk(j, x, h, i0, 1, nv); break;
+            case 2: if (chunk >= 2) attend_chunk(j, x, h, i0, 2, nv); break;
+            case 3: if (chunk >= 3) attend_chunk(j, x, h, i0, 3, nv); break;
+            case 4: if (chunk >= 4) attend_chunk(j, x, h, i0, 4, nv); break;
+            case 5: if (chunk >= 5) attend_chunk(j, x, h, i0, 5, nv); break;
+            case 6: if (chunk >= 6) attend_chunk(j, x, h, i0, 6, nv); break;
+            case 7: if (chunk >= 7) attend_chunk(j, x, h, i0, 7, nv); break;
+            default: if (chunk >= 8) attend_chunk(j, x, h, i0, 8, nv); break;
+        }
+    }
+}
+
 /* One row's KV heads [h0, h1): scores, softmax over each query's visible keys, weighted
- * values. */
+ * values. Head sizes of whole vectors take attend_head_vec; others sweep() twice. */
 static inline __attribute__((always_inline)) int attend_rows(
     const Job *j, int64_t row, int64_t h0, int64_t h1, float **scores, int64_t *capacity,
     const int64_t hs) {
@@ -109,20 +251,23 @@ static inline __attribute__((always_inline)) int attend_rows(
         *capacity = need;
     }
     x.scores = *scores;
+    if (hs % VL == 0 && hs / VL <= 8) {
+        for (int64_t h = h0; h < h1; h++) {
+            switch (hs / VL) {
+                case 1: attend_head_vec(j, &x, h, 1); break;
+                case 2: attend_head_vec(j, &x, h, 2); break;
+                case 4: attend_head_vec(j, &x, h, 4); break;
+                case 8: attend_head_vec(j, &x, h, 8); break;
+                default: goto sweeps; /* 3, 5, 6, 7 vectors */
+            }
+        }
+        return 0;
+    }
+sweeps:
     sweep(j, &x, SCORES, hs);
     for (int64_t i = 0; i < (h1 - h0) * x.q_len * group; i++) {
         const int64_t t = (i / group) % x.q_len;
-        const int64_t visible = x.seq - x.q_len + t + 1;
-        float *w = x.scores + i * x.seq;
-        float top = w[0];
-        for (int64_t p = 1; p < visible; p++) top = w[p] > top ? w[p] : top;
-        float total = 0.0f;
-        for (int64_t p = 0; p < visible; p++) {
-            w[p] = expf(w[p] - top);
-            total += w[p];
-        }
-        const float inv = 1.0f / total;
-        for (int64_t p = 0; p < visible; p++) w[p] *= inv;
+        softmax(x.scores + i * x.seq, x.seq - x.q_len + t + 1, x.seq);
     }
     for (int64_t t = 0; t < x.q_len; t++) {
         float *o = j->out + ((x.q_start + t) * j->num_heads + h0 * group) * hs;

@@ -1,14 +1,16 @@
 """Choosing between the Triton kernels and the PyTorch references.
 
 ``auto`` (the default, or ``KVBATCH_KERNELS=auto``) runs Triton on CUDA tensors and the
-reference elsewhere, except the CPU's fp32 attention for decodes and short queries, which
-runs a C kernel where this machine can build it (kernels/cpu_attention.py); ``triton``
+reference elsewhere, except on fp32 CPU tensors where this machine can build the C kernels
+(kernels/cpu_library.py): attention for decodes and short queries (kernels/cpu_attention.py)
+and the per-token operations (kernels/cpu_pointwise.py) run those; ``triton``
 forces the Triton kernels (on the CPU they then need ``TRITON_INTERPRET=1`` set before
 ``kernels`` is imported); ``torch`` forces the references.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import os
 
@@ -18,7 +20,15 @@ import triton
 from kernels.activation import silu_and_mul_reference, silu_and_mul_triton
 from kernels.attention import PagedAttentionInputs, ReferencePlan, paged_attention_reference
 from kernels.attention_triton import paged_attention_triton
-from kernels.cpu_attention import kernel_applies, kernel_library, paged_attention_cpu
+from kernels.cpu_attention import kernel_applies, paged_attention_cpu
+from kernels.cpu_library import kernel_library
+from kernels.cpu_pointwise import (
+    pointwise_applies,
+    rms_norm_cpu,
+    rotary_embedding_cpu,
+    silu_and_mul_cpu,
+    store_kv_cache_cpu,
+)
 from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
 from kernels.lora import (
     lora_expand_reference,
@@ -83,6 +93,13 @@ def paged_attention(
     return paged_attention_reference(batch, key=key, value=value, plan=plan)
 
 
+def _cpu_kernels(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The C kernels, where the backend is ``auto`` and they take these tensors."""
+    if _backend is not Backend.AUTO or not pointwise_applies(*tensors):
+        return None
+    return kernel_library()
+
+
 def prepare(device: torch.device, dtype: torch.dtype) -> None:
     """Build what the current backend will run on ``device`` before the first step (the
     CPU attention kernel compiles once per machine), so a step never waits for a build."""
@@ -99,6 +116,10 @@ def store_kv_cache(
 ) -> None:
     if use_triton(key):
         store_kv_cache_triton(key, value, k_cache, v_cache, slot_mapping)
+        return
+    library = _cpu_kernels(key, value, k_cache, v_cache)
+    if library is not None and k_cache.is_contiguous() and v_cache.is_contiguous():
+        store_kv_cache_cpu(key, value, k_cache, v_cache, slot_mapping, library)
     else:
         store_kv_cache_reference(key, value, k_cache, v_cache, slot_mapping)
 
@@ -108,6 +129,9 @@ def rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     if use_triton(x):
         return rms_norm_triton(x, weight, eps, residual)
+    library = _cpu_kernels(x, weight) if residual is None else _cpu_kernels(x, weight, residual)
+    if library is not None:
+        return rms_norm_cpu(x, weight, eps, residual, library)
     return rms_norm_reference(x, weight, eps, residual)
 
 
@@ -116,12 +140,18 @@ def rotary_embedding(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton(query):
         return rotary_embedding_triton(positions, query, key, cos_sin_cache)
+    library = _cpu_kernels(query, key, cos_sin_cache)
+    if library is not None and query.stride(1) == query.shape[2] and key.stride(1) == key.shape[2]:
+        return rotary_embedding_cpu(positions, query, key, cos_sin_cache, library)
     return rotary_embedding_reference(positions, query, key, cos_sin_cache)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if use_triton(x):
         return silu_and_mul_triton(x)
+    library = _cpu_kernels(x)
+    if library is not None:
+        return silu_and_mul_cpu(x, library)
     return silu_and_mul_reference(x)
 
 

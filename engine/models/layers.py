@@ -35,7 +35,7 @@ class Linear(nn.Module):
     The loader copies checkpoint matrix ``i`` into ``rows(i)``; one GEMM then replaces three.
     ``lora`` (set by ``engine.models.lora.attach_lora``) adds each token's adapter delta;
     ``packed`` (set by ``engine.models.packed_weights.pack_weights``, fp32 on the CPU) holds
-    the weight again in oneDNN's blocked layout.
+    the weight again, packed for the CPU's matmul kernel.
     """
 
     def __init__(self, in_features: int, shard_sizes: list[int], bias: bool) -> None:

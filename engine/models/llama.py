@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.attention import AttentionMetadata, KVCache, paged_attend
+from engine.models.cpu_decoder import CpuDecoder
 from engine.models.layers import Embedding, Linear, RMSNorm
 from engine.models.lora import LoRAContext, LoRAMapping
 from engine.models.model_config import ModelConfig
@@ -137,6 +138,8 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
         self.lora_context: LoRAContext | None = None  # set by engine.models.lora.attach_lora
         self.head_packed: PackedWeight | None = None  # set by packed_weights.pack_weights
+        # The whole stack in one C call for steps of short queries (fp32 CPU, panels).
+        self.cpu_decoder: CpuDecoder | None = None  # set by the model runner
 
     def forward(
         self,
@@ -150,6 +153,10 @@ class LlamaForCausalLM(nn.Module):
         if self.lora_context is not None:
             self.lora_context.mapping = lora
         hidden = self.model.embed_tokens(input_ids)
+        if self.cpu_decoder is not None and lora is None:
+            out = self.cpu_decoder.run(hidden, positions, meta, kv_caches)
+            if out is not None:
+                return out
         residual: torch.Tensor | None = None
         for layer, cache in zip(self.model.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, self.cos_sin_cache, cache, meta)

@@ -1,5 +1,6 @@
-"""oneDNN-reordered projection weights (fp32, CPU): the same products as ``F.linear``, turned on by
-default only where they apply, and the engine's greedy outputs unchanged."""
+"""Packed projection weights (fp32, CPU): panels for the C kernel, or oneDNN's layout where no
+compiler is found. The same products as ``F.linear``, turned on by default only where they
+apply, and the engine's greedy outputs unchanged."""
 
 from __future__ import annotations
 
@@ -13,30 +14,67 @@ from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from engine.models.layers import Linear
-from engine.models.packed_weights import PackedWeight, packing_available
+from engine.models.packed_weights import Layout, PackedWeight, packing_layout
+from kernels.cpu_library import kernel_library
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(
-    not packing_available(CPU, torch.float32), reason="this PyTorch build has no oneDNN linear"
+    packing_layout(CPU, torch.float32) is None, reason="neither a C compiler nor oneDNN here"
 )
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, 17, 64, 300])
+@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 17, 64, 97, 300])
 @pytest.mark.parametrize("bias", [False, True])
-def test_packed_linear_equals_f_linear(rows: int, bias: bool) -> None:
-    """``PackedWeight.of`` packs once, with one batch-size hint, and every call passes its own
-    row count: the products must match ``F.linear`` at every count."""
+@pytest.mark.parametrize(("out_features", "in_features"), [(384, 96), (100, 37)])
+def test_packed_linear_equals_f_linear(
+    layout: Layout, rows: int, bias: bool, out_features: int, in_features: int
+) -> None:
+    """Each layout packs once, and every call passes its own row count: the products must
+    match ``F.linear`` at every count, including rows past a register tile (6) and a row
+    block (96), and outputs that end inside a panel (100 columns)."""
     gen = torch.Generator().manual_seed(rows)
-    weight = torch.randn(384, 96, generator=gen)
-    b = torch.randn(384, generator=gen) if bias else None
-    x = torch.randn(rows, 96, generator=gen)
-    packed = PackedWeight.of(weight)
+    weight = torch.randn(out_features, in_features, generator=gen)
+    b = torch.randn(out_features, generator=gen) if bias else None
+    x = torch.randn(rows, in_features, generator=gen)
+    packed = PackedWeight.of(weight, layout)
     expected = F.linear(x, weight, b)
     torch.testing.assert_close(packed.linear(x, b), expected, rtol=1e-5, atol=1e-4)
     # Leading dimensions fold into rows, as F.linear's do.
-    got = packed.linear(x.view(1, rows, 96), b)
-    assert got.shape == (1, rows, 384)
+    got = packed.linear(x.view(1, rows, in_features), b)
+    assert got.shape == (1, rows, out_features)
     torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-4)
+    # Rows of a wider tensor (a view whose rows are further apart) give the same products.
+    wide = torch.cat([x, torch.randn(rows, 5, generator=gen)], dim=1)[:, :in_features]
+    torch.testing.assert_close(packed.linear(wide, b), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_panel_products_do_not_depend_on_the_rows_beside_them(threads: int) -> None:
+    """Each output of the panel kernel is one in-order sum over the input features, whatever
+    the row count, the tile or the thread: a row's products are bit-identical alone and in
+    a batch (unlike a library GEMM's, whose blocking follows the row count)."""
+    gen = torch.Generator().manual_seed(threads)
+    weight = torch.randn(200, 160, generator=gen)
+    packed = PackedWeight.of(weight, Layout.PANELS)
+    x = torch.randn(130, 160, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch = packed.linear(x)
+        for i in (0, 5, 6, 95, 96, 129):
+            assert torch.equal(packed.linear(x[i : i + 1]), batch[i : i + 1])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_the_c_kernels_weights_take_onednns_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert packing_layout(CPU, torch.float32) is (
+        Layout.PANELS if kernel_library() is not None else Layout.ONEDNN
+    )
+    monkeypatch.setattr("engine.models.packed_weights.kernel_library", lambda: None)
+    assert packing_layout(CPU, torch.float32) is Layout.ONEDNN
+    assert packing_layout(CPU, torch.bfloat16) is None
 
 
 def test_one_row_on_one_thread_takes_f_linear_and_more_take_the_reordered_copy() -> None:
@@ -44,7 +82,7 @@ def test_one_row_on_one_thread_takes_f_linear_and_more_take_the_reordered_copy()
     go through oneDNN (whose sums differ from ``F.linear``'s in the last bits)."""
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(512, 256, generator=gen)
-    packed = PackedWeight.of(weight)
+    packed = PackedWeight.of(weight, Layout.ONEDNN)
     one, two = torch.randn(1, 256, generator=gen), torch.randn(2, 256, generator=gen)
     before = torch.get_num_threads()
     try:
@@ -63,10 +101,13 @@ def test_a_packed_copy_that_disagrees_is_caught_and_nothing_is_packed(
     tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     weight = torch.randn(64, 32)
-    assert PackedWeight.of(weight).agrees()
-    assert not PackedWeight(weight, PackedWeight.of(weight.flip(0)).packed).agrees()
+    for layout in Layout:
+        packed = PackedWeight.of(weight, layout)
+        assert packed.agrees()
+        flipped = PackedWeight.of(weight.flip(0), layout)
+        assert not PackedWeight(weight, flipped.packed, layout, packed.library).agrees()
 
-    # As if this machine's oneDNN reordered every weight wrongly: the runner keeps F.linear.
+    # As if this machine packed every weight wrongly: the runner keeps F.linear.
     monkeypatch.setattr(PackedWeight, "agrees", lambda self: False)
     runner = _runner(tiny_model_dirs["llama"])
     assert runner.model.head_packed is None

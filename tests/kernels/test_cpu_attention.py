@@ -11,7 +11,8 @@ import kernels.cpu_attention as cpu_attention
 from infra.harness.paged_batch import make_batch
 from kernels import Backend, paged_attention, set_backend
 from kernels.attention import MAX_SHORT_QUERY, paged_attention_reference
-from kernels.cpu_attention import kernel_applies, kernel_library, paged_attention_cpu
+from kernels.cpu_attention import kernel_applies, paged_attention_cpu
+from kernels.cpu_library import kernel_library
 from tests.kernels.common import assert_close
 
 CPU = torch.device("cpu")

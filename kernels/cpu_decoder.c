@@ -1,0 +1,87 @@
+/* A whole Llama-family decoder stack for a step of short queries (decodes, speculative
+ * verifies), fp32 on the CPU, in one call.
+ *
+ * The same kernels, in the same order, as the model's PyTorch modules call one by one
+ * (engine/models/llama.py through kernels/dispatch.py), so the hidden states are
+ * bit-identical to that path. What the call saves is the Python between them: at a decode
+ * step of 32 rows of SmolLM2 that was ~50 of ~220 ms (30 layers x ~8 kernel calls, each
+ * with its module call, checks, views and ctypes marshalling), while the other thread of
+ * the team spun waiting.
+ *
+ * Per layer (h: hidden, r: residual; the first layer's input norm has no residual):
+ *   h, r = norm(h + r); qkv = h Wqkv^T + b; q, k = rope(q, k); cache[slot] = k, v;
+ *   a = attention(q); h = a Wo^T + b; h, r = norm(h + r); h = silu(gate) * up; h = h Wd^T + b
+ * and after the last layer h = norm(h + r).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu_kernels.h"
+
+typedef struct { /* one layer's weights: packed panels (cpu_linear.c), biases may be NULL */
+    const float *input_norm, *post_norm;
+    const float *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
+    float *k_cache, *v_cache; /* [blocks, block_size, kv_heads, head_size] */
+} Layer;
+
+typedef struct {
+    int64_t hidden, heads, kv_heads, head_size, intermediate, block_size, num_blocks;
+    float eps, scale;
+} Dims;
+
+typedef struct { /* the step */
+    int64_t tokens;
+    const int64_t *positions, *slots;
+    const float *cos_sin;
+    const int32_t *block_table, *query_start_loc, *seq_lens, *rows;
+    int64_t table_stride, num_rows;
+} Step;
+
+typedef struct { /* scratch, row-major, tokens rows each */
+    float *residual, *normed, *qkv, *q, *k, *attn, *gate_up, *act;
+} Scratch;
+
+/* hidden [tokens, hidden]: in, the embeddings; out, the final norm's output. Returns 0, -1
+ * if the attention could not allocate, -2 if a slot was past the cache. */
+int kvbatch_decoder(const Layer *layers, const int64_t num_layers, const float *final_norm,
+                    const Dims *d, const Step *s, const Scratch *w, float *hidden,
+                    const int64_t num_threads) {
+    const int64_t T = s->tokens, H = d->hidden, hs = d->head_size;
+    const int64_t q_width = d->heads * hs, kv_width = d->kv_heads * hs;
+    const int64_t qkv_width = q_width + 2 * kv_width, I = d->intermediate;
+    for (int64_t l = 0; l < num_layers; l++) {
+        const Layer *L = &layers[l];
+        if (l == 0) {
+            kvbatch_rms_norm(hidden, H, NULL, 0, L->input_norm, d->eps, w->normed, NULL, T, H,
+                             num_threads);
+            for (int64_t i = 0; i < T * H; i++) w->residual[i] = hidden[i];
+        } else {
+            kvbatch_rms_norm(hidden, H, w->residual, H, L->input_norm, d->eps, w->normed,
+                             w->residual, T, H, num_threads);
+        }
+        kvbatch_linear(w->normed, T, H, H, L->qkv, qkv_width, L->qkv_bias, w->qkv, qkv_width,
+                       num_threads);
+        kvbatch_rotary(s->positions, w->qkv, qkv_width, w->qkv + q_width, qkv_width,
+                       s->cos_sin, w->q, w->k, T, d->heads, d->kv_heads, hs, num_threads);
+        if (kvbatch_store_kv(w->k, kv_width, w->qkv + q_width + kv_width, qkv_width,
+                             L->k_cache, L->v_cache, s->slots, T, kv_width,
+                             d->num_blocks * d->block_size) != 0)
+            return -2;
+        if (kvbatch_paged_attention(w->q, L->k_cache, L->v_cache, s->block_table,
+                                    s->table_stride, s->query_start_loc, s->seq_lens, s->rows,
+                                    s->num_rows, w->attn, d->heads, d->kv_heads, hs,
+                                    d->block_size, d->scale, num_threads) != 0)
+            return -1;
+        kvbatch_linear(w->attn, T, q_width, q_width, L->o, H, L->o_bias, hidden, H, num_threads);
+        kvbatch_rms_norm(hidden, H, w->residual, H, L->post_norm, d->eps, w->normed,
+                         w->residual, T, H, num_threads);
+        kvbatch_linear(w->normed, T, H, H, L->gate_up, 2 * I, L->gate_up_bias, w->gate_up, 2 * I,
+                       num_threads);
+        kvbatch_silu_and_mul(w->gate_up, 2 * I, w->act, T, I, num_threads);
+        kvbatch_linear(w->act, T, I, I, L->down, H, L->down_bias, hidden, H, num_threads);
+    }
+    kvbatch_rms_norm(hidden, H, w->residual, H, final_norm, d->eps, w->normed, w->residual, T,
+                     H, num_threads);
+    for (int64_t i = 0; i < T * H; i++) hidden[i] = w->normed[i];
+    return 0;
+}

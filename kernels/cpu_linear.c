@@ -1,0 +1,189 @@
+/* fp32 projections on the CPU, y = x W^T + b, for the few to few hundred rows of a step.
+ *
+ * A library GEMM is built for large square products. A decode step multiplies 1 to ~64 rows
+ * by each weight, and there oneDNN (with the weight reordered once) reached about half of
+ * this machine's GEMM rate (benchmarks/cpu_linear_libraries.py). This kernel keeps the weight
+ * in panels of NR output columns, each panel's K x NR floats contiguous, and runs every row
+ * of a block against a panel while the panel sits in the CPU's cache: a tile of MR rows x NR
+ * columns accumulates in vector registers, one broadcast of x and NR / VL fused multiply-adds
+ * per row and k.
+ *
+ *     weight [N, K]  ->  panels [ceil(N / NR)][K][NR]   (the last panel zero-padded)
+ *
+ * Each output element is one in-order sum over k, whatever the row count, the block or the
+ * thread that computes it, so a request's products do not depend on what else is in its
+ * step. Threads split the panels (OpenMP; the library links the libgomp torch has loaded,
+ * so this runs on torch's own thread team, as cpu_paged_attention.c explains).
+ */
+#include <stdint.h>
+#include <string.h>
+
+/* Tile shapes (override with -DMR=.. -DNVEC=.. to measure others): MR rows x NVEC
+ * vectors of accumulators, plus NVEC weight vectors and a broadcast, within the register
+ * file. With AVX-512 (32 registers) 8 x 3 was the fastest of 6 x 4, 7 x 3, 4 x 4 and 9 x 2
+ * over SmolLM2's projections at 8 to 256 rows (Intel Xeon, 2 threads); with AVX2 (16
+ * registers) 6 x 2. */
+#if defined(__AVX512F__)
+#define VL 16 /* floats per vector register */
+#ifndef NVEC
+#define NVEC 3 /* vectors per tile row: NR = 48 columns */
+#endif
+#ifndef MR
+#define MR 8
+#endif
+#else
+#define VL 8
+#ifndef NVEC
+#define NVEC 2
+#endif
+#ifndef MR
+#define MR 6
+#endif
+#endif
+#define NR (VL * NVEC)
+/* Bytes of x per row block: a block's rows and one panel stay in L2 together. */
+#define ROW_BLOCK_BYTES (384 * 1024)
+
+typedef float vec __attribute__((vector_size(VL * 4)));
+/* The same vector at any float's address: loads and stores of rows and panels. */
+typedef float uvec __attribute__((vector_size(VL * 4), aligned(4)));
+
+int64_t kvbatch_linear_panel_width(void) { return NR; }
+
+/* panels [ceil(N / NR)][K][NR] <- weight [N, K] (row-major). */
+void kvbatch_pack_linear(const float *weight, const int64_t N, const int64_t K, float *panels) {
+    const int64_t count = (N + NR - 1) / NR;
+    for (int64_t p = 0; p < count; p++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = 0; j < NR; j++) {
+                const int64_t n = p * NR + j;
+                panels[(p * K + k) * NR + j] = n < N ? weight[n * K + k] : 0.0f;
+            }
+}
+
+/* Cache lines of the next panel to ask for: [first, first + count) of those at ahead. */
+typedef struct {
+    const char *ahead;
+    int64_t first, count;
+} Prefetch;
+
+/* y[0:m, 0:NR] = x[0:m, :] . panel (+ bias[0:NR]); m is a constant where tile_rows calls
+ * it, so the accumulators are registers. Along the way, the lines of pf are requested, a
+ * few per k, so the next panel arrives from memory while this one is multiplied. */
+static inline __attribute__((always_inline)) void tile(
+    const int m, const int64_t K, const float *restrict x, const int64_t ldx,
+    const float *restrict panel, const float *restrict bias, float *restrict y, const int64_t ldy,
+    const Prefetch pf, const int per_k) {
+    vec acc[MR][NVEC];
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < NVEC; j++) acc[i][j] = bias ? *(const uvec *)(bias + j * VL) : (vec){0};
+    const char *ahead = pf.ahead + pf.first * 64;
+    const int64_t last = pf.count - 1; /* past it, the last line is asked for again: no branch */
+    for (int64_t k = 0; k < K; k++) {
+        for (int q = 0; q < per_k; q++) {
+            const int64_t line = k * per_k + q;
+            __builtin_prefetch(ahead + (line < last ? line : last) * 64);
+        }
+        vec w[NVEC];
+        for (int j = 0; j < NVEC; j++) w[j] = *(const uvec *)(panel + k * NR + j * VL);
+        for (int i = 0; i < m; i++) {
+            const float xv = x[i * ldx + k];
+            for (int j = 0; j < NVEC; j++) acc[i][j] += w[j] * xv;
+        }
+    }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < NVEC; j++) *(uvec *)(y + i * ldy + j * VL) = acc[i][j];
+}
+
+/* per_k: prefetches per k, a constant in each variant (none, one or four lines: tiles
+ * that share a panel's lines between more than four of them need at most one a k). */
+#define TILE_ROWS(per_k)                                                          \
+    switch (m) {                                                                  \
+    case 1: tile(1, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;            \
+    case 2: tile(2, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;            \
+    case 3: tile(3, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;            \
+    case 4: tile(4, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;            \
+    case 5: tile(5, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;            \
+    MORE_ROWS(per_k)                                                              \
+    default: tile(MR, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;          \
+    }
+
+#if MR > 8
+#define MORE_ROWS(per_k)                                                  \
+    case 6: tile(6, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;    \
+    case 7: tile(7, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;    \
+    case 8: tile(8, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;
+#elif MR > 6
+#define MORE_ROWS(per_k)                                                  \
+    case 6: tile(6, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;    \
+    case 7: tile(7, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;
+#else
+#define MORE_ROWS(per_k)
+#endif
+_Static_assert(MR <= 9, "tile_rows names every row count below MR");
+
+static void tile_rows(const int m, const int64_t K, const float *x, const int64_t ldx,
+                      const float *panel, const float *bias, float *y, const int64_t ldy,
+                      const Prefetch pf) {
+    if (pf.count == 0) {
+        TILE_ROWS(0)
+    } else if (pf.count <= K) {
+        TILE_ROWS(1)
+    } else {
+        TILE_ROWS(4)
+    }
+}
+
+/* One panel against rows [r0, r1). The last panel may be narrower than NR: its bias is
+ * padded and its tiles land in a scratch tile first, so nothing past column N is written.
+ * With the first rows of a block, the tiles share out the next panel's prefetches: the
+ * weights stream from memory while the rows are multiplied, rather than each panel's first
+ * tile waiting on memory and its other tiles on the multipliers. */
+static void panel_rows(const float *x, const int64_t ldx, const int64_t r0, const int64_t r1,
+                       const int64_t K, const float *panels, const int64_t p, const int64_t N,
+                       const float *bias, float *y, const int64_t ldy) {
+    const float *panel = panels + p * K * NR;
+    const int64_t width = N - p * NR < NR ? N - p * NR : NR;
+    float bias_pad[NR] __attribute__((aligned(64)));
+    const float *b = NULL;
+    if (bias) {
+        memset(bias_pad, 0, sizeof bias_pad);
+        memcpy(bias_pad, bias + p * NR, (size_t)width * sizeof(float));
+        b = bias_pad;
+    }
+    float scratch[MR * NR] __attribute__((aligned(64)));
+    const int64_t tiles = (r1 - r0 + MR - 1) / MR;
+    const int64_t lines = p + 1 < (N + NR - 1) / NR ? K * NR * 4 / 64 : 0;
+    const int64_t per_tile = (lines + tiles - 1) / tiles;
+    for (int64_t r = r0; r < r1; r += MR) {
+        const int m = r1 - r < MR ? (int)(r1 - r) : MR;
+        float *out = y + r * ldy + p * NR;
+        const int64_t first = (r - r0) / MR * per_tile;
+        const Prefetch pf = {(const char *)(panel + K * NR), first,
+                             first >= lines ? 0 : (lines - first < per_tile ? lines - first : per_tile)};
+        if (width == NR) {
+            tile_rows(m, K, x + r * ldx, ldx, panel, b, out, ldy, pf);
+        } else {
+            tile_rows(m, K, x + r * ldx, ldx, panel, b, scratch, NR, pf);
+            for (int i = 0; i < m; i++)
+                memcpy(out + i * ldy, scratch + i * NR, (size_t)width * sizeof(float));
+        }
+    }
+}
+
+/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx) . W^T + bias (NULL for none), W as
+ * packed by kvbatch_pack_linear. */
+void kvbatch_linear(const float *x, const int64_t M, const int64_t K, const int64_t ldx,
+                    const float *panels, const int64_t N, const float *bias, float *y,
+                    const int64_t ldy, const int64_t num_threads) {
+    const int64_t count = (N + NR - 1) / NR;
+    int64_t block = ROW_BLOCK_BYTES / (K * (int64_t)sizeof(float)) / MR * MR;
+    if (block < MR) block = MR;
+#pragma omp parallel num_threads(num_threads)
+    for (int64_t r0 = 0; r0 < M; r0 += block) {
+        const int64_t r1 = r0 + block < M ? r0 + block : M;
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < count; p++)
+            panel_rows(x, ldx, r0, r1, K, panels, p, N, bias, y, ldy);
+    }
+}

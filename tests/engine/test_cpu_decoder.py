@@ -1,0 +1,101 @@
+"""The whole decoder stack in one C call (engine/models/cpu_decoder.py): built where it can
+serve the model, bit-identical to the per-module path, and stepped aside where it cannot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.models.cpu_decoder import CpuDecoder
+from kernels import Backend, set_backend
+from kernels.cpu_library import kernel_library
+
+pytestmark = pytest.mark.skipif(kernel_library() is None, reason="no C compiler here")
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+# Chunked prefills beside decodes (steps the decoder must leave to the modules), then steps
+# of decodes alone, or of speculative verifies (short queries of up to 5 tokens).
+SMALL: dict[str, Any] = dict(max_num_batched_tokens=64, block_size=16)
+
+
+def _outputs(llm: LLM, prompts: list[list[int]]) -> list[tuple[list[int], str]]:
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=3)
+    done = llm.generate(prompts, params, use_tqdm=False)
+    return [(list(o.outputs[0].token_ids), repr(o.outputs[0].logprobs)) for o in done]
+
+
+def _prompts() -> list[list[int]]:
+    gen = torch.Generator().manual_seed(0)
+    # The last prompt repeats itself, so n-gram speculation finds drafts to verify.
+    repeat = torch.randint(3, 100, (12,), generator=gen).tolist()
+    return [torch.randint(3, 100, (n,), generator=gen).tolist() for n in (1, 5, 40, 90)] + [
+        repeat * 4
+    ]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("speculative", [False, True])
+def test_the_decoder_gives_the_modules_tokens_and_logprobs_to_the_bit(
+    tiny_model_dirs: dict[str, Path], kind: str, speculative: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qwen2 has q/k/v biases; speculation makes verify steps of up to 5 query tokens."""
+    extra = {"speculative_config": NGRAM} if speculative else {}
+    llm = LLM(str(tiny_model_dirs[kind]), **SMALL, **extra)  # type: ignore[arg-type]
+    model = llm.engine.runner.model
+    decoder = model.cpu_decoder
+    assert decoder is not None
+    served: list[bool] = []
+    real_run = CpuDecoder.run
+
+    def counted(self: CpuDecoder, *args: Any) -> torch.Tensor | None:
+        out = real_run(self, *args)
+        served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(CpuDecoder, "run", counted)
+    with_decoder = _outputs(llm, _prompts())
+    assert any(served) and not all(served), "decode steps served, prefill steps left"
+    model.cpu_decoder = None
+    llm.engine.reset_prefix_cache()
+    assert _outputs(llm, _prompts()) == with_decoder
+
+
+def test_built_only_where_it_can_serve(tiny_model_dirs: dict[str, Path]) -> None:
+    def decoder(kind: str, **args: Any) -> CpuDecoder | None:
+        llm = LLM(str(tiny_model_dirs[kind]), num_kv_blocks=32, **args)
+        return llm.engine.runner.model.cpu_decoder
+
+    assert decoder("llama") is not None
+    assert decoder("qwen3") is None  # q/k norms per head: the modules run
+    assert decoder("llama", cpu_packed_weights=False) is None
+    assert decoder("llama", dtype="bfloat16") is None
+    assert decoder("llama", enable_lora=True) is None
+
+
+def test_the_torch_backend_steps_around_it(tiny_model_dirs: dict[str, Path]) -> None:
+    llm = LLM(str(tiny_model_dirs["llama"]), **SMALL)  # type: ignore[arg-type]
+    expected = _outputs(llm, _prompts())
+    llm.engine.reset_prefix_cache()
+    set_backend(Backend.TORCH)
+    try:
+        calls: list[int] = []
+        decoder = llm.engine.runner.model.cpu_decoder
+        assert decoder is not None
+        real = decoder.library
+
+        class Spy:
+            def __getattr__(self, name: str) -> Any:
+                calls.append(1)
+                return getattr(real, name)
+
+        decoder.library = Spy()  # type: ignore[assignment]
+        got = _outputs(llm, _prompts())
+    finally:
+        set_backend(Backend.AUTO)
+    assert calls == []
+    # The references sum in another order: the same greedy tokens, not the same bits.
+    assert [t for t, _ in got] == [t for t, _ in expected]
