@@ -16,6 +16,14 @@
  * links libgomp.so.1, which resolves to the copy torch has already loaded, so the kernel
  * runs on torch's own thread team (just back from the step's last matmul) rather than
  * beside it on the same cores.
+ *
+ * Where the head size is a whole number of vector registers (64 and 128 on AVX-512 or
+ * AVX2), a KV head's query vectors are held in registers, a few at a time (attend_chunk),
+ * while its keys and then its values stream past once; the next block's rows are prefetched
+ * (blocks lie anywhere in the cache); the softmax's exponentials are vector arithmetic
+ * (cpu_exp.h) rather than a libm call each. At 32 decodes over 330 tokens (SmolLM2's 9 query
+ * and 3 KV heads, 2 threads) that took a layer from 3.3 to 1.2 ms, the cache read at 13 GB/s.
+ * Other head sizes sweep() the blocks with plain loops.
  */
 #include <math.h>
 #include <stdint.h>

@@ -8,8 +8,8 @@ it saves the Python between the calls (~50 of ~220 ms at a 32-row SmolLM2 decode
 serve the model: fp32 weights packed into panels (``Layout.PANELS``), no LoRA, no per-head
 q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step only when every request
 in it has at most ``MAX_SHORT_QUERY`` query tokens (decodes and speculative verifies: the
-C attention kernel's rows) and the kernel backend is ``auto``; otherwise it returns None and
-the modules run.
+C attention kernel's rows), the step has fewer than ``PANEL_MAX_ROWS`` tokens and the kernel
+backend is ``auto``; otherwise it returns None and the modules run.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from engine.models.attention import AttentionMetadata, KVCache
-from engine.models.packed_weights import Layout
+from engine.models.packed_weights import PANEL_MAX_ROWS, Layout
 from kernels import Backend, get_backend
-from kernels.attention import plan_attention
+from kernels.attention import MAX_SHORT_QUERY, plan_attention
 from kernels.cpu_library import kernel_library
 
 if TYPE_CHECKING:
@@ -80,8 +80,7 @@ class _Step(ctypes.Structure):
 
 class _Scratch(ctypes.Structure):
     _fields_ = [
-        (name, _P)
-        for name in ("residual", "normed", "qkv", "q", "k", "attn", "gate_up", "act")
+        (name, _P) for name in ("residual", "normed", "qkv", "q", "k", "attn", "gate_up", "act")
     ]
 
 
@@ -171,7 +170,14 @@ class CpuDecoder:
         meta: AttentionMetadata,
         kv_caches: Sequence[KVCache],
     ) -> torch.Tensor | None:  # [num_tokens, hidden_size] final-norm hidden states
-        if get_backend() is not Backend.AUTO or meta.max_query_len > 17:
+        tokens = hidden.shape[0]
+        # Past PANEL_MAX_ROWS the modules' projections take MKL's GEMM, which this call
+        # does not: leave such (rare: 640 rows of short queries) steps to them.
+        if (
+            get_backend() is not Backend.AUTO
+            or meta.max_query_len > MAX_SHORT_QUERY
+            or tokens >= PANEL_MAX_ROWS
+        ):
             return None
         if meta.reference_plan is None:
             meta.reference_plan = plan_attention(
@@ -181,7 +187,6 @@ class CpuDecoder:
         if plan.prefill_rows or meta.block_table.dtype != torch.int32:
             return None
         d = self.dims
-        tokens = hidden.shape[0]
         hidden = hidden.contiguous()
         q_width, kv_width = d.heads * d.head_size, d.kv_heads * d.head_size
         scratch = {

@@ -145,9 +145,7 @@ class InputBuffers:
             offsets = np.arange(num_tokens) - query_start_loc[:num_reqs].repeat(q_lens)
             positions[:] = starts.repeat(q_lens) + offsets
         blocks = table[request_of_token, positions // self.block_size].astype(np.int64)
-        self.slot_mapping.np[:num_tokens] = (
-            blocks * self.block_size + positions % self.block_size
-        )
+        self.slot_mapping.np[:num_tokens] = blocks * self.block_size + positions % self.block_size
         num_sampled = self._fill_logits_indices(scheduled, query_start_loc[1 : num_reqs + 1])
 
         if padded > num_reqs:

@@ -13,15 +13,16 @@ removes it. Two packed layouts, the first the machine can run:
   (``torch.ops.mkldnn._reorder_linear_weight``, then ``_linear_pointwise``: the pair
   PyTorch's own CPU compiler emits for fp32 linears whose row count varies, as a step's does).
 
-Every projection of SmolLM2-135M once (its 120 layer projections, each shape looped on its
-own), 2 threads, best of 2 alternating arms, ms (``python -m benchmarks.cpu_linear_libraries``
-measures the whole model's 538 MB, weights streamed from memory; ``cpu_packed_weights`` the
-engine end to end)::
+Every projection of SmolLM2-135M once (its 120 layer projections and the LM head, 538 MB
+streamed from memory), 2 threads, median ms of 5, arms alternating
+(``python -m benchmarks.cpu_linear_libraries``, ``cpu_linear_libraries_panels.json``)::
 
-    rows                     1      5      8     16     32     64    128
+    rows                     1      2      5      8     16     33     64    256
     Intel Xeon (AVX-512), 2.0 GHz VM
-      oneDNN reordered    23.1   31.9   35.1   37.2   59.4   93.8  166.4
-      panels (cpu_linear) 12.5   16.4   19.5   27.7   44.0   91.2  160.0
+      F.linear            43.1   40.5   94.1  107.2  177.6  204.6  184.1  500.0
+      MKL packed          42.4   39.2   47.0   47.2   58.3   81.9  122.5  552.9
+      oneDNN reordered    52.2   52.5   56.3   55.6   66.8   92.9  153.5  488.7
+      panels (cpu_linear) 44.1   41.5   46.5   45.5   57.6   74.3  116.3  480.8
 
 oneDNN against MKL's packed GEMM (``cblas_sgemm_pack``, which this module used first) and
 ``F.linear`` on an AMD EPYC (AVX2), the whole model, ms::
@@ -56,6 +57,13 @@ if TYPE_CHECKING:
     from engine.models.llama import LlamaForCausalLM
 
 log = logging.getLogger(__name__)
+
+# From this many rows (a prefill chunk) MKL's own GEMM on the unpacked weight wins: its cache
+# blocking beats the panels' once the row count amortizes its per-call repacking. SmolLM2's
+# projections, 2 threads, Intel Xeon: 512 rows panels 748 ms vs F.linear 840; 768 rows 1,346
+# vs 1,128; 2,048 rows 3,128 vs 2,530 (each row count once, the three paths alternating).
+PANEL_MAX_ROWS = 640
+
 
 class Layout(enum.Enum):
     PANELS = "panels"  # kernels/cpu_linear.c
@@ -113,6 +121,8 @@ class PackedWeight:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.library is not None:
+            if x.numel() >= PANEL_MAX_ROWS * x.shape[-1]:
+                return F.linear(x, self.weight, bias)
             return panel_linear(x, self.packed, self.weight.shape[0], self.library, bias)
         if x.numel() == x.shape[-1] and torch.get_num_threads() == 1:
             # One row on one thread: MKL's GEMV streams the weight faster than oneDNN there
