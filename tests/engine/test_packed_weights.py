@@ -14,7 +14,7 @@ from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from engine.models.layers import Linear
-from engine.models.packed_weights import Layout, PackedWeight, packing_layout
+from engine.models.packed_weights import PANEL_MAX_ROWS, Layout, PackedWeight, packing_layout
 from kernels.cpu_library import kernel_library
 
 CPU = torch.device("cpu")
@@ -66,6 +66,16 @@ def test_panel_products_do_not_depend_on_the_rows_beside_them(threads: int) -> N
             assert torch.equal(packed.linear(x[i : i + 1]), batch[i : i + 1])
     finally:
         torch.set_num_threads(before)
+
+
+def test_prefill_sized_row_counts_take_mkls_gemm_on_the_unpacked_weight() -> None:
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=gen)
+    packed = PackedWeight.of(weight, Layout.PANELS)
+    many = torch.randn(PANEL_MAX_ROWS, 64, generator=gen)
+    assert torch.equal(packed.linear(many), F.linear(many, weight))
+    fewer = many[:-1]
+    torch.testing.assert_close(packed.linear(fewer), F.linear(fewer, weight))
 
 
 def test_without_the_c_kernels_weights_take_onednns_layout(monkeypatch: pytest.MonkeyPatch) -> None:
