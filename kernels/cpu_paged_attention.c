@@ -147,6 +147,20 @@ static inline void prefetch_rows(const float *rows, const int64_t count, const i
         for (int64_t d = 0; d < hs; d += 16) __builtin_prefetch(rows + p * kv_row + d);
 }
 
+/* Where KV head h's rows of the block holding positions [b0, b0 + bs) start in cache; the
+ * next block's rows of that head are prefetched. */
+static inline const float *head_block(const float *cache, const Row *x, const int64_t b0,
+                                      const int64_t bs, const int64_t kv_row, const int64_t h,
+                                      const int64_t hs) {
+    const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
+    if (end < x->seq) {
+        const int64_t next_end = x->seq < end + bs ? x->seq : end + bs;
+        prefetch_rows(cache + (int64_t)x->table[end / bs] * bs * kv_row + h * hs, next_end - end,
+                      kv_row, hs);
+    }
+    return cache + (int64_t)x->table[b0 / bs] * bs * kv_row + h * hs;
+}
+
 /* Query vectors [i0, i0 + n) of KV head h (vector i: token i / group, head
  * h * group + i % group), of nv vectors each: held in registers while every key, then every
  * value, of the row's context streams past once; the softmax runs between the two sweeps.
@@ -166,13 +180,8 @@ static inline __attribute__((always_inline)) void attend_chunk(
         w[c] = x->scores + ((h - x->h0) * num_q + i) * x->seq;
     }
     for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
-        const float *block = j->k_cache + (int64_t)x->table[b0 / bs] * bs * kv_row + h * hs;
+        const float *block = head_block(j->k_cache, x, b0, bs, kv_row, h, hs);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
-        if (end < x->seq) {
-            const int64_t next_end = x->seq < end + bs ? x->seq : end + bs;
-            const float *next = j->k_cache + (int64_t)x->table[end / bs] * bs * kv_row + h * hs;
-            prefetch_rows(next, next_end - end, kv_row, hs);
-        }
         for (int64_t p = b0; p < end; p++) {
             const float *k = block + (p - b0) * kv_row;
             vec kv[8];
@@ -192,13 +201,8 @@ static inline __attribute__((always_inline)) void attend_chunk(
     for (int c = 0; c < n; c++)
         for (int v = 0; v < nv; v++) out[c][v] = (vec){0};
     for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
-        const float *block = j->v_cache + (int64_t)x->table[b0 / bs] * bs * kv_row + h * hs;
+        const float *block = head_block(j->v_cache, x, b0, bs, kv_row, h, hs);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
-        if (end < x->seq) {
-            const int64_t next_end = x->seq < end + bs ? x->seq : end + bs;
-            const float *next = j->v_cache + (int64_t)x->table[end / bs] * bs * kv_row + h * hs;
-            prefetch_rows(next, next_end - end, kv_row, hs);
-        }
         for (int64_t p = b0; p < end; p++) {
             const float *val = block + (p - b0) * kv_row;
             vec vv[8];
