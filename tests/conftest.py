@@ -8,7 +8,7 @@ from pathlib import Path
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Under pytest-xdist (infra/test.sh runs two test processes on CI's two cores) each process,
+# Under pytest-xdist (infra/test.sh runs three test processes on CI's two cores) each process,
 # and every worker or API it starts, computes on one intra-op thread: two processes of two
 # OpenMP threads each on two cores spin against each other and run slower than one each.
 # Set before torch is imported here or in a child, which both read it at start.
@@ -34,3 +34,14 @@ def smollm2_dir() -> Path:
     from engine.model_fetch import fetch_model
 
     return fetch_model("smollm2-135m-instruct", Path(__file__).resolve().parents[1] / "models")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding ``slow`` tests first, each file's tests in their own order.
+
+    infra/test.sh hands whole files to its test processes in collection order; a long file
+    handed out last (a fault suite of two minutes) ran alone while the other processes sat
+    idle. Started first, the long files overlap and the short ones fill in around them.
+    Every process sorts the same collection the same way, as pytest-xdist requires."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

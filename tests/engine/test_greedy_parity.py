@@ -21,6 +21,8 @@ from infra.harness.workloads import CORPUS
 from tests.engine.hf_reference import hf_greedy, load_hf_model
 from tests.engine.prompts import max_tokens_for, random_token_prompts, text_token_prompts
 
+pytestmark = pytest.mark.slow  # started first by the test processes (tests/conftest.py)
+
 NUM_PROMPTS = 48
 MAX_PROMPT_LEN = 400
 

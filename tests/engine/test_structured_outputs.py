@@ -26,6 +26,8 @@ from engine.outputs import RequestOutput
 from engine.request import Request
 from infra.harness.extraction_corpus import DOCUMENTS, SCHEMAS, extraction_messages
 
+pytestmark = pytest.mark.slow  # started first by the test processes (tests/conftest.py)
+
 MAX_TOKENS = {"review": 60, "invoice": 130, "staff": 60}
 
 
