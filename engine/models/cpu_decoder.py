@@ -8,8 +8,8 @@ it saves the Python between the calls (~50 of ~220 ms at a 32-row SmolLM2 decode
 serve the model: fp32 weights packed into panels (``Layout.PANELS``), no LoRA, no per-head
 q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step only when every request
 in it has at most ``MAX_SHORT_QUERY`` query tokens (decodes and speculative verifies: the
-C attention kernel's rows), the step has fewer than ``PANEL_MAX_ROWS`` tokens and the kernel
-backend is ``auto``; otherwise it returns None and the modules run.
+C attention kernel's rows), the step has fewer than ``PANEL_MAX_ROWS`` tokens (where an Intel
+CPU's MKL takes over) and the kernel backend is ``auto``; otherwise it returns None and the modules run.
 """
 
 from __future__ import annotations
@@ -171,12 +171,12 @@ class CpuDecoder:
         kv_caches: Sequence[KVCache],
     ) -> torch.Tensor | None:  # [num_tokens, hidden_size] final-norm hidden states
         tokens = hidden.shape[0]
-        # Past PANEL_MAX_ROWS the modules' projections take MKL's GEMM, which this call
-        # does not: leave such (rare: 640 rows of short queries) steps to them.
+        # From PANEL_MAX_ROWS (on Intel CPUs) the modules' projections take MKL's GEMM, which
+        # this call does not: leave such (rare: 640 rows of short queries) steps to them.
         if (
             get_backend() is not Backend.AUTO
             or meta.max_query_len > MAX_SHORT_QUERY
-            or tokens >= PANEL_MAX_ROWS
+            or (PANEL_MAX_ROWS is not None and tokens >= PANEL_MAX_ROWS)
         ):
             return None
         if meta.reference_plan is None:

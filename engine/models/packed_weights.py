@@ -44,6 +44,7 @@ import ctypes
 import enum
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,11 +59,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# From this many rows (a prefill chunk) MKL's own GEMM on the unpacked weight wins: its cache
-# blocking beats the panels' once the row count amortizes its per-call repacking. SmolLM2's
-# projections, 2 threads, Intel Xeon: 512 rows panels 748 ms vs F.linear 840; 768 rows 1,346
-# vs 1,128; 2,048 rows 3,128 vs 2,530 (each row count once, the three paths alternating).
-PANEL_MAX_ROWS = 640
+
+def _intel_cpu() -> bool:
+    """Whether this is an Intel CPU: MKL, PyTorch's GEMM, takes its AVX-512 paths only there
+    (on other x86 CPUs it runs its AVX2 code whatever the CPU has)."""
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# From this many rows (a prefill chunk) an Intel CPU's MKL GEMM on the unpacked weight beats
+# the panels: its cache blocking wins once the row count amortizes its per-call repacking.
+# SmolLM2's projections, 2 threads, Intel Xeon: 512 rows panels 748 ms vs F.linear 840; 768
+# rows 1,346 vs 1,128; 2,048 rows 3,128 vs 2,530 (each row count once, the paths
+# alternating). Elsewhere MKL runs its AVX2 code and the panels win at every count: AMD EPYC
+# (Zen 5, AVX-512), 640 rows 413 vs 919 ms, 2,048 rows 1,300 vs 2,843 (oneDNN 1,259).
+# None: no limit.
+PANEL_MAX_ROWS: int | None = 640 if _intel_cpu() else None
 
 
 class Layout(enum.Enum):
@@ -121,7 +135,7 @@ class PackedWeight:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.library is not None:
-            if x.numel() >= PANEL_MAX_ROWS * x.shape[-1]:
+            if PANEL_MAX_ROWS is not None and x.numel() >= PANEL_MAX_ROWS * x.shape[-1]:
                 return F.linear(x, self.weight, bias)
             return panel_linear(x, self.packed, self.weight.shape[0], self.library, bias)
         if x.numel() == x.shape[-1] and torch.get_num_threads() == 1:

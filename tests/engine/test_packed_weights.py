@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
+from engine.models import packed_weights
 from engine.models.layers import Linear
-from engine.models.packed_weights import PANEL_MAX_ROWS, Layout, PackedWeight, packing_layout
+from engine.models.packed_weights import Layout, PackedWeight, packing_layout
 from kernels.cpu_library import kernel_library
+from kernels.cpu_linear import panel_linear
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(
@@ -68,14 +70,39 @@ def test_panel_products_do_not_depend_on_the_rows_beside_them(threads: int) -> N
         torch.set_num_threads(before)
 
 
-def test_prefill_sized_row_counts_take_mkls_gemm_on_the_unpacked_weight() -> None:
+@pytest.mark.parametrize("limit", [640, None])
+def test_prefill_sized_row_counts_take_mkls_gemm_where_it_is_faster(
+    limit: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an Intel CPU (limit 640) prefill-sized row counts take F.linear on the unpacked
+    weight, to the bit; elsewhere (no limit) the panels serve them too."""
+    monkeypatch.setattr(packed_weights, "PANEL_MAX_ROWS", limit)
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(96, 64, generator=gen)
     packed = PackedWeight.of(weight, Layout.PANELS)
-    many = torch.randn(PANEL_MAX_ROWS, 64, generator=gen)
-    assert torch.equal(packed.linear(many), F.linear(many, weight))
+    many = torch.randn(640, 64, generator=gen)
+    assert packed.library is not None
+    panels = panel_linear(many, packed.packed, 96, packed.library)
+    assert torch.equal(packed.linear(many), F.linear(many, weight) if limit else panels)
     fewer = many[:-1]
     torch.testing.assert_close(packed.linear(fewer), F.linear(fewer, weight))
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "intel"),
+    [("vendor_id\t: GenuineIntel\n", True), ("vendor_id\t: AuthenticAMD\n", False)],
+)
+def test_only_an_intel_cpu_hands_prefill_rows_to_mkl(
+    cpuinfo: str, intel: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    real_path = packed_weights.Path
+    monkeypatch.setattr(
+        packed_weights,
+        "Path",
+        lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo" else real_path(p),
+    )
+    assert packed_weights._intel_cpu() is intel
 
 
 def test_without_the_c_kernels_weights_take_onednns_layout(monkeypatch: pytest.MonkeyPatch) -> None:
