@@ -92,9 +92,9 @@ class ReferencePlan:
     decodes: list[DecodePlan]
     short: ShortQueryPlan | None  # rows of 2..MAX_SHORT_QUERY query tokens, if any
     prefill_rows: list[int]  # longer chunks, one SDPA call each
-    # Every row of 1..MAX_SHORT_QUERY query tokens, the decode groups' and ``short``'s
-    # together: what the CPU's C kernel attends in one call (kernels/cpu_attention.py).
-    kernel_rows: torch.Tensor  # [R] int32
+    # Every row, decodes, short queries and prefill chunks alike: what the CPU's C kernel
+    # attends in one call (kernels/cpu_attention.py).
+    kernel_rows: torch.Tensor  # [num_reqs] int32
 
 
 def plan_attention(
@@ -141,9 +141,7 @@ def plan_attention(
             block_size,
         ),
         prefill_rows=[r for r, q in enumerate(q_lens) if q > MAX_SHORT_QUERY],
-        kernel_rows=torch.tensor(
-            [r for r, q in enumerate(q_lens) if q <= MAX_SHORT_QUERY], dtype=torch.int32
-        ),
+        kernel_rows=torch.arange(len(q_lens), dtype=torch.int32),
     )
 
 

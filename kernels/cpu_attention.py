@@ -1,11 +1,13 @@
-"""The CPU's paged attention for short queries: a C kernel, built on first use.
+"""The CPU's paged attention: a C kernel, built on first use.
 
 The PyTorch reference (kernels/attention.py) gathers each decode's cached K/V into a padded
 copy and runs SDPA over it, so the context crosses memory three times; in a 32-row decode
 step of SmolLM2 over ~300-token contexts that was ~160 of ~300 ms. ``cpu_paged_attention.c``
-reads the cache in place through the block table, once. It serves the rows of up to
-``MAX_SHORT_QUERY`` query tokens (decodes and speculative verifies), in fp32; longer prefill
-chunks stay with SDPA, whose GEMMs suit them.
+reads the cache in place through the block table, once. It serves every row in fp32:
+decodes, speculative verifies and prefill chunks. A prefill chunk is cut into pieces of a
+few query tokens, each attending only up to its own last position; one 512-token causal
+prefill of SmolLM2's 9 query and 3 KV heads took 1.8 ms a layer there against 3.2 ms in
+PyTorch's flash-attention SDPA (2 threads, AMD EPYC).
 
 The kernel is compiled on first use, with the CPU's other C kernels (kernels/cpu_library.py);
 where it cannot be built, the reference runs instead.
@@ -17,12 +19,7 @@ import ctypes
 
 import torch
 
-from kernels.attention import (
-    PagedAttentionInputs,
-    ReferencePlan,
-    attend_prefills,
-    plan_attention,
-)
+from kernels.attention import PagedAttentionInputs, ReferencePlan, plan_attention
 
 
 def kernel_applies(batch: PagedAttentionInputs) -> bool:
@@ -45,20 +42,19 @@ def paged_attention_cpu(
     value: torch.Tensor | None = None,
     plan: ReferencePlan | None = None,  # plan_attention of these tensors, if already made
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
-    """``paged_attention_reference``'s result: short queries through the C kernel, longer
-    prefill chunks through the reference's SDPA calls."""
+    """``paged_attention_reference``'s result, every row through the C kernel (which reads
+    the step's ``key``/``value`` back from the cache, where they were stored first)."""
     if plan is None:
         block_size = batch.k_cache.shape[1]
         plan = plan_attention(batch.block_table, batch.query_start_loc, batch.seq_lens, block_size)
     out = torch.empty_like(batch.query)
-    attend_short_queries(batch, plan.kernel_rows, out, library)
-    attend_prefills(batch, plan, out, key=key, value=value)
+    attend_rows(batch, plan.kernel_rows, out, library)
     return out
 
 
-def attend_short_queries(
+def attend_rows(
     batch: PagedAttentionInputs,
-    rows: torch.Tensor,  # [R] int32: requests of 1..MAX_SHORT_QUERY query tokens
+    rows: torch.Tensor,  # [R] int32: the requests to attend
     out: torch.Tensor,  # [num_tokens, num_heads, head_size]: their rows are written
     library: ctypes.CDLL,
 ) -> None:
