@@ -31,9 +31,10 @@ def test_decodes_short_queries_and_prefills_match_the_reference(
     library: object, num_heads: int, num_kv_heads: int, head_size: int, block_size: int
 ) -> None:
     # Decodes around block edges, a one-token context, speculative verifies up to the
-    # longest short query, and prefill chunks (fresh and on a cached prefix) beside them.
-    q_lens = [1, 1, 1, 1, 5, MAX_SHORT_QUERY, 2, 40, 9, 1]
-    seq_lens = [1, 31, 33, 300, 70, 90, 2, 200, 9, 129]
+    # longest short query, and prefill chunks beside them: fresh and on a cached prefix, cut
+    # into the kernel's 16-token pieces with a partial last one, or exactly two pieces.
+    q_lens = [1, 1, 1, 1, 5, MAX_SHORT_QUERY, 2, 40, 9, 1, 100, 32]
+    seq_lens = [1, 31, 33, 300, 70, 90, 2, 200, 9, 129, 100, 50]
     batch = make_batch(
         q_lens,
         seq_lens,
@@ -49,8 +50,17 @@ def test_decodes_short_queries_and_prefills_match_the_reference(
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_any_thread_count_gives_the_same_rows(library: object, threads: int) -> None:
-    batch = make_batch([1] * 12 + [4], [17 * i + 3 for i in range(12)] + [60], device=CPU)
+@pytest.mark.parametrize(
+    ("q_lens", "seq_lens"),
+    [
+        ([1] * 12 + [4], [17 * i + 3 for i in range(12)] + [60]),
+        ([70], [70]),  # one prompt alone: its pieces are what the threads share
+    ],
+)
+def test_any_thread_count_gives_the_same_rows(
+    library: object, threads: int, q_lens: list[int], seq_lens: list[int]
+) -> None:
+    batch = make_batch(q_lens, seq_lens, num_heads=9, num_kv_heads=3, device=CPU)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
