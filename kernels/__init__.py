@@ -7,6 +7,7 @@ never names an implementation, so switching backends changes nothing else.
 
 from kernels.dispatch import (
     Backend,
+    attention_reads_plan,
     get_backend,
     lora_expand,
     lora_shrink,
@@ -24,6 +25,7 @@ from kernels.rotary import build_cos_sin_cache
 
 __all__ = [
     "Backend",
+    "attention_reads_plan",
     "build_cos_sin_cache",
     "get_backend",
     "lora_expand",

@@ -92,9 +92,6 @@ class ReferencePlan:
     decodes: list[DecodePlan]
     short: ShortQueryPlan | None  # rows of 2..MAX_SHORT_QUERY query tokens, if any
     prefill_rows: list[int]  # longer chunks, one SDPA call each
-    # Every row, decodes, short queries and prefill chunks alike: what the CPU's C kernel
-    # attends in one call (kernels/cpu_attention.py).
-    kernel_rows: torch.Tensor  # [num_reqs] int32
 
 
 def plan_attention(
@@ -141,7 +138,6 @@ def plan_attention(
             block_size,
         ),
         prefill_rows=[r for r, q in enumerate(q_lens) if q > MAX_SHORT_QUERY],
-        kernel_rows=torch.arange(len(q_lens), dtype=torch.int32),
     )
 
 

@@ -19,7 +19,7 @@ import ctypes
 
 import torch
 
-from kernels.attention import PagedAttentionInputs, ReferencePlan, plan_attention
+from kernels.attention import PagedAttentionInputs
 
 
 def kernel_applies(batch: PagedAttentionInputs) -> bool:
@@ -35,32 +35,11 @@ def kernel_applies(batch: PagedAttentionInputs) -> bool:
 
 
 def paged_attention_cpu(
-    batch: PagedAttentionInputs,
-    library: ctypes.CDLL,
-    *,
-    key: torch.Tensor | None = None,  # [num_tokens, num_kv_heads, head_size], this step's
-    value: torch.Tensor | None = None,
-    plan: ReferencePlan | None = None,  # plan_attention of these tensors, if already made
+    batch: PagedAttentionInputs, library: ctypes.CDLL
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
-    """``paged_attention_reference``'s result, every row through the C kernel (which reads
-    the step's ``key``/``value`` back from the cache, where they were stored first)."""
-    if plan is None:
-        block_size = batch.k_cache.shape[1]
-        plan = plan_attention(batch.block_table, batch.query_start_loc, batch.seq_lens, block_size)
+    """``paged_attention_reference``'s result, every request through the C kernel (which
+    reads the step's new K/V back from the cache, where they were stored first)."""
     out = torch.empty_like(batch.query)
-    attend_rows(batch, plan.kernel_rows, out, library)
-    return out
-
-
-def attend_rows(
-    batch: PagedAttentionInputs,
-    rows: torch.Tensor,  # [R] int32: the requests to attend
-    out: torch.Tensor,  # [num_tokens, num_heads, head_size]: their rows are written
-    library: ctypes.CDLL,
-) -> None:
-    """Attend the query tokens of ``rows`` into ``out`` with the C kernel."""
-    if rows.numel() == 0:
-        return
     query, k_cache = batch.query, batch.k_cache
     num_heads, head_size = query.shape[1], query.shape[2]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -76,8 +55,7 @@ def attend_rows(
         batch.block_table.stride(0),
         query_start_loc.data_ptr(),
         seq_lens.data_ptr(),
-        rows.data_ptr(),
-        rows.numel(),
+        seq_lens.numel(),
         out.data_ptr(),
         num_heads,
         num_kv_heads,
@@ -88,3 +66,4 @@ def attend_rows(
     )
     if status != 0:
         raise MemoryError("the CPU attention kernel could not allocate its scores")
+    return out

@@ -33,8 +33,8 @@ typedef struct { /* the step */
     int64_t tokens;
     const int64_t *positions, *slots;
     const float *cos_sin;
-    const int32_t *block_table, *query_start_loc, *seq_lens, *rows;
-    int64_t table_stride, num_rows;
+    const int32_t *block_table, *query_start_loc, *seq_lens;
+    int64_t table_stride, num_rows; /* num_rows: requests */
 } Step;
 
 typedef struct { /* scratch, row-major, tokens rows each */
@@ -68,7 +68,7 @@ int kvbatch_decoder(const Layer *layers, const int64_t num_layers, const float *
                              d->num_blocks * d->block_size) != 0)
             return -2;
         if (kvbatch_paged_attention(w->q, L->k_cache, L->v_cache, s->block_table,
-                                    s->table_stride, s->query_start_loc, s->seq_lens, s->rows,
+                                    s->table_stride, s->query_start_loc, s->seq_lens,
                                     s->num_rows, w->attn, d->heads, d->kv_heads, hs,
                                     d->block_size, d->scale, num_threads) != 0)
             return -1;

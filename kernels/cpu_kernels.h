@@ -6,7 +6,7 @@
 int kvbatch_paged_attention(const float *query, const float *k_cache, const float *v_cache,
                             const int32_t *block_table, int64_t table_stride,
                             const int32_t *query_start_loc, const int32_t *seq_lens,
-                            const int32_t *rows, int64_t num_rows, float *out, int64_t num_heads,
+                            int64_t num_rows, float *out, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_size, int64_t block_size,
                             float scale, int64_t num_threads);
 void kvbatch_linear(const float *x, int64_t M, int64_t K, int64_t ldx, const float *panels,

@@ -52,7 +52,7 @@ _SIGNATURES: dict[str, tuple[tuple[type[ctypes._SimpleCData[Any]], ...], type[An
     "kvbatch_paged_attention": (
         (
             *(_PTR, _PTR, _PTR, _PTR, _I64),  # query, k_cache, v_cache, block_table, table_stride
-            *(_PTR, _PTR, _PTR, _I64, _PTR),  # query_start_loc, seq_lens, rows, num_rows, out
+            *(_PTR, _PTR, _I64, _PTR),  # query_start_loc, seq_lens, num_rows (requests), out
             *(_I64, _I64, _I64, _I64),  # num_heads, num_kv_heads, head_size, block_size
             *(_F32, _I64),  # scale, num_threads
         ),

@@ -8,7 +8,7 @@
  *
  * Layouts (all contiguous): query and out [tokens, heads, head_size]; caches
  * [blocks, block_size, kv_heads, head_size]; block_table [reqs, table_stride] int32;
- * query_start_loc [reqs + 1] and seq_lens [reqs] int32; rows: the requests to attend.
+ * query_start_loc [reqs + 1] and seq_lens [reqs] int32; num_rows: reqs, every one attended.
  *
  * Work items are rows (or, when rows are fewer than twice the threads, (row, KV head)
  * pairs), taken from a shared counter by num_threads threads, so a long context does not
@@ -16,8 +16,8 @@
  * tokens (a prefill chunk) is cut into items of that many tokens, each attending only up to
  * its own last token: the threads share one long prompt, and a causal prefill computes the
  * visible half of its scores (512 tokens, 9 query and 3 KV heads, 2 threads, AMD EPYC:
- * 1.8 ms a layer against 3.2 ms in PyTorch's flash-attention SDPA). The threads are OpenMP's: the library
- * links libgomp.so.1, which resolves to the copy torch has already loaded, so the kernel
+ * 1.8 ms a layer against 3.2 ms in PyTorch's flash-attention SDPA). The threads are
+ * OpenMP's: the library links libgomp.so.1, which resolves to the copy torch has already loaded, so the kernel
  * runs on torch's own thread team (just back from the step's last matmul) rather than
  * beside it on the same cores.
  *
@@ -38,7 +38,7 @@
 
 typedef struct {
     const float *query, *k_cache, *v_cache;
-    const int32_t *block_table, *query_start_loc, *seq_lens, *rows;
+    const int32_t *block_table, *query_start_loc, *seq_lens;
     float *out;
     int64_t table_stride, num_rows, num_heads, num_kv_heads, head_size, block_size;
     int64_t heads_split; /* head ranges per row: all KV heads at once, or one each */
@@ -251,7 +251,7 @@ static inline __attribute__((always_inline)) void attend_head_vec(
 static inline __attribute__((always_inline)) int attend_rows(
     const Job *j, int64_t row, int64_t h0, int64_t h1, int64_t t0, int64_t t1, float **scores,
     int64_t *capacity, const int64_t hs) {
-    const int64_t r = j->rows[row];
+    const int64_t r = row;
     const int64_t group = j->num_heads / j->num_kv_heads;
     const int64_t q_len = j->query_start_loc[r + 1] - j->query_start_loc[r];
     /* Query tokens [t0, t1) of the row are a row of their own whose context ends at the
@@ -313,8 +313,7 @@ static int attend_item(const Job *j, int64_t row, int64_t h0, int64_t h1, int64_
 #define PIECE_TOKENS 16
 
 static int64_t row_pieces(const Job *j, const int64_t row) {
-    const int64_t r = j->rows[row];
-    const int64_t q_len = j->query_start_loc[r + 1] - j->query_start_loc[r];
+    const int64_t q_len = j->query_start_loc[row + 1] - j->query_start_loc[row];
     return q_len <= PIECE_TOKENS ? 1 : (q_len + PIECE_TOKENS - 1) / PIECE_TOKENS;
 }
 
@@ -332,8 +331,7 @@ static void *work(void *arg) {
         const int64_t local = item - j->first_item[row];
         const int64_t h0 = (local % j->heads_split) * per_item;
         const int64_t piece = local / j->heads_split;
-        const int64_t r = j->rows[row];
-        const int64_t q_len = j->query_start_loc[r + 1] - j->query_start_loc[r];
+        const int64_t q_len = j->query_start_loc[row + 1] - j->query_start_loc[row];
         const int64_t t0 = piece * PIECE_TOKENS;
         const int64_t t1 = row_pieces(j, row) == 1 ? q_len
                          : t0 + PIECE_TOKENS < q_len ? t0 + PIECE_TOKENS : q_len;
@@ -350,15 +348,14 @@ static void *work(void *arg) {
 int kvbatch_paged_attention(
     const float *query, const float *k_cache, const float *v_cache,
     const int32_t *block_table, int64_t table_stride,
-    const int32_t *query_start_loc, const int32_t *seq_lens,
-    const int32_t *rows, int64_t num_rows,
+    const int32_t *query_start_loc, const int32_t *seq_lens, int64_t num_rows,
     float *out,
     int64_t num_heads, int64_t num_kv_heads, int64_t head_size, int64_t block_size,
     float scale, int64_t num_threads) {
     int64_t *first_item = malloc((size_t)(num_rows + 1) * sizeof(int64_t));
     if (first_item == NULL) return -1;
     Job job = {
-        query, k_cache, v_cache, block_table, query_start_loc, seq_lens, rows, out,
+        query, k_cache, v_cache, block_table, query_start_loc, seq_lens, out,
         table_stride, num_rows, num_heads, num_kv_heads, head_size, block_size,
         /* Whole rows stream best; split a row by head only when rows are too few to
          * keep every thread busy. */

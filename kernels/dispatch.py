@@ -87,10 +87,24 @@ def paged_attention(
     ``plan``: ``plan_attention`` of this step's metadata, shared by its layers (PyTorch path)."""
     if use_triton(batch.query):
         return paged_attention_triton(batch)
-    library = kernel_library() if _backend is Backend.AUTO and kernel_applies(batch) else None
+    library = _cpu_attention_kernel(batch)
     if library is not None:
-        return paged_attention_cpu(batch, library, key=key, value=value, plan=plan)
+        return paged_attention_cpu(batch, library)
     return paged_attention_reference(batch, key=key, value=value, plan=plan)
+
+
+def attention_reads_plan(batch: PagedAttentionInputs) -> bool:
+    """Whether ``paged_attention`` runs the PyTorch reference for ``batch``: the one path
+    that reads a ``plan`` (the Triton and C kernels take the metadata as it is)."""
+    return not use_triton(batch.query) and _cpu_attention_kernel(batch) is None
+
+
+def _cpu_attention_kernel(batch: PagedAttentionInputs) -> ctypes.CDLL | None:
+    """The C kernels, where the backend is ``auto`` and the attention kernel takes
+    ``batch``."""
+    if _backend is not Backend.AUTO or not kernel_applies(batch):
+        return None
+    return kernel_library()
 
 
 def _cpu_kernels(*tensors: torch.Tensor) -> ctypes.CDLL | None:

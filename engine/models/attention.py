@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import paged_attention, store_kv_cache, use_triton
+from kernels import attention_reads_plan, paged_attention, store_kv_cache
 from kernels.attention import PagedAttentionInputs, ReferencePlan, plan_attention
 
 
@@ -51,11 +51,6 @@ def paged_attend(
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Store the new tokens' K/V in the cache first, so attention reads one uniform context."""
     store_kv_cache(key, value, cache.k_cache, cache.v_cache, meta.slot_mapping)
-    if meta.reference_plan is None and not use_triton(query):
-        block_size = cache.k_cache.shape[1]
-        meta.reference_plan = plan_attention(
-            meta.block_table, meta.query_start_loc, meta.seq_lens, block_size
-        )
     batch = PagedAttentionInputs(
         query,
         cache.k_cache,
@@ -67,4 +62,9 @@ def paged_attend(
         meta.max_seq_len,
         scale,
     )
+    if meta.reference_plan is None and attention_reads_plan(batch):
+        block_size = cache.k_cache.shape[1]
+        meta.reference_plan = plan_attention(
+            meta.block_table, meta.query_start_loc, meta.seq_lens, block_size
+        )
     return paged_attention(batch, key=key, value=value, plan=meta.reference_plan)

@@ -8,8 +8,9 @@ it saves the Python between the calls (~50 of ~220 ms at a 32-row SmolLM2 decode
 serve the model: fp32 weights packed into panels (``Layout.PANELS``), no LoRA, no per-head
 q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step only when every request
 in it has at most ``MAX_SHORT_QUERY`` query tokens (decodes and speculative verifies: the
-C attention kernel's rows), the step has fewer than ``PANEL_MAX_ROWS`` tokens (where an Intel
-CPU's MKL takes over) and the kernel backend is ``auto``; otherwise it returns None and the modules run.
+C attention kernel serves any row; the one-call path is for short ones), the step has fewer
+than ``PANEL_MAX_ROWS`` tokens (where an Intel CPU's MKL takes over) and the kernel backend is
+``auto``; otherwise it returns None and the modules run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from engine.models.attention import AttentionMetadata, KVCache
 from engine.models.packed_weights import PANEL_MAX_ROWS, Layout
 from kernels import Backend, get_backend
-from kernels.attention import MAX_SHORT_QUERY, plan_attention
+from kernels.attention import MAX_SHORT_QUERY
 from kernels.cpu_library import kernel_library
 
 if TYPE_CHECKING:
@@ -72,7 +73,6 @@ class _Step(ctypes.Structure):
         ("block_table", _P),
         ("query_start_loc", _P),
         ("seq_lens", _P),
-        ("rows", _P),
         ("table_stride", _I64),
         ("num_rows", _I64),
     ]
@@ -179,12 +179,7 @@ class CpuDecoder:
             or (PANEL_MAX_ROWS is not None and tokens >= PANEL_MAX_ROWS)
         ):
             return None
-        if meta.reference_plan is None:
-            meta.reference_plan = plan_attention(
-                meta.block_table, meta.query_start_loc, meta.seq_lens, kv_caches[0].k_cache.shape[1]
-            )
-        plan = meta.reference_plan
-        if plan.prefill_rows or meta.block_table.dtype != torch.int32:
+        if meta.block_table.dtype != torch.int32:
             return None
         d = self.dims
         hidden = hidden.contiguous()
@@ -212,9 +207,8 @@ class CpuDecoder:
             meta.block_table.data_ptr(),
             query_start_loc.data_ptr(),
             seq_lens.data_ptr(),
-            plan.kernel_rows.data_ptr(),
             meta.block_table.stride(0),
-            plan.kernel_rows.numel(),
+            seq_lens.numel(),
         )
         status = self.library.kvbatch_decoder(
             self._table(kv_caches),

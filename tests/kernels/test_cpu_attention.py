@@ -9,7 +9,7 @@ import torch
 
 import kernels.cpu_attention as cpu_attention
 from infra.harness.paged_batch import make_batch
-from kernels import Backend, paged_attention, set_backend
+from kernels import Backend, attention_reads_plan, paged_attention, set_backend
 from kernels.attention import MAX_SHORT_QUERY, paged_attention_reference
 from kernels.cpu_attention import kernel_applies, paged_attention_cpu
 from kernels.cpu_library import kernel_library
@@ -84,9 +84,11 @@ def test_the_default_backend_runs_the_kernel_and_torch_forces_the_reference(
     monkeypatch.setattr("kernels.dispatch.paged_attention_cpu", counted)
     assert_close(paged_attention(batch), paged_attention_reference(batch))
     assert calls == [1]
+    assert not attention_reads_plan(batch), "the kernel takes no plan: none is made for it"
     set_backend(Backend.TORCH)
     try:
         paged_attention(batch)
+        assert attention_reads_plan(batch)
     finally:
         set_backend(Backend.AUTO)
     assert calls == [1]
