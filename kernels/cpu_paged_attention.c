@@ -25,9 +25,12 @@
  * AVX2), a KV head's query vectors are held in registers, a few at a time (attend_chunk),
  * while its keys and then its values stream past once; the next block's rows are prefetched
  * (blocks lie anywhere in the cache); the softmax's exponentials are vector arithmetic
- * (cpu_exp.h) rather than a libm call each. At 32 decodes over 330 tokens (SmolLM2's 9 query
- * and 3 KV heads, 2 threads) that took a layer from 3.3 to 1.2 ms, the cache read at 13 GB/s.
- * Other head sizes sweep() the blocks with plain loops.
+ * (cpu_exp.h) rather than a libm call each, and so is its maximum (largest). At 32 decodes
+ * over 330 tokens (SmolLM2's 9 query and 3 KV heads, 2 threads) that took a layer from 3.3
+ * to 1.2 ms, the cache read at 13 GB/s. Many query vectors per KV head (prefill pieces) are
+ * scored a tile of keys at a time (scores_tiled): with the vector maximum, 8 prompts of 500
+ * tokens took 30 layers from ~940 to ~540 ms (Intel Xeon, AVX-512, 2 threads). Other head
+ * sizes sweep() the blocks with plain loops.
  */
 #include <math.h>
 #include <stdint.h>
@@ -60,6 +63,7 @@ typedef struct {
     int64_t q_start, q_len, seq, h0, h1;
     const int32_t *table; /* the row's block table */
     float *scores;        /* [h - h0][t * group + g][p] */
+    float *queries;       /* scores_tiled's copy of one KV head's query vectors */
 } Row;
 
 enum Sweep { SCORES, VALUES };
@@ -103,21 +107,6 @@ static inline __attribute__((always_inline)) void sweep(
     }
 }
 
-/* Scores [0, visible) of one query vector -> softmax weights; [visible, seq) -> 0, so the
- * value sweep may run every query over the whole context. */
-static void softmax(float *restrict w, const int64_t visible, const int64_t seq) {
-    float top = w[0];
-    for (int64_t p = 1; p < visible; p++) top = w[p] > top ? w[p] : top;
-    float total = 0.0f;
-    for (int64_t p = 0; p < visible; p++) {
-        w[p] = exp_nonpositive(w[p] - top);
-        total += w[p];
-    }
-    const float inv = 1.0f / total;
-    for (int64_t p = 0; p < visible; p++) w[p] *= inv;
-    for (int64_t p = visible; p < seq; p++) w[p] = 0.0f;
-}
-
 #if defined(__AVX512F__)
 #define VL 16 /* floats per vector register */
 #define REGS 32
@@ -142,6 +131,40 @@ static inline float lanes_sum(vec v) {
     quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
     q += __builtin_shufflevector(q, q, 2, 3, 0, 1);
     return q[0] + q[1];
+}
+
+/* The largest of w[0, n), n >= 1. Written with vectors: the compiler keeps a plain
+ * `a > b ? a : b` loop scalar (without -ffast-math it must keep NaN's order), one compare
+ * after another, which was most of the softmax's time in prefill chunks. */
+static inline float largest(const float *restrict w, const int64_t n) {
+    typedef int32_t ivec __attribute__((vector_size(VL * 4)));
+    vec top;
+    for (int l = 0; l < VL; l++) top[l] = w[0];
+    int64_t p = 0;
+    for (; p + VL <= n; p += VL) {
+        vec v;
+        memcpy(&v, w + p, sizeof v);
+        const ivec more = v > top;
+        top = (vec)((more & (ivec)v) | (~more & (ivec)top));
+    }
+    float best = top[0];
+    for (int l = 1; l < VL; l++) best = top[l] > best ? top[l] : best;
+    for (; p < n; p++) best = w[p] > best ? w[p] : best;
+    return best;
+}
+
+/* Scores [0, visible) of one query vector -> softmax weights; [visible, seq) -> 0, so the
+ * value sweep may run every query over the whole context. */
+static void softmax(float *restrict w, const int64_t visible, const int64_t seq) {
+    const float top = largest(w, visible);
+    float total = 0.0f;
+    for (int64_t p = 0; p < visible; p++) {
+        w[p] = exp_nonpositive(w[p] - top);
+        total += w[p];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t p = 0; p < visible; p++) w[p] *= inv;
+    for (int64_t p = visible; p < seq; p++) w[p] = 0.0f;
 }
 
 /* Ask for a block's rows of one head (rows of hs floats, kv_row apart) before they are read:
@@ -173,7 +196,8 @@ static inline const float *head_block(const float *cache, const Row *x, const in
  * n and nv are constants where attend_chunk is called (always inlined), so the loops unroll
  * and the arrays are registers. */
 static inline __attribute__((always_inline)) void attend_chunk(
-    const Job *j, const Row *x, const int64_t h, const int64_t i0, const int n, const int nv) {
+    const Job *j, const Row *x, const int64_t h, const int64_t i0, const int n, const int nv,
+    const int with_scores) {
     const int64_t hs = nv * VL, group = j->num_heads / j->num_kv_heads;
     const int64_t bs = j->block_size, kv_row = j->num_kv_heads * hs;
     const int64_t num_q = x->q_len * group; /* query vectors of this KV head */
@@ -182,10 +206,11 @@ static inline __attribute__((always_inline)) void attend_chunk(
     for (int c = 0; c < n; c++) {
         const int64_t i = i0 + c, t = i / group, g = i % group;
         const float *q = j->query + ((x->q_start + t) * j->num_heads + h * group + g) * hs;
-        for (int v = 0; v < nv; v++) qv[c][v] = *(const vec *)(q + v * VL) * j->scale;
+        if (with_scores)
+            for (int v = 0; v < nv; v++) qv[c][v] = *(const vec *)(q + v * VL) * j->scale;
         w[c] = x->scores + ((h - x->h0) * num_q + i) * x->seq;
     }
-    for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
+    for (int64_t b0 = 0; with_scores && b0 < x->seq; b0 += bs) {
         const float *block = head_block(j->k_cache, x, b0, bs, kv_row, h, hs);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
         for (int64_t p = b0; p < end; p++) {
@@ -199,7 +224,7 @@ static inline __attribute__((always_inline)) void attend_chunk(
             }
         }
     }
-    for (int c = 0; c < n; c++) {
+    for (int c = 0; with_scores && c < n; c++) {
         const int64_t t = (i0 + c) / group;
         softmax(w[c], x->seq - x->q_len + t + 1, x->seq);
     }
@@ -226,22 +251,92 @@ static inline __attribute__((always_inline)) void attend_chunk(
     }
 }
 
+/* Query vectors scored together against a tile of keys: most of the register file holds
+ * their sums, one register the tile's keys at one dimension. */
+#define TILE_QUERIES (REGS * 3 / 4)
+/* From this many query vectors per KV head, scores_tiled pays for its transposes: a
+ * prefill piece of SmolLM2 (16 tokens x 3 query heads per KV head: 48) ran 1.3x faster
+ * tiled, while a 2- or 5-token speculative verify (6 or 15) ran slower (Intel Xeon with
+ * AVX-512, 2 threads). */
+#ifndef TILED_MIN_QUERIES
+#define TILED_MIN_QUERIES 24
+#endif
+
+/* Scores of every query vector of KV head h (as attend_chunk's), VL key positions at a time.
+ * The tile's keys are transposed into kt[d][position] once; then each dimension d costs one
+ * load of kt[d] and one multiply-add per query vector with q[d] broadcast, and a tile's
+ * scores come out as whole vectors. attend_chunk instead ends every (query, key) dot product
+ * with a sum across a vector's lanes, several shuffles each, which dominates once a key is
+ * shared by many queries. The transposes read each key once per tile, element by element. */
+static inline __attribute__((always_inline)) void scores_tiled(const Job *j, const Row *x,
+                                                               const int64_t h, const int nv) {
+    const int64_t hs = nv * VL, group = j->num_heads / j->num_kv_heads;
+    const int64_t bs = j->block_size, kv_row = j->num_kv_heads * hs;
+    const int64_t num_q = x->q_len * group;
+    float kt[8 * VL * VL] __attribute__((aligned(64))); /* [d][position], d < hs */
+    /* The head's query vectors side by side (then copies of the last, to a whole number of
+     * TILE_QUERIES), so one pointer reaches them all. */
+    float *qs = x->queries;
+    const int64_t padded = (num_q + TILE_QUERIES - 1) / TILE_QUERIES * TILE_QUERIES;
+    for (int64_t i = 0; i < padded; i++) {
+        const int64_t k = i < num_q ? i : num_q - 1, t = k / group, g = k % group;
+        memcpy(qs + i * hs, j->query + ((x->q_start + t) * j->num_heads + h * group + g) * hs,
+               (size_t)hs * sizeof(float));
+    }
+    for (int64_t p0 = 0; p0 < x->seq; p0 += VL) {
+        const int64_t np = x->seq - p0 < VL ? x->seq - p0 : VL;
+        for (int64_t pp = 0; pp < VL; pp++) {
+            const int64_t p = p0 + (pp < np ? pp : np - 1); /* a short tile repeats its last */
+            const float *k = j->k_cache + ((int64_t)x->table[p / bs] * bs + p % bs) * kv_row + h * hs;
+            for (int64_t d = 0; d < hs; d++) kt[d * VL + pp] = k[d];
+        }
+        for (int64_t c0 = 0; c0 < num_q; c0 += TILE_QUERIES) {
+            const float *q = qs + c0 * hs;
+            vec acc[TILE_QUERIES];
+#pragma GCC unroll 32
+            for (int c = 0; c < TILE_QUERIES; c++) acc[c] = (vec){0};
+            for (int64_t d = 0; d < hs; d++) {
+                const vec k = *(const vec *)(kt + d * VL);
+#pragma GCC unroll 32
+                for (int c = 0; c < TILE_QUERIES; c++) acc[c] += k * q[c * hs + d];
+            }
+            const int64_t n = num_q - c0 < TILE_QUERIES ? num_q - c0 : TILE_QUERIES;
+            for (int64_t c = 0; c < n; c++) {
+                float *w = x->scores + ((h - x->h0) * num_q + c0 + c) * x->seq + p0;
+                const vec scaled = acc[c] * j->scale;
+                if (np == VL)
+                    memcpy(w, &scaled, sizeof scaled);
+                else
+                    for (int64_t pp = 0; pp < np; pp++) w[pp] = scaled[pp];
+            }
+        }
+    }
+}
+
 /* Every query vector of KV head h, for a head size of nv vectors, in chunks of about half
- * the register file (the rest for the keys or values in flight). */
+ * the register file (the rest for the keys or values in flight). Many query vectors are
+ * scored by scores_tiled first, and the chunks then only weigh the values. */
 static inline __attribute__((always_inline)) void attend_head_vec(
     const Job *j, const Row *x, const int64_t h, const int nv) {
     const int chunk = (REGS / 2) / nv < 1 ? 1 : (REGS / 2) / nv < MAX_CHUNK ? (REGS / 2) / nv : MAX_CHUNK;
-    const int64_t num_q = x->q_len * (j->num_heads / j->num_kv_heads);
+    const int64_t group = j->num_heads / j->num_kv_heads, num_q = x->q_len * group;
+    const int tiled = num_q >= TILED_MIN_QUERIES;
+    if (tiled) {
+        scores_tiled(j, x, h, nv);
+        for (int64_t i = 0; i < num_q; i++)
+            softmax(x->scores + ((h - x->h0) * num_q + i) * x->seq,
+                    x->seq - x->q_len + i / group + 1, x->seq);
+    }
     for (int64_t i0 = 0; i0 < num_q; i0 += chunk) {
         switch (num_q - i0 < chunk ? (int)(num_q - i0) : chunk) {
-            case 1: attend_chunk(j, x, h, i0, 1, nv); break;
-            case 2: if (chunk >= 2) attend_chunk(j, x, h, i0, 2, nv); break;
-            case 3: if (chunk >= 3) attend_chunk(j, x, h, i0, 3, nv); break;
-            case 4: if (chunk >= 4) attend_chunk(j, x, h, i0, 4, nv); break;
-            case 5: if (chunk >= 5) attend_chunk(j, x, h, i0, 5, nv); break;
-            case 6: if (chunk >= 6) attend_chunk(j, x, h, i0, 6, nv); break;
-            case 7: if (chunk >= 7) attend_chunk(j, x, h, i0, 7, nv); break;
-            default: if (chunk >= 8) attend_chunk(j, x, h, i0, 8, nv); break;
+            case 1: attend_chunk(j, x, h, i0, 1, nv, !tiled); break;
+            case 2: if (chunk >= 2) attend_chunk(j, x, h, i0, 2, nv, !tiled); break;
+            case 3: if (chunk >= 3) attend_chunk(j, x, h, i0, 3, nv, !tiled); break;
+            case 4: if (chunk >= 4) attend_chunk(j, x, h, i0, 4, nv, !tiled); break;
+            case 5: if (chunk >= 5) attend_chunk(j, x, h, i0, 5, nv, !tiled); break;
+            case 6: if (chunk >= 6) attend_chunk(j, x, h, i0, 6, nv, !tiled); break;
+            case 7: if (chunk >= 7) attend_chunk(j, x, h, i0, 7, nv, !tiled); break;
+            default: if (chunk >= 8) attend_chunk(j, x, h, i0, 8, nv, !tiled); break;
         }
     }
 }
@@ -264,7 +359,9 @@ static inline __attribute__((always_inline)) int attend_rows(
         .h1 = h1,
         .table = j->block_table + r * j->table_stride,
     };
-    const int64_t need = (h1 - h0) * x.q_len * group * x.seq;
+    const int64_t num_scores = (h1 - h0) * x.q_len * group * x.seq;
+    const int64_t need =
+        num_scores + (x.q_len * group + TILE_QUERIES - 1) / TILE_QUERIES * TILE_QUERIES * hs;
     if (need > *capacity) {
         float *grown = realloc(*scores, (size_t)need * sizeof(float));
         if (grown == NULL) return -1;
@@ -272,6 +369,7 @@ static inline __attribute__((always_inline)) int attend_rows(
         *capacity = need;
     }
     x.scores = *scores;
+    x.queries = *scores + num_scores;
     if (hs % VL == 0 && hs / VL <= 8) {
         for (int64_t h = h0; h < h1; h++) {
             switch (hs / VL) {
