@@ -19,6 +19,17 @@ included). Batch 1 runs its prompts one ``generate`` call at a time. The process
 is recorded beside it (``cpu_ratio_per_round``: output tokens per CPU second, spec over
 plain), which a neighbour's load disturbs far less than wall time on a shared machine.
 
+Two ceilings beside each extraction ratio bound what any setting could reach on this
+machine and model:
+
+- ``ceiling_any_speculation``: the plain arm's median seconds over its prefill alone (the
+  same prompts and batches with ``max_tokens=1``, timed after the rounds). Speculation only
+  shortens decoding, so no proposer, however good, beats this ratio;
+- ``ngram_replay``: the plain arm's greedy outputs (which the speculative ones equal)
+  replayed through the n-gram proposer for a few settings: tokens per target forward pass,
+  and the ratio that would give if a pass verifying k + 1 tokens cost no more than a decode
+  step (it costs more, so this too is an upper bound).
+
     python -m benchmarks.spec_decode --rounds 3
 """
 
@@ -34,6 +45,7 @@ from typing import Any
 from benchmarks.common import write_result
 from engine import LLM, SamplingParams
 from engine.model_fetch import fetch_model
+from engine.ngram_proposer import NgramProposer
 from engine.tokenizer import Tokenizer
 from infra.harness.extraction_corpus import DOCUMENTS
 from infra.harness.tiny_models import build_tiny_chat_model
@@ -116,12 +128,71 @@ def run_arm(llm: LLM, prompts: list[list[int]], batch: int, max_tokens: int) -> 
     }
 
 
+# (num_speculative_tokens, prompt_lookup_min, prompt_lookup_max) replayed beside NGRAM's own.
+REPLAY_SETTINGS = ((4, 2, 4), (4, 1, 4), (8, 1, 4), (8, 2, 8), (12, 1, 8))
+
+
+def prefill_seconds(llm: LLM, prompts: list[list[int]], batch: int) -> float:
+    """Wall time of ``prompts`` in ``generate`` calls of ``batch`` with one output token each:
+    the run's prefill, which no speculation shortens."""
+    llm.engine.reset_prefix_cache()
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        llm.generate(prompts[i : i + batch], params, use_tqdm=False)
+    return time.perf_counter() - start
+
+
+def ngram_tokens_per_forward(
+    prompts: list[list[int]], outputs: list[list[int]], k: int, min_n: int, max_n: int
+) -> float:
+    """Output tokens per target forward pass if each request decoded ``outputs`` (its greedy
+    tokens) with prompt lookup: each pass keeps the drafts that agree, plus one token."""
+    proposer = NgramProposer(min_n, max_n)
+    tokens = passes = 0
+    for prompt, output in zip(prompts, outputs, strict=True):
+        i = 0
+        while i < len(output):
+            draft = proposer.propose(prompt + output[:i], min(k, len(output) - i - 1))
+            agreed = 0
+            while agreed < len(draft) and draft[agreed] == output[i + agreed]:
+                agreed += 1
+            i += agreed + 1
+            tokens += agreed + 1
+            passes += 1
+    return tokens / passes
+
+
+def ceilings(
+    plain: LLM, prompts: list[list[int]], batch: int, whole: float, outputs: list[list[int]]
+) -> dict[str, Any]:
+    """The two upper bounds of the module docstring, for one batch size; ``whole``: the plain
+    arm's seconds, ``outputs``: its tokens."""
+    prefill = prefill_seconds(plain, prompts, batch)
+    decode = max(whole - prefill, 0.0)
+    replay = {}
+    for k, min_n, max_n in REPLAY_SETTINGS:
+        per_pass = ngram_tokens_per_forward(prompts, outputs, k, min_n, max_n)
+        replay[f"k{k}_n{min_n}-{max_n}"] = {
+            "tokens_per_forward": round(per_pass, 3),
+            "ratio_if_verify_cost_a_decode_step": round(whole / (prefill + decode / per_pass), 3),
+        }
+    return {
+        "plain_seconds": round(whole, 3),
+        "prefill_seconds": round(prefill, 3),
+        "prefill_share": round(prefill / whole, 3),
+        "ceiling_any_speculation": round(whole / prefill, 3),
+        "ngram_replay": replay,
+    }
+
+
 def compare(
     arms: dict[str, LLM],
     prompts_for: dict[int, list[list[int]]],
     max_tokens: int,
     rounds: int,
     exact: bool,
+    ceiling_arm: str | None = None,
 ) -> dict[str, Any]:
     """Every arm at every batch size, arms alternating (and their order flipping) per round;
     ratios are each speculative arm's median tokens/s over the plain arm's."""
@@ -163,6 +234,11 @@ def compare(
                 "mean_accepted_length": round(spec_runs[-1]["mean_accepted_length"], 3),
                 "output_tokens": spec_runs[-1]["output_tokens"],
             }
+        if ceiling_arm is not None:
+            whole = statistics.median(run["seconds"] for run in plain)
+            row["ceilings"] = ceilings(
+                arms[ceiling_arm], prompts_for[batch], batch, whole, plain[-1]["outputs"]
+            )
         result[f"batch_{batch}"] = row
     return result
 
@@ -195,6 +271,7 @@ def main() -> None:
             args.max_tokens,
             args.rounds,
             exact=True,
+            ceiling_arm="plain",
         )
         result.update(ngram_config=NGRAM, max_tokens=args.max_tokens, document_tokens="200-600")
     if not args.skip_chat:
