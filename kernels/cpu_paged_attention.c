@@ -191,11 +191,12 @@ static inline const float *head_block(const float *cache, const Row *x, const in
                                       const int64_t bs, const int64_t kv_row, const int64_t h,
                                       const int64_t hs) {
     const int64_t blocks = (x->seq + bs - 1) / bs, b = b0 / bs;
-    for (int64_t a = b == 0 ? 1 : b + PREFETCH_BLOCKS; a <= b + PREFETCH_BLOCKS && a < blocks; a++) {
+    const int64_t last = b + PREFETCH_BLOCKS < blocks ? b + PREFETCH_BLOCKS : blocks - 1;
+    for (int64_t a = b == 0 ? 1 : b + PREFETCH_BLOCKS; a <= last; a++) {
         const int64_t rows = x->seq - a * bs < bs ? x->seq - a * bs : bs;
         prefetch_rows(cache + (int64_t)x->table[a] * bs * kv_row + h * hs, rows, kv_row, hs);
     }
-    return cache + (int64_t)x->table[b0 / bs] * bs * kv_row + h * hs;
+    return cache + (int64_t)x->table[b] * bs * kv_row + h * hs;
 }
 
 /* Query vectors [i0, i0 + n) of KV head h (vector i: token i / group, head
