@@ -77,7 +77,11 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
 
 def measure_cpu_limits(hidden: int, intermediate: int) -> tuple[DeviceLimits, dict[str, float]]:
     """fp32 bandwidth and GEMM rate on this CPU with the current thread count."""
-    big = 2**27  # 512 MiB of fp32: far past any cache
+    # 1 GiB of fp32 (the copy moves 2 GiB). It was 128 MiB, under a comment that said 512:
+    # an Intel Xeon VM that reports a 480 MiB L3 answered part of that from its cache (GEMV
+    # 32-35 GB/s at 128 MiB, 28 GB/s at 512 MiB to 2 GiB; copy 25 GB/s throughout), while
+    # a step streams 538 MB of weights and up to a GB of K/V, which no cache holds.
+    big = 2**30
     layouts = [Layout.ONEDNN, *([Layout.PANELS] if kernel_library() is not None else [])]
     src = torch.empty(big // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
