@@ -75,12 +75,13 @@ typedef struct {
  * A CPU holds only so many misses in flight (an Intel core ~16 lines), and a request past
  * that waits in the pipeline, holding up the multiplies behind it: asked for all at once,
  * the next panel's lines came in while this tile stalled, and the memory time added to the
- * multiplies rather than hiding behind them. Every projection of SmolLM2 from memory
- * (30 layers, 425 MB), 2 threads, Intel Xeon VM (AVX-512, AMX), ms a pass, three
- * alternating rounds: 8 rows 28.7-29.1 -> 24.3-25.3, 16 rows 35.3-37.3 -> 33.5-34.0,
- * 33 rows 43.6-45.3 -> 39.9-41.5, 64 rows 63.2-64.8 -> 55.3-58.2; into L2 without the
- * spreading: 24.2-25.0, 33.3-34.4, 42.1-44.5, 63.6-65.0. With four a k (a few tiles of
- * rows, where memory is the limit), asking as fast as the loop goes stayed the faster.
+ * multiplies rather than hiding behind them. benchmarks/cpu_linear_libraries.py (every
+ * projection of SmolLM2, 538 MB, 2 threads, Intel Xeon VM with AVX-512, two alternating
+ * rounds, cpu_linear_libraries_intel_spread.json and _before.json), panels ms a pass: 8 rows
+ * 39.2-39.9 -> 35.4-35.9, 16 rows 53.4-56.4 -> 48.0-49.3, 33 rows 64.8-70.0 -> 58.6-59.5,
+ * 64 rows 93.7-101.7 -> 84.7-90.7. Into L2 without the spreading helped only at 8-16 rows;
+ * with four a k (a few tiles of rows, where memory is the limit), asking as fast as the
+ * loop goes stayed the faster (16 rows: 29-33 ms, against 34-38 spread).
  * Not measured on AMD: on a Zen 4 VM, an earlier spreading (into L1) was 4-12 % slower. */
 static inline __attribute__((always_inline)) void tile(
     const int m, const int64_t K, const float *restrict x, const int64_t ldx,
