@@ -18,7 +18,8 @@ The arms alternate within each repeat; the result is each arm's median milliseco
 pass and the ratios to ``onednn_reordered``. Run it with the thread count the engine
 gets (torch's default), or with ``OMP_NUM_THREADS=1`` for one thread.
 
-    python -m benchmarks.cpu_linear_libraries [--repeats 7] [--name cpu_linear_libraries]
+    python -m benchmarks.cpu_linear_libraries [--repeats 7] [--rows 1,2,5,8,16,33,64,256]
+        [--name cpu_linear_libraries]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from engine.model_fetch import fetch_model
 from engine.models.layers import Linear
 from engine.models.packed_weights import Layout, PackedWeight
 
-ROW_COUNTS = (1, 2, 5, 8, 16, 33, 64, 256)
+ROW_COUNTS = "1,2,5,8,16,33,64,256"  # from a decode row to a prefill chunk
 
 
 def model_weights() -> list[torch.Tensor]:
@@ -79,11 +80,12 @@ def pass_ms(
 
 
 def main() -> None:
-    args = parse_options(__doc__, repeats=7, name="cpu_linear_libraries")
+    args = parse_options(__doc__, repeats=7, rows=ROW_COUNTS, name="cpu_linear_libraries")
+    row_counts = [int(n) for n in args.rows.split(",")]
     weights = model_weights()
     paths = arms(weights)
     per_rows: dict[str, Any] = {}
-    for rows in ROW_COUNTS:
+    for rows in row_counts:
         times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.repeats):
             for name, arm in paths.items():
