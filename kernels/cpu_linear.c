@@ -12,9 +12,10 @@
  *
  * Each output element is one in-order sum over k, whatever the row count, the block or the
  * thread that computes it, so a request's products do not depend on what else is in its
- * step. Threads split the panels (OpenMP; the library links the libgomp torch has loaded,
- * so this runs on torch's own thread team, as cpu_paged_attention.c explains).
+ * step. Threads split the (panel, tile) pairs (OpenMP; the library links the libgomp torch
+ * has loaded, so this runs on torch's own thread team, as cpu_paged_attention.c explains).
  */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -22,7 +23,9 @@
  * vectors of accumulators, plus NVEC weight vectors and a broadcast, within the register
  * file. With AVX-512 (32 registers) 8 x 3 was the fastest of 6 x 4, 7 x 3, 4 x 4 and 9 x 2
  * over SmolLM2's projections at 8 to 256 rows (Intel Xeon, 2 threads); with AVX2 (16
- * registers) 6 x 2. */
+ * registers) 6 x 2. On a Zen 4 VM, 6 x 4 was 5-15 % faster from 33 rows up but 10-40 %
+ * slower at 8-16 (a C harness over the layer weights, 2 threads); in
+ * benchmarks/cpu_linear_libraries.py the gain shrank to 0-8 %, so 8 x 3 stays. */
 #if defined(__AVX512F__)
 #define VL 16 /* floats per vector register */
 #ifndef NVEC
@@ -81,8 +84,8 @@ typedef struct {
  * 39.2-39.9 -> 35.4-35.9, 16 rows 53.4-56.4 -> 48.0-49.3, 33 rows 64.8-70.0 -> 58.6-59.5,
  * 64 rows 93.7-101.7 -> 84.7-90.7. Into L2 without the spreading helped only at 8-16 rows;
  * with four a k (a few tiles of rows, where memory is the limit), asking as fast as the
- * loop goes stayed the faster (16 rows: 29-33 ms, against 34-38 spread).
- * Not measured on AMD: on a Zen 4 VM, an earlier spreading (into L1) was 4-12 % slower. */
+ * loop goes stayed the faster (16 rows: 29-33 ms, against 34-38 spread). On a Zen 4 VM it
+ * made no difference at 1-64 rows (five alternating rounds, benchmarks/README.md). */
 static inline __attribute__((always_inline)) void tile(
     const int m, const int64_t K, const float *restrict x, const int64_t ldx,
     const float *restrict panel, const float *restrict bias, float *restrict y, const int64_t ldy,
@@ -148,14 +151,21 @@ static void tile_rows(const int m, const int64_t K, const float *x, const int64_
     }
 }
 
-/* One panel against rows [r0, r1). The last panel may be narrower than NR: its bias is
- * padded and its tiles land in a scratch tile first, so nothing past column N is written.
- * With the first rows of a block, the tiles share out the next panel's prefetches: the
- * weights stream from memory while the rows are multiplied, rather than each panel's first
- * tile waiting on memory and its other tiles on the multipliers. */
-static void panel_rows(const float *x, const int64_t ldx, const int64_t r0, const int64_t r1,
-                       const int64_t K, const float *panels, const int64_t p, const int64_t N,
-                       const float *bias, float *y, const int64_t ldy) {
+/* One panel against the tiles [t0, t1) of the block of rows [b0, b1): the block's rows cut
+ * into as few tiles of at most MR rows as hold them, of near-equal rows: 33 rows as 7, 7,
+ * 7, 6, 6, not 8, 8, 8, 8 and a tile whose weight loads serve one row. On a Zen 4 VM (a
+ * harness over SmolLM2's layer weights, 2 threads, medians of three rounds): 17 rows 29.4
+ * -> 22.4 ms, 25 rows 36.1 -> 29.9, 33 rows 43.3 -> 37.5, 1.09x summed over 17-63 rows
+ * (cpu_linear_libraries_zen4_tiles.json has the noisier whole benchmark). The last panel
+ * may be narrower than NR: its bias is padded and its tiles land in a scratch tile first,
+ * so nothing past column N is written. The block's tiles share out the next panel's
+ * prefetches (each asks for its own share, by its place in the block): the weights stream
+ * from memory while the rows are multiplied, rather than each panel's first tile waiting
+ * on memory and its other tiles on the multipliers. */
+static void panel_tiles(const float *x, const int64_t ldx, const int64_t b0, const int64_t b1,
+                        const int64_t t0, const int64_t t1, const int64_t K, const float *panels,
+                        const int64_t p, const int64_t N, const float *bias, float *y,
+                        const int64_t ldy) {
     const float *panel = panels + p * K * NR;
     const int64_t width = N - p * NR < NR ? N - p * NR : NR;
     float bias_pad[NR] __attribute__((aligned(64)));
@@ -166,13 +176,15 @@ static void panel_rows(const float *x, const int64_t ldx, const int64_t r0, cons
         b = bias_pad;
     }
     float scratch[MR * NR] __attribute__((aligned(64)));
-    const int64_t tiles = (r1 - r0 + MR - 1) / MR;
+    const int64_t tiles = (b1 - b0 + MR - 1) / MR;
     const int64_t lines = p + 1 < (N + NR - 1) / NR ? K * NR * 4 / 64 : 0;
     const int64_t per_tile = (lines + tiles - 1) / tiles;
-    for (int64_t r = r0; r < r1; r += MR) {
-        const int m = r1 - r < MR ? (int)(r1 - r) : MR;
+    const int64_t base = (b1 - b0) / tiles, extra = (b1 - b0) % tiles;
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t r = b0 + t * base + (t < extra ? t : extra);
+        const int m = (int)(base + (t < extra));
         float *out = y + r * ldy + p * NR;
-        const int64_t first = (r - r0) / MR * per_tile;
+        const int64_t first = t * per_tile;
         const Prefetch pf = {(const char *)(panel + K * NR), first,
                              first >= lines ? 0 : (lines - first < per_tile ? lines - first : per_tile)};
         if (width == NR) {
@@ -186,7 +198,14 @@ static void panel_rows(const float *x, const int64_t ldx, const int64_t r0, cons
 }
 
 /* y [M, N] (row stride ldy) = x [M, K] (row stride ldx) . W^T + bias (NULL for none), W as
- * packed by kvbatch_pack_linear. */
+ * packed by kvbatch_pack_linear.
+ *
+ * Rows go in blocks (ROW_BLOCK_BYTES of x), and each block's (panel, tile) pairs, panel by
+ * panel, are cut into one contiguous share per thread: a thread reads its own panels, and
+ * at most one panel, at the cut, is shared between two threads tile by tile. Handing out
+ * whole panels instead leaves a thread idle whenever the panel count is not a multiple of
+ * the thread count (SmolLM2's 576-column projections are 9 panels of 64). The threads do
+ * not wait for each other between blocks. */
 void kvbatch_linear(const float *x, const int64_t M, const int64_t K, const int64_t ldx,
                     const float *panels, const int64_t N, const float *bias, float *y,
                     const int64_t ldy, const int64_t num_threads) {
@@ -194,10 +213,18 @@ void kvbatch_linear(const float *x, const int64_t M, const int64_t K, const int6
     int64_t block = ROW_BLOCK_BYTES / (K * (int64_t)sizeof(float)) / MR * MR;
     if (block < MR) block = MR;
 #pragma omp parallel num_threads(num_threads)
-    for (int64_t r0 = 0; r0 < M; r0 += block) {
-        const int64_t r1 = r0 + block < M ? r0 + block : M;
-#pragma omp for schedule(static)
-        for (int64_t p = 0; p < count; p++)
-            panel_rows(x, ldx, r0, r1, K, panels, p, N, bias, y, ldy);
+    {
+        const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+        for (int64_t b0 = 0; b0 < M; b0 += block) {
+            const int64_t b1 = b0 + block < M ? b0 + block : M;
+            const int64_t tiles = (b1 - b0 + MR - 1) / MR, pairs = count * tiles;
+            const int64_t end = pairs * (me + 1) / team;
+            for (int64_t i = pairs * me / team; i < end;) {
+                const int64_t p = i / tiles, t0 = i % tiles;
+                const int64_t t1 = end - i < tiles - t0 ? t0 + (end - i) : tiles;
+                panel_tiles(x, ldx, b0, b1, t0, t1, K, panels, p, N, bias, y, ldy);
+                i += t1 - t0;
+            }
+        }
     }
 }

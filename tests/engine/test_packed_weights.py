@@ -52,14 +52,19 @@ def test_packed_linear_equals_f_linear(
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_panel_products_do_not_depend_on_the_rows_beside_them(threads: int) -> None:
+@pytest.mark.parametrize("in_features", [160, 1600])
+def test_panel_products_do_not_depend_on_the_rows_beside_them(
+    threads: int, in_features: int
+) -> None:
     """Each output of the panel kernel is one in-order sum over the input features, whatever
     the row count, the tile or the thread: a row's products are bit-identical alone and in
-    a batch (unlike a library GEMM's, whose blocking follows the row count)."""
+    a batch (unlike a library GEMM's, whose blocking follows the row count). 200 outputs are
+    an odd number of panels (5 of 48 columns with AVX-512), which 2 or 3 threads share with
+    a panel cut between two of them; 1,600 inputs put the 130 rows in three row blocks."""
     gen = torch.Generator().manual_seed(threads)
-    weight = torch.randn(200, 160, generator=gen)
+    weight = torch.randn(200, in_features, generator=gen)
     packed = PackedWeight.of(weight, Layout.PANELS)
-    x = torch.randn(130, 160, generator=gen)
+    x = torch.randn(130, in_features, generator=gen)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
