@@ -81,7 +81,10 @@ def pass_ms(
 
 def main() -> None:
     args = parse_options(__doc__, repeats=7, rows=ROW_COUNTS, name="cpu_linear_libraries")
-    row_counts = [int(n) for n in args.rows.split(",")]
+    try:
+        row_counts = [int(n) for n in args.rows.split(",")]
+    except ValueError:
+        raise SystemExit(f"--rows takes comma-separated row counts, not {args.rows!r}") from None
     weights = model_weights()
     paths = arms(weights)
     per_rows: dict[str, Any] = {}
