@@ -1,5 +1,5 @@
-/* A whole Llama-family decoder stack for a step of short queries (decodes, speculative
- * verifies), fp32 on the CPU, in one call.
+/* A whole Llama-family decoder stack for a step (decodes, speculative verifies, prefill
+ * chunks), fp32 on the CPU, in one call.
  *
  * The same kernels, in the same order, as the model's PyTorch modules call one by one
  * (engine/models/llama.py through kernels/dispatch.py), so the hidden states are

@@ -1,4 +1,4 @@
-"""The whole decoder stack in one C call, for steps of short queries on the CPU in fp32.
+"""The whole decoder stack in one C call, for the steps of fp32 models on the CPU.
 
 ``kernels/cpu_decoder.c`` runs the same C kernels, in the same order, as the modules of
 ``engine/models/llama.py`` call one by one, so its hidden states are bit-identical to theirs;
@@ -6,11 +6,16 @@ it saves the Python between the calls (~50 of ~220 ms at a 32-row SmolLM2 decode
 
 ``CpuDecoder.of(model)`` builds the per-layer table of weight pointers once, where it can
 serve the model: fp32 weights packed into panels (``Layout.PANELS``), no LoRA, no per-head
-q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step only when every request
-in it has at most ``MAX_SHORT_QUERY`` query tokens (decodes and speculative verifies: the
-C attention kernel serves any row; the one-call path is for short ones), the step has fewer
-than ``PANEL_MAX_ROWS`` tokens (where an Intel CPU's MKL takes over) and the kernel backend is
-``auto``; otherwise it returns None and the modules run.
+q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step of any query lengths
+(decodes, speculative verifies, prefill chunks: the C attention kernel takes them all) with
+fewer than ``PANEL_MAX_ROWS`` tokens (from there an Intel CPU's MKL takes the projections)
+when the kernel backend is ``auto``; otherwise it returns None and the modules run.
+
+Its scratch (the activations between kernels, ~70 MB at a 2,048-token SmolLM2 step) is kept
+from one step to the next. Allocated each time, a prefill chunk's blocks were larger than
+glibc's mmap threshold, so each came from the kernel as fresh pages that faulted in a page
+at a time: ~380,000 faults (1.5 GB zeroed) for the 64-prompt workload's nine prefill steps
+(benchmarks/cpu_roofline.py, AMD EPYC Zen 5 VM), where the modules ran them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import torch
 from engine.models.attention import AttentionMetadata, KVCache
 from engine.models.packed_weights import PANEL_MAX_ROWS, Layout
 from kernels import Backend, get_backend
-from kernels.attention import MAX_SHORT_QUERY
 from kernels.cpu_library import kernel_library
 
 if TYPE_CHECKING:
@@ -104,6 +108,7 @@ class CpuDecoder:
     dims: _Dims
     layers: ctypes.Array[_Layer] | None = None  # built on the first step, when caches exist
     caches_seen: tuple[int, ...] = ()  # the k-cache pointers the table was built for
+    scratch: torch.Tensor | None = None  # kept between steps, grown to the largest one
 
     @classmethod
     def of(cls, model: LlamaForCausalLM) -> CpuDecoder | None:
@@ -163,6 +168,37 @@ class CpuDecoder:
             self.caches_seen = seen
         return self.layers
 
+    def _widths(self) -> dict[str, int]:
+        """Floats per token row of each scratch array (cpu_decoder.c's Scratch)."""
+        d = self.dims
+        q_width, kv_width = d.heads * d.head_size, d.kv_heads * d.head_size
+        return {
+            "residual": d.hidden,
+            "normed": d.hidden,
+            "qkv": q_width + 2 * kv_width,
+            "q": q_width,
+            "k": kv_width,
+            "attn": q_width,
+            "gate_up": 2 * d.intermediate,
+            "act": d.intermediate,
+        }
+
+    def _scratch(self, tokens: int) -> _Scratch:
+        """Room for ``tokens`` rows in each array, carved from one buffer that outlives the
+        step (see the module doc); each array starts on a cache line."""
+        line = 16  # floats
+        sizes = {name: -(-tokens * w // line) * line for name, w in self._widths().items()}
+        need = sum(sizes.values()) + line
+        if self.scratch is None or self.scratch.numel() < need:
+            self.scratch = torch.empty(need, dtype=torch.float32)
+        base = self.scratch.data_ptr()
+        offset = -base % 64 // 4  # floats to the first cache line
+        pointers = {}
+        for name, size in sizes.items():
+            pointers[name] = base + 4 * offset
+            offset += size
+        return _Scratch(**pointers)
+
     def run(
         self,
         hidden: torch.Tensor,  # [num_tokens, hidden_size] embeddings; overwritten
@@ -172,28 +208,16 @@ class CpuDecoder:
     ) -> torch.Tensor | None:  # [num_tokens, hidden_size] final-norm hidden states
         tokens = hidden.shape[0]
         # From PANEL_MAX_ROWS (on Intel CPUs) the modules' projections take MKL's GEMM, which
-        # this call does not: leave such (rare: 640 rows of short queries) steps to them.
-        if (
-            get_backend() is not Backend.AUTO
-            or meta.max_query_len > MAX_SHORT_QUERY
-            or (PANEL_MAX_ROWS is not None and tokens >= PANEL_MAX_ROWS)
+        # this call does not: leave such steps (long prefill chunks) to them.
+        if get_backend() is not Backend.AUTO or (
+            PANEL_MAX_ROWS is not None and tokens >= PANEL_MAX_ROWS
         ):
             return None
         if meta.block_table.dtype != torch.int32:
             return None
         d = self.dims
         hidden = hidden.contiguous()
-        q_width, kv_width = d.heads * d.head_size, d.kv_heads * d.head_size
-        scratch = {
-            "residual": torch.empty(tokens, d.hidden),
-            "normed": torch.empty(tokens, d.hidden),
-            "qkv": torch.empty(tokens, q_width + 2 * kv_width),
-            "q": torch.empty(tokens, q_width),
-            "k": torch.empty(tokens, kv_width),
-            "attn": torch.empty(tokens, q_width),
-            "gate_up": torch.empty(tokens, 2 * d.intermediate),
-            "act": torch.empty(tokens, d.intermediate),
-        }
+        scratch = self._scratch(tokens)
         positions = positions.to(torch.int64).contiguous()
         slots = meta.slot_mapping.to(torch.int64).contiguous()
         query_start_loc = meta.query_start_loc.to(torch.int32).contiguous()
@@ -216,7 +240,7 @@ class CpuDecoder:
             self.model.model.norm.weight.data_ptr(),
             ctypes.byref(d),
             ctypes.byref(step),
-            ctypes.byref(_Scratch(**{k: v.data_ptr() for k, v in scratch.items()})),
+            ctypes.byref(scratch),
             hidden.data_ptr(),
             torch.get_num_threads(),
         )

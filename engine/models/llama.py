@@ -138,7 +138,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
         self.lora_context: LoRAContext | None = None  # set by engine.models.lora.attach_lora
         self.head_packed: PackedWeight | None = None  # set by packed_weights.pack_weights
-        # The whole stack in one C call for steps of short queries (fp32 CPU, panels).
+        # The whole stack in one C call for a step (fp32 CPU, panels).
         self.cpu_decoder: CpuDecoder | None = None  # set by the model runner
 
     def forward(

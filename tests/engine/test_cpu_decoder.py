@@ -1,5 +1,6 @@
 """The whole decoder stack in one C call (engine/models/cpu_decoder.py): built where it can
-serve the model, bit-identical to the per-module path, and stepped aside where it cannot."""
+serve the model, bit-identical to the per-module path for every kind of step, and stepped
+aside where it cannot."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import torch
 from engine import LLM, SamplingParams
 from engine.models.cpu_decoder import CpuDecoder
 from kernels import Backend, set_backend
+from kernels.attention import MAX_SHORT_QUERY
 from kernels.cpu_library import kernel_library
 
 pytestmark = pytest.mark.skipif(kernel_library() is None, reason="no C compiler here")
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
-# Chunked prefills beside decodes (steps the decoder must leave to the modules), then steps
-# of decodes alone, or of speculative verifies (short queries of up to 5 tokens).
+# Chunked prefills beside decodes, then steps of decodes alone, or of speculative verifies
+# (short queries of up to 5 tokens).
 SMALL: dict[str, Any] = dict(max_num_batched_tokens=64, block_size=16)
 
 
@@ -48,17 +50,18 @@ def test_the_decoder_gives_the_modules_tokens_and_logprobs_to_the_bit(
     model = llm.engine.runner.model
     decoder = model.cpu_decoder
     assert decoder is not None
-    served: list[bool] = []
+    served: list[tuple[bool, int]] = []  # (served, longest query) of each step
     real_run = CpuDecoder.run
 
     def counted(self: CpuDecoder, *args: Any) -> torch.Tensor | None:
         out = real_run(self, *args)
-        served.append(out is not None)
+        served.append((out is not None, args[2].max_query_len))
         return out
 
     monkeypatch.setattr(CpuDecoder, "run", counted)
     with_decoder = _outputs(llm, _prompts())
-    assert any(served) and not all(served), "decode steps served, prefill steps left"
+    assert all(ok for ok, _ in served), "every step of under PANEL_MAX_ROWS tokens is served"
+    assert {q > MAX_SHORT_QUERY for _, q in served} == {True, False}, "prefills and decodes"
     model.cpu_decoder = None
     llm.engine.reset_prefix_cache()
     assert _outputs(llm, _prompts()) == with_decoder
