@@ -73,19 +73,21 @@ typedef struct {
 /* y[0:m, 0:NR] = x[0:m, :] . panel (+ bias[0:NR]); m is a constant where tile_rows calls
  * it, so the accumulators are registers. Along the way, the lines of pf are requested, so
  * the next panel arrives from memory while this one is multiplied: into L2 (prefetcht2),
- * not L1, where a panel does not fit beside the rows; and with one a k (pf.count <= K),
- * spread evenly over the k loop, rather than one each k until they run out and then none.
- * A CPU holds only so many misses in flight (an Intel core ~16 lines), and a request past
- * that waits in the pipeline, holding up the multiplies behind it: asked for all at once,
- * the next panel's lines came in while this tile stalled, and the memory time added to the
- * multiplies rather than hiding behind them. benchmarks/cpu_linear_libraries.py (every
- * projection of SmolLM2, 538 MB, 2 threads, Intel Xeon VM with AVX-512, two alternating
- * rounds, cpu_linear_libraries_intel_spread.json and _before.json), panels ms a pass: 8 rows
- * 39.2-39.9 -> 35.4-35.9, 16 rows 53.4-56.4 -> 48.0-49.3, 33 rows 64.8-70.0 -> 58.6-59.5,
- * 64 rows 93.7-101.7 -> 84.7-90.7. Into L2 without the spreading helped only at 8-16 rows;
- * with four a k (a few tiles of rows, where memory is the limit), asking as fast as the
- * loop goes stayed the faster (16 rows: 29-33 ms, against 34-38 spread). On a Zen 4 VM it
- * made no difference at 1-64 rows (five alternating rounds, benchmarks/README.md). */
+ * not L1, where a panel does not fit beside the rows; and per_k = ceil(count / K) a k,
+ * spread evenly over the k loop, rather than all at once or as fast as the loop goes until
+ * they run out. A CPU holds only so many misses in flight (an Intel core ~16 lines), and a
+ * request past that waits in the pipeline, holding up the multiplies behind it: asked for
+ * in a burst, the next panel's lines came in while this tile stalled, and the memory time
+ * added to the multiplies rather than hiding behind them. benchmarks/cpu_linear_libraries.py
+ * (every projection of SmolLM2, 538 MB, 2 threads, Intel Xeon VM with AVX-512, two
+ * alternating rounds, cpu_linear_libraries_intel_spread.json and _before.json), panels ms a
+ * pass: 8 rows 39.2-39.9 -> 35.4-35.9, 16 rows 53.4-56.4 -> 48.0-49.3, 33 rows 64.8-70.0 ->
+ * 58.6-59.5, 64 rows 93.7-101.7 -> 84.7-90.7 (one line a k; a tile with more lines to ask
+ * for than K, one or two tiles a panel, then asked four a k until they ran out). On a Zen 4
+ * VM that made no difference at 1-64 rows (five alternating rounds, benchmarks/README.md).
+ * On a Zen 5 VM, spreading those too (two or three a k) took a C harness over the layer
+ * weights (2 threads, medians of 6-8 alternating runs) at 12 rows from 14.1 to 12.3 ms, 16
+ * rows 15.1 -> 12.7, 8 rows 11.7 -> 11.1; 1 and 4 rows unchanged. */
 static inline __attribute__((always_inline)) void tile(
     const int m, const int64_t K, const float *restrict x, const int64_t ldx,
     const float *restrict panel, const float *restrict bias, float *restrict y, const int64_t ldy,
@@ -95,10 +97,11 @@ static inline __attribute__((always_inline)) void tile(
         for (int j = 0; j < NVEC; j++) acc[i][j] = bias ? *(const uvec *)(bias + j * VL) : (vec){0};
     const char *ahead = pf.ahead + pf.first * 64;
     const int64_t last = pf.count - 1; /* past it, the last line is asked for again: no branch */
-    const int64_t step = ((pf.count << 16) + K - 1) / K; /* lines a k in 1/65536ths (per_k 1) */
+    /* lines between two requests, in 1/65536ths of a line */
+    const int64_t step = per_k ? ((pf.count << 16) + K * per_k - 1) / (K * per_k) : 0;
     for (int64_t k = 0; k < K; k++) {
         for (int q = 0; q < per_k; q++) {
-            const int64_t line = per_k == 1 ? (k * step) >> 16 : k * per_k + q;
+            const int64_t line = ((k * per_k + q) * step) >> 16;
             __builtin_prefetch(ahead + (line < last ? line : last) * 64, 0, 1);
         }
         vec w[NVEC];
@@ -112,8 +115,9 @@ static inline __attribute__((always_inline)) void tile(
         for (int j = 0; j < NVEC; j++) *(uvec *)(y + i * ldy + j * VL) = acc[i][j];
 }
 
-/* per_k: prefetches per k, a constant in each variant (none, one or four lines: tiles
- * that share a panel's lines between more than four of them need at most one a k). */
+/* per_k: prefetches per k, a constant in each variant: none to four (a panel is NVEC
+ * lines a k with AVX-512, so one tile asks for at most three a k with 8 x 3 tiles; tiles
+ * that share a panel's lines between three or more of them ask for at most one). */
 #define TILE_ROWS(per_k)                                                          \
     switch (m) {                                                                  \
     case 1: tile(1, K, x, ldx, panel, bias, y, ldy, pf, per_k); break;            \
@@ -146,7 +150,11 @@ static void tile_rows(const int m, const int64_t K, const float *x, const int64_
         TILE_ROWS(0)
     } else if (pf.count <= K) {
         TILE_ROWS(1)
-    } else {
+    } else if (pf.count <= 2 * K) {
+        TILE_ROWS(2)
+    } else if (pf.count <= 3 * K) {
+        TILE_ROWS(3)
+    } else { /* past 4 K (tiles wider than 8 x 3), the requests skip lines evenly */
         TILE_ROWS(4)
     }
 }
