@@ -11,11 +11,12 @@ q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step of any query l
 fewer than ``PANEL_MAX_ROWS`` tokens (from there an Intel CPU's MKL takes the projections)
 when the kernel backend is ``auto``; otherwise it returns None and the modules run.
 
-Its scratch (the activations between kernels, ~70 MB at a 2,048-token SmolLM2 step) is kept
-from one step to the next. Allocated each time, a prefill chunk's blocks were larger than
-glibc's mmap threshold, so each came from the kernel as fresh pages that faulted in a page
-at a time: ~380,000 faults (1.5 GB zeroed) for the 64-prompt workload's nine prefill steps
-(benchmarks/cpu_roofline.py, AMD EPYC Zen 5 VM), where the modules ran them.
+Its scratch (the activations between kernels, ~70 MB at a 2,048-token SmolLM2 step: the
+peak of a step, now held between steps) is kept from one step to the next. Allocated each
+time, a prefill chunk's arrays were larger than glibc's mmap threshold, so each came from
+the kernel as fresh pages that faulted in a page at a time: 270,000-380,000 faults (up to
+1.5 GB zeroed) for the nine prefill steps of the 64-prompt workload
+(benchmarks/cpu_roofline.py, AMD EPYC Zen 5 VM) when the modules ran them.
 """
 
 from __future__ import annotations
