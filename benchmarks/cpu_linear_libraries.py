@@ -84,7 +84,9 @@ def main() -> None:
     try:
         row_counts = [int(n) for n in args.rows.split(",")]
     except ValueError:
-        raise SystemExit(f"--rows takes comma-separated row counts, not {args.rows!r}") from None
+        row_counts = []
+    if not row_counts or min(row_counts) < 1:
+        raise SystemExit(f"--rows takes comma-separated row counts of 1 or more, not {args.rows!r}")
     weights = model_weights()
     paths = arms(weights)
     per_rows: dict[str, Any] = {}

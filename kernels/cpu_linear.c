@@ -86,8 +86,10 @@ typedef struct {
  * for than K, one or two tiles a panel, then asked four a k until they ran out). On a Zen 4
  * VM that made no difference at 1-64 rows (five alternating rounds, benchmarks/README.md).
  * On a Zen 5 VM, spreading those too (two or three a k) took a C harness over the layer
- * weights (2 threads, medians of 6-8 alternating runs) at 12 rows from 14.1 to 12.3 ms, 16
- * rows 15.1 -> 12.7, 8 rows 11.7 -> 11.1; 1 and 4 rows unchanged. */
+ * weights (2 threads, medians of 6-8 alternating runs) at 6 rows from 10.7 to 9.9 ms, 8
+ * rows 11.7 -> 10.5, 12 rows 14.1 -> 12.3, 16 rows 14.4 -> 11.5; 1, 4, 33 and 64 rows
+ * unchanged. Not measured on Intel, where four a k was the faster at 16 rows against a
+ * spread of one a k that skipped lines. */
 static inline __attribute__((always_inline)) void tile(
     const int m, const int64_t K, const float *restrict x, const int64_t ldx,
     const float *restrict panel, const float *restrict bias, float *restrict y, const int64_t ldy,

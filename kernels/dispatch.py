@@ -2,10 +2,10 @@
 
 ``auto`` (the default, or ``KVBATCH_KERNELS=auto``) runs Triton on CUDA tensors and the
 reference elsewhere, except on fp32 CPU tensors where this machine can build the C kernels
-(kernels/cpu_library.py): attention for decodes and short queries (kernels/cpu_attention.py)
-and the per-token operations (kernels/cpu_pointwise.py) run those; ``triton``
-forces the Triton kernels (on the CPU they then need ``TRITON_INTERPRET=1`` set before
-``kernels`` is imported); ``torch`` forces the references.
+(kernels/cpu_library.py): attention (kernels/cpu_attention.py: decodes, speculative
+verifies and prefill chunks) and the per-token operations (kernels/cpu_pointwise.py) run
+those; ``triton`` forces the Triton kernels (on the CPU they then need
+``TRITON_INTERPRET=1`` set before ``kernels`` is imported); ``torch`` forces the references.
 """
 
 from __future__ import annotations

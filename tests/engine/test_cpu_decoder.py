@@ -102,3 +102,32 @@ def test_the_torch_backend_steps_around_it(tiny_model_dirs: dict[str, Path]) -> 
     assert calls == []
     # The references sum in another order: the same greedy tokens, not the same bits.
     assert [t for t, _ in got] == [t for t, _ in expected]
+
+
+def test_the_scratch_is_kept_between_steps_and_grows_to_the_largest(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """A step's activations come from one buffer that outlives it (a fresh one for each
+    prefill chunk faulted in its pages one by one): a smaller step reuses it, a larger one
+    grows it, and its arrays never overlap and start on cache lines."""
+    llm = LLM(str(tiny_model_dirs["llama"]), num_kv_blocks=32)
+    decoder = llm.engine.runner.model.cpu_decoder
+    assert decoder is not None
+    widths = decoder._widths()
+
+    def arrays(tokens: int) -> list[tuple[int, int]]:
+        scratch = decoder._scratch(tokens)
+        return [(getattr(scratch, name), tokens * width * 4) for name, width in widths.items()]
+
+    first = arrays(64)
+    assert decoder.scratch is not None
+    buffer = decoder.scratch.data_ptr()
+    arrays(8)
+    assert decoder.scratch.data_ptr() == buffer, "a smaller step reuses the buffer"
+    grown = arrays(512)
+    assert decoder.scratch.data_ptr() != buffer, "a larger step grows it"
+    for layout in (first, grown):
+        assert all(start % 64 == 0 for start, _ in layout)
+        ends = [start + size for start, size in layout]
+        assert all(end <= nxt for end, (nxt, _) in zip(ends, layout[1:], strict=False))
+    assert ends[-1] <= decoder.scratch.data_ptr() + decoder.scratch.numel() * 4
