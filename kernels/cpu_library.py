@@ -83,9 +83,9 @@ _SIGNATURES: dict[str, tuple[tuple[type[ctypes._SimpleCData[Any]], ...], type[An
     ),
     "kvbatch_silu_and_mul": ((_PTR, _I64, _PTR, _I64, _I64, _I64), None),  # x, ldx, out, rows,
     # inter, num_threads
-    # layers, num_layers, final_norm, dims, step, scratch, hidden, num_threads
+    # layers, num_layers, final_norm, dims, step, scratch, gemm, hidden, num_threads
     # (the structures are engine/models/cpu_decoder.py's)
-    "kvbatch_decoder": ((_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64), ctypes.c_int),
+    "kvbatch_decoder": ((_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64), ctypes.c_int),
     "kvbatch_linear_panel_width": ((), _I64),
     "kvbatch_pack_linear": ((_PTR, _I64, _I64, _PTR), None),  # weight, N, K, panels
     "kvbatch_linear": (
@@ -158,3 +158,21 @@ def kernel_library() -> ctypes.CDLL | None:
         function.argtypes = argtypes
         function.restype = restype
     return library
+
+
+@functools.cache
+def blas_sgemm() -> int | None:
+    """The address of the Fortran BLAS ``sgemm_`` that torch's CPU GEMM (``F.linear``) calls:
+    MKL, linked into torch's x86 wheels and exported by ``libtorch_cpu``. The one-call
+    decoder calls it for long prefill chunks on Intel CPUs, where it beats the panels
+    (packed_weights.PANEL_MAX_ROWS), the same call with the same arguments as torch's, so
+    the products are the same bits. None where torch has no MKL or does not export it."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return ctypes.cast(library.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None

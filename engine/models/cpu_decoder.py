@@ -7,9 +7,17 @@ it saves the Python between the calls (~50 of ~220 ms at a 32-row SmolLM2 decode
 ``CpuDecoder.of(model)`` builds the per-layer table of weight pointers once, where it can
 serve the model: fp32 weights packed into panels (``Layout.PANELS``), no LoRA, no per-head
 q/k norm (Qwen3 keeps the per-module path). ``run`` serves a step of any query lengths
-(decodes, speculative verifies, prefill chunks: the C attention kernel takes them all) with
-fewer than ``PANEL_MAX_ROWS`` tokens (from there an Intel CPU's MKL takes the projections)
-when the kernel backend is ``auto``; otherwise it returns None and the modules run.
+(decodes, speculative verifies, prefill chunks: the C attention kernel takes them all) when
+the kernel backend is ``auto``; otherwise it returns None and the modules run. From
+``PANEL_MAX_ROWS`` tokens (on Intel CPUs) the modules' projections take MKL's GEMM
+(``F.linear``), and so do the decoder's: it calls the same ``sgemm_`` with the same
+arguments (``blas_sgemm``), on the plain weights the packed ones keep beside their panels.
+Where that GEMM cannot be found, such steps are left to the modules.
+
+Run by the modules, those long chunks cost ~1 s of the 64-prompt workload's ~34 on an Intel
+Xeon VM (benchmarks/cpu_roofline.py) beyond their GEMMs: their activations were fresh
+allocations past glibc's mmap threshold, 400,000-460,000 minor faults in the nine prefill
+steps, with the Python between 240 kernel calls a step.
 
 Its scratch (the activations between kernels, ~70 MB at a 2,048-token SmolLM2 step: the
 peak of a step, now held between steps) is kept from one step to the next. Allocated each
@@ -31,7 +39,7 @@ import torch
 from engine.models.attention import AttentionMetadata, KVCache
 from engine.models.packed_weights import PANEL_MAX_ROWS, Layout
 from kernels import Backend, get_backend
-from kernels.cpu_library import kernel_library
+from kernels.cpu_library import blas_sgemm, kernel_library
 
 if TYPE_CHECKING:
     from engine.models.layers import Linear
@@ -56,6 +64,10 @@ class _Layer(ctypes.Structure):
             "down_bias",
             "k_cache",
             "v_cache",
+            "qkv_plain",
+            "o_plain",
+            "gate_up_plain",
+            "down_plain",
         )
     ]
 
@@ -83,6 +95,10 @@ class _Step(ctypes.Structure):
     ]
 
 
+class _Gemm(ctypes.Structure):
+    _fields_ = [("min_rows", _I64), ("sgemm", _P)]
+
+
 class _Scratch(ctypes.Structure):
     _fields_ = [
         (name, _P) for name in ("residual", "normed", "qkv", "q", "k", "attn", "gate_up", "act")
@@ -100,6 +116,12 @@ def _decoder_layers(model: LlamaForCausalLM) -> list[LlamaDecoderLayer]:
 def _panels(linear: Linear) -> torch.Tensor:
     assert linear.packed is not None and linear.packed.layout is Layout.PANELS
     return linear.packed.packed
+
+
+def _plain(linear: Linear) -> torch.Tensor:
+    """The weight ``[out, in]`` that the modules' ``F.linear`` multiplies by."""
+    assert linear.packed is not None and linear.packed.weight.is_contiguous()
+    return linear.packed.weight
 
 
 @dataclass
@@ -163,6 +185,10 @@ class CpuDecoder:
                         _ptr(mlp.down_proj.bias),
                         _ptr(cache.k_cache),
                         _ptr(cache.v_cache),
+                        _ptr(_plain(attn.qkv_proj)),
+                        _ptr(_plain(attn.o_proj)),
+                        _ptr(_plain(mlp.gate_up_proj)),
+                        _ptr(_plain(mlp.down_proj)),
                     )
                 )
             self.layers = (_Layer * len(rows))(*rows)
@@ -208,12 +234,15 @@ class CpuDecoder:
         kv_caches: Sequence[KVCache],
     ) -> torch.Tensor | None:  # [num_tokens, hidden_size] final-norm hidden states
         tokens = hidden.shape[0]
-        # From PANEL_MAX_ROWS (on Intel CPUs) the modules' projections take MKL's GEMM, which
-        # this call does not: leave such steps (long prefill chunks) to them.
-        if get_backend() is not Backend.AUTO or (
-            PANEL_MAX_ROWS is not None and tokens >= PANEL_MAX_ROWS
-        ):
+        if get_backend() is not Backend.AUTO:
             return None
+        # From PANEL_MAX_ROWS (on Intel CPUs) the modules' projections take MKL's GEMM: so do
+        # this call's, or where it has no such GEMM it leaves those steps to the modules.
+        gemm = _Gemm(0, None)
+        if PANEL_MAX_ROWS is not None:
+            gemm = _Gemm(PANEL_MAX_ROWS, blas_sgemm())
+            if gemm.sgemm is None and tokens >= PANEL_MAX_ROWS:
+                return None
         if meta.block_table.dtype != torch.int32:
             return None
         d = self.dims
@@ -242,6 +271,7 @@ class CpuDecoder:
             ctypes.byref(d),
             ctypes.byref(step),
             ctypes.byref(scratch),
+            ctypes.byref(gemm),
             hidden.data_ptr(),
             torch.get_num_threads(),
         )

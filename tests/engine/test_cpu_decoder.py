@@ -4,17 +4,20 @@ aside where it cannot."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+import engine.models.cpu_decoder as cpu_decoder
+import engine.models.packed_weights as packed_weights
 from engine import LLM, SamplingParams
 from engine.models.cpu_decoder import CpuDecoder
 from kernels import Backend, set_backend
 from kernels.attention import MAX_SHORT_QUERY
-from kernels.cpu_library import kernel_library
+from kernels.cpu_library import blas_sgemm, kernel_library
 
 pytestmark = pytest.mark.skipif(kernel_library() is None, reason="no C compiler here")
 
@@ -65,6 +68,81 @@ def test_the_decoder_gives_the_modules_tokens_and_logprobs_to_the_bit(
     model.cpu_decoder = None
     llm.engine.reset_prefix_cache()
     assert _outputs(llm, _prompts()) == with_decoder
+
+
+def _served_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    """(served, tokens) of each step the decoder is asked to run from now on."""
+    served: list[tuple[bool, int]] = []
+    real_run = CpuDecoder.run
+
+    def counted(self: CpuDecoder, hidden: torch.Tensor, *args: Any) -> torch.Tensor | None:
+        tokens = hidden.shape[0]
+        out = real_run(self, hidden, *args)
+        served.append((out is not None, tokens))
+        return out
+
+    monkeypatch.setattr(CpuDecoder, "run", counted)
+    return served
+
+
+@pytest.mark.skipif(blas_sgemm() is None, reason="torch has no MKL sgemm here")
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_from_panel_max_rows_the_decoder_takes_the_modules_gemm_to_the_bit(
+    tiny_model_dirs: dict[str, Path], kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From PANEL_MAX_ROWS tokens (640 on Intel CPUs; 16 here, on any CPU) the modules'
+    projections run MKL's GEMM (F.linear), and the decoder calls the same sgemm the same way
+    (counted here through a wrapper): the long chunks are served, with the modules' bits
+    (qwen2's q/k/v biases go in as addmm's do)."""
+    llm = LLM(str(tiny_model_dirs[kind]), **SMALL)  # type: ignore[arg-type]
+    model = llm.engine.runner.model
+    decoder = model.cpu_decoder
+    assert decoder is not None
+    for module in (packed_weights, cpu_decoder):
+        monkeypatch.setattr(module, "PANEL_MAX_ROWS", 16)
+    address = blas_sgemm()
+    assert address is not None
+    i32, f32 = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_float)
+    signature = ctypes.CFUNCTYPE(
+        None,
+        *(ctypes.c_char_p,) * 2,
+        *(i32,) * 3,
+        f32,
+        ctypes.c_void_p,
+        i32,
+        ctypes.c_void_p,
+        i32,
+        f32,
+        ctypes.c_void_p,
+        i32,
+    )
+    real_sgemm = signature(address)
+    rows: list[int] = []
+
+    def counted_sgemm(*args: Any) -> None:
+        rows.append(args[3][0])  # n: the step's tokens
+        real_sgemm(*args)
+
+    wrapper = signature(counted_sgemm)
+    monkeypatch.setattr(
+        cpu_decoder, "blas_sgemm", lambda: ctypes.cast(wrapper, ctypes.c_void_p).value
+    )
+    served = _served_steps(monkeypatch)
+    with_decoder = _outputs(llm, _prompts())
+    assert all(ok for ok, _ in served)
+    long_steps = [tokens for _, tokens in served if tokens >= 16]
+    assert long_steps and len(long_steps) < len(served), "both kinds of step"
+    assert sorted(rows) == sorted(long_steps * 4 * model.config.num_layers), "4 a layer"
+    model.cpu_decoder = None
+    llm.engine.reset_prefix_cache()
+    assert _outputs(llm, _prompts()) == with_decoder
+    # Without that GEMM, the long chunks are left to the modules, the short steps served.
+    model.cpu_decoder = decoder
+    llm.engine.reset_prefix_cache()
+    monkeypatch.setattr(cpu_decoder, "blas_sgemm", lambda: None)
+    served.clear()
+    assert _outputs(llm, _prompts()) == with_decoder
+    assert {(ok, tokens >= 16) for ok, tokens in served} == {(True, False), (False, True)}
 
 
 def test_built_only_where_it_can_serve(tiny_model_dirs: dict[str, Path]) -> None:
