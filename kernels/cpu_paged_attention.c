@@ -150,8 +150,7 @@ static inline float largest(const float *restrict w, const int64_t n) {
     for (int l = 0; l < VL; l++) top[l] = w[0];
     int64_t p = 0;
     for (; p + VL <= n; p += VL) {
-        vec v;
-        memcpy(&v, w + p, sizeof v);
+        const vec v = *(const vec *)(w + p); /* vec loads from any float's address */
         const ivec more = v > top;
         top = (vec)((more & (ivec)v) | (~more & (ivec)top));
     }
