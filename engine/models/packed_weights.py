@@ -75,7 +75,11 @@ def _intel_cpu() -> bool:
 # rows 1,346 vs 1,128; 2,048 rows 3,128 vs 2,530 (each row count once, the paths
 # alternating). Elsewhere MKL runs its AVX2 code and the panels win at every count: AMD EPYC
 # (Zen 5, AVX-512), 640 rows 413 vs 919 ms, 2,048 rows 1,300 vs 2,843 (oneDNN 1,259).
-# None: no limit.
+# Later, on an Intel Xeon VM with AMX (2026-12-02, benchmarks/cpu_linear_libraries.py, the
+# LM head included): 640 rows panels 573 vs F.linear 582 ms, 2,048 rows 1,757 vs 1,717; and
+# in the engine, prefill-only runs of the 64-prompt workload with the panels at every row
+# count took 15.0-15.3 s against 12.9-14.2 with MKL from here. The one-call decoder
+# (cpu_decoder.py) calls the same MKL GEMM from here. None: no limit.
 PANEL_MAX_ROWS: int | None = 640 if _intel_cpu() else None
 
 
