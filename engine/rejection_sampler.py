@@ -29,7 +29,7 @@ from torch import Tensor
 
 from engine.grammar import GrammarBitmask
 from engine.request import Request
-from engine.sampler import Sampler, TokenLogprobs, gather_logprobs
+from engine.sampler import Sampler, TokenLogprobs, gather_logprobs, greedy
 from engine.scheduler_output import ScheduledRequest
 
 
@@ -55,7 +55,7 @@ def verify(
         raw = raw.clone() if raw is logits else raw
         allowed.apply(raw)
     processed = sampler.process(raw, row_requests)
-    greedy_choice = processed.argmax(dim=-1).tolist()
+    greedy_choice = greedy(processed).tolist()
     random_rows = [i for i, r in enumerate(row_requests) if not r.sampling_params.is_greedy]
     probs = None
     if random_rows:

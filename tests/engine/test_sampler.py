@@ -8,7 +8,7 @@ import torch
 
 from engine.logits_processors import PenaltyState, apply_penalties
 from engine.request import Request, RequestId
-from engine.sampler import Sampler
+from engine.sampler import Sampler, greedy
 from engine.sampling_params import SamplingParams
 
 VOCAB = 64
@@ -274,3 +274,14 @@ def test_fused_kernel_path_draws_the_same_distribution() -> None:
         assert set(top_k.token_ids) == {1}
     finally:
         kernels.set_backend(previous)
+
+
+def test_greedy_is_argmax_with_its_ties_and_nans() -> None:
+    """``greedy`` takes ``max``'s indices for speed; they must be ``argmax``'s: the first of
+    equal maxima, and a NaN wherever a row has one."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 4, (64, 1000), generator=gen).float()  # many ties
+    logits[5, 17] = float("nan")
+    logits[9, 999] = float("inf")
+    assert torch.equal(greedy(logits), logits.argmax(dim=-1))
+    assert greedy(logits)[5] == 17 and greedy(logits)[9] == 999
