@@ -16,8 +16,9 @@ Where that GEMM cannot be found, such steps are left to the modules.
 
 Run by the modules, those long chunks cost ~1 s of the 64-prompt workload's ~34 on an Intel
 Xeon VM (benchmarks/cpu_roofline.py) beyond their GEMMs: their activations were fresh
-allocations past glibc's mmap threshold, 400,000-460,000 minor faults in the nine prefill
-steps, with the Python between 240 kernel calls a step.
+allocations past glibc's mmap threshold that faulted in page by page (prefill-only runs:
+220,000-640,000 minor faults, 13.4-14.9 s, against 2-7 faults and 12.8-13.5 s served here),
+with the Python between 240 kernel calls a step.
 
 Its scratch (the activations between kernels, ~70 MB at a 2,048-token SmolLM2 step: the
 peak of a step, now held between steps) is kept from one step to the next. Allocated each
