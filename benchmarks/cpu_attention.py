@@ -2,9 +2,10 @@
 references, in the engine, step by step.
 
 One engine on SmolLM2-135M-Instruct in fp32 (the default settings). Its running batch is
-stepped with the kernel backend alternating between ``auto`` (what users get: the C kernel
-for the attention, kernels/cpu_attention.py, and the C
-RMSNorm, rotary, KV-store and SiLU-and-mul, kernels/cpu_pointwise.py) and ``torch`` (the
+stepped with the kernel backend alternating between ``auto`` (what users get: the whole
+decoder stack in one C call, engine/models/cpu_decoder.py, which runs the C attention,
+kernels/cpu_attention.py, and the C RMSNorm, rotary, KV-store and SiLU-and-mul,
+kernels/cpu_pointwise.py) and ``torch`` (the
 references: gather K/V then SDPA, and PyTorch's tensor ops). The projections run on the
 packed weights in both arms. Both arms time the same batches on the same machine at nearly
 the same moment:

@@ -5,6 +5,7 @@ aside where it cannot."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,27 @@ def _prompts() -> list[list[int]]:
     ]
 
 
+@dataclass(frozen=True)
+class _Step:
+    served: bool  # the decoder ran it (else the modules did)
+    tokens: int
+    longest_query: int
+
+
+def _served_steps(monkeypatch: pytest.MonkeyPatch) -> list[_Step]:
+    """Each step the decoder is asked to run from now on."""
+    steps: list[_Step] = []
+    real_run = CpuDecoder.run
+
+    def counted(self: CpuDecoder, hidden: torch.Tensor, *args: Any) -> torch.Tensor | None:
+        out = real_run(self, hidden, *args)
+        steps.append(_Step(out is not None, hidden.shape[0], args[1].max_query_len))
+        return out
+
+    monkeypatch.setattr(CpuDecoder, "run", counted)
+    return steps
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("speculative", [False, True])
 def test_the_decoder_gives_the_modules_tokens_and_logprobs_to_the_bit(
@@ -53,36 +75,14 @@ def test_the_decoder_gives_the_modules_tokens_and_logprobs_to_the_bit(
     model = llm.engine.runner.model
     decoder = model.cpu_decoder
     assert decoder is not None
-    served: list[tuple[bool, int]] = []  # (served, longest query) of each step
-    real_run = CpuDecoder.run
-
-    def counted(self: CpuDecoder, *args: Any) -> torch.Tensor | None:
-        out = real_run(self, *args)
-        served.append((out is not None, args[2].max_query_len))
-        return out
-
-    monkeypatch.setattr(CpuDecoder, "run", counted)
+    served = _served_steps(monkeypatch)
     with_decoder = _outputs(llm, _prompts())
-    assert all(ok for ok, _ in served), "every step of under PANEL_MAX_ROWS tokens is served"
-    assert {q > MAX_SHORT_QUERY for _, q in served} == {True, False}, "prefills and decodes"
+    assert all(step.served for step in served), "every step under PANEL_MAX_ROWS is served"
+    longest = {step.longest_query > MAX_SHORT_QUERY for step in served}
+    assert longest == {True, False}, "prefills and decodes"
     model.cpu_decoder = None
     llm.engine.reset_prefix_cache()
     assert _outputs(llm, _prompts()) == with_decoder
-
-
-def _served_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
-    """(served, tokens) of each step the decoder is asked to run from now on."""
-    served: list[tuple[bool, int]] = []
-    real_run = CpuDecoder.run
-
-    def counted(self: CpuDecoder, hidden: torch.Tensor, *args: Any) -> torch.Tensor | None:
-        tokens = hidden.shape[0]
-        out = real_run(self, hidden, *args)
-        served.append((out is not None, tokens))
-        return out
-
-    monkeypatch.setattr(CpuDecoder, "run", counted)
-    return served
 
 
 @pytest.mark.skipif(blas_sgemm() is None, reason="torch has no MKL sgemm here")
@@ -129,8 +129,8 @@ def test_from_panel_max_rows_the_decoder_takes_the_modules_gemm_to_the_bit(
     )
     served = _served_steps(monkeypatch)
     with_decoder = _outputs(llm, _prompts())
-    assert all(ok for ok, _ in served)
-    long_steps = [tokens for _, tokens in served if tokens >= 16]
+    assert all(step.served for step in served)
+    long_steps = [step.tokens for step in served if step.tokens >= 16]
     assert long_steps and len(long_steps) < len(served), "both kinds of step"
     assert sorted(rows) == sorted(long_steps * 4 * model.config.num_layers), "4 a layer"
     model.cpu_decoder = None
@@ -142,7 +142,7 @@ def test_from_panel_max_rows_the_decoder_takes_the_modules_gemm_to_the_bit(
     monkeypatch.setattr(cpu_decoder, "blas_sgemm", lambda: None)
     served.clear()
     assert _outputs(llm, _prompts()) == with_decoder
-    assert {(ok, tokens >= 16) for ok, tokens in served} == {(True, False), (False, True)}
+    assert {(step.served, step.tokens >= 16) for step in served} == {(True, False), (False, True)}
 
 
 def test_built_only_where_it_can_serve(tiny_model_dirs: dict[str, Path]) -> None:
