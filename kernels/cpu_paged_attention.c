@@ -39,13 +39,18 @@
 
 #include "cpu_exp.h"
 
-/* How far ahead the attention asks for the cache's blocks (head_block): a block of one KV
- * head is 16 rows of 256 bytes for SmolLM2, read in well under the time memory takes to
- * answer, so asking for the next block only left each thread waiting on memory. Asking
- * four blocks ahead, into L2 (prefetcht2) rather than L1, took 64 decodes over ~330 tokens,
- * 30 layers, from 77-85 to 55-65 ms (AMD EPYC Zen 4, 2 threads, three alternating rounds;
- * two ahead: 66 ms, eight: 72 ms, four into L1: 77 ms). */
-#define PREFETCH_BLOCKS 4
+/* How far ahead, in key positions, a sweep over a row's context asks for the cache: each
+ * position asks for the one PREFETCH_POSITIONS further on (one head's row, 4 lines for
+ * SmolLM2), so requests go out at the rate the sweep reads. Asking for whole blocks four
+ * blocks ahead at each block's start instead (64 lines at once) was slower on a Zen 5 VM:
+ * 33 decodes over 334 tokens, 30 layers, random block tables over 2 GB of cache, 2
+ * threads (a harness, medians of 20-25 alternating rounds): 27.5-30.1 ms against 20.9-24.4
+ * (1.2-1.3x), 64 decodes 56.0 against 44.1; distances of 16, 32 and 64 positions, into L1
+ * or L2, within 5 % of each other. A CPU keeps only so many misses in flight, and a burst
+ * past that waits in the pipeline while the multiplies behind it stall. Earlier, one block
+ * ahead at each block's start was too late: each thread waited on memory (Zen 4: 77-85 ->
+ * 55-65 ms for 64 decodes when four blocks ahead). */
+#define PREFETCH_POSITIONS 32
 
 typedef struct {
     const float *query, *k_cache, *v_cache;
@@ -174,28 +179,35 @@ static void softmax(float *restrict w, const int64_t visible, const int64_t seq)
     for (int64_t p = visible; p < seq; p++) w[p] = 0.0f;
 }
 
-/* Ask for a block's rows of one head (rows of hs floats, kv_row apart), into L2, before
- * they are read: blocks lie anywhere in the cache, so the CPU's own prefetcher does not see
- * the next one coming. */
-static inline void prefetch_rows(const float *rows, const int64_t count, const int64_t kv_row,
-                                 const int64_t hs) {
-    for (int64_t p = 0; p < count; p++)
-        for (int64_t d = 0; d < hs; d += 16) __builtin_prefetch(rows + p * kv_row + d, 0, 1);
+/* Where KV head h's row of key position p lies in cache. */
+static inline const float *head_row(const float *cache, const Row *x, const int64_t p,
+                                    const int64_t bs, const int64_t kv_row, const int64_t h,
+                                    const int64_t hs) {
+    return cache + ((int64_t)x->table[p / bs] * bs + p % bs) * kv_row + h * hs;
 }
 
-/* Where KV head h's rows of the block holding positions [b0, b0 + bs) start in cache; that
- * head's rows of the block PREFETCH_BLOCKS further on are asked for (at the first block, of
- * every block up to there). */
-static inline const float *head_block(const float *cache, const Row *x, const int64_t b0,
-                                      const int64_t bs, const int64_t kv_row, const int64_t h,
-                                      const int64_t hs) {
-    const int64_t blocks = (x->seq + bs - 1) / bs, b = b0 / bs;
-    const int64_t last = b + PREFETCH_BLOCKS < blocks ? b + PREFETCH_BLOCKS : blocks - 1;
-    for (int64_t a = b == 0 ? 1 : b + PREFETCH_BLOCKS; a <= last; a++) {
-        const int64_t rows = x->seq - a * bs < bs ? x->seq - a * bs : bs;
-        prefetch_rows(cache + (int64_t)x->table[a] * bs * kv_row + h * hs, rows, kv_row, hs);
-    }
-    return cache + (int64_t)x->table[b] * bs * kv_row + h * hs;
+/* A sweep over the row's context in KV head h's rows of cache reaches position p: ask for
+ * the row PREFETCH_POSITIONS further on, into L2; past the context's end, the next sweep's
+ * rows (next, in next_h's rows; NULL if none follows), so the next sweep's first rows are
+ * on their way before it starts. The row's first sweep asks at p = 0 for its rows up to
+ * there too. Blocks lie anywhere in the cache, so the CPU's own prefetcher does not see the
+ * next one coming. */
+static inline void prefetch_row(const float *row, const int64_t hs) {
+    for (int64_t d = 0; d < hs; d += 16) __builtin_prefetch(row + d, 0, 0);
+}
+
+static inline __attribute__((always_inline)) void prefetch_ahead(
+    const float *cache, const int64_t h, const float *next, const int64_t next_h,
+    const int first_sweep, const Row *x, const int64_t p, const int64_t bs,
+    const int64_t kv_row, const int64_t hs) {
+    if (first_sweep && p == 0)
+        for (int64_t a = 1; a < PREFETCH_POSITIONS && a < x->seq; a++)
+            prefetch_row(head_row(cache, x, a, bs, kv_row, h, hs), hs);
+    const int64_t a = p + PREFETCH_POSITIONS;
+    if (a < x->seq)
+        prefetch_row(head_row(cache, x, a, bs, kv_row, h, hs), hs);
+    else if (next != NULL && a - x->seq < x->seq)
+        prefetch_row(head_row(next, x, a - x->seq, bs, kv_row, next_h, hs), hs);
 }
 
 /* Query vectors [i0, i0 + n) of KV head h (vector i: token i / group, head
@@ -209,6 +221,7 @@ static inline __attribute__((always_inline)) void attend_chunk(
     const int64_t hs = nv * VL, group = j->num_heads / j->num_kv_heads;
     const int64_t bs = j->block_size, kv_row = j->num_kv_heads * hs;
     const int64_t num_q = x->q_len * group; /* query vectors of this KV head */
+    const int first = i0 == 0; /* later chunks find the head's context in L2 */
     float *w[MAX_CHUNK];
     vec qv[MAX_CHUNK][8];
     for (int c = 0; c < n; c++) {
@@ -219,9 +232,11 @@ static inline __attribute__((always_inline)) void attend_chunk(
         w[c] = x->scores + ((h - x->h0) * num_q + i) * x->seq;
     }
     for (int64_t b0 = 0; with_scores && b0 < x->seq; b0 += bs) {
-        const float *block = head_block(j->k_cache, x, b0, bs, kv_row, h, hs);
+        const float *block = head_row(j->k_cache, x, b0, bs, kv_row, h, hs);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
         for (int64_t p = b0; p < end; p++) {
+            if (first)
+                prefetch_ahead(j->k_cache, h, j->v_cache, h, h == x->h0, x, p, bs, kv_row, hs);
             const float *k = block + (p - b0) * kv_row;
             vec kv[8];
             for (int v = 0; v < nv; v++) kv[v] = *(const vec *)(k + v * VL);
@@ -240,9 +255,12 @@ static inline __attribute__((always_inline)) void attend_chunk(
     for (int c = 0; c < n; c++)
         for (int v = 0; v < nv; v++) out[c][v] = (vec){0};
     for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
-        const float *block = head_block(j->v_cache, x, b0, bs, kv_row, h, hs);
+        const float *block = head_row(j->v_cache, x, b0, bs, kv_row, h, hs);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
         for (int64_t p = b0; p < end; p++) {
+            if (first)
+                prefetch_ahead(j->v_cache, h, h + 1 < x->h1 ? j->k_cache : NULL, h + 1,
+                               !with_scores, x, p, bs, kv_row, hs);
             const float *val = block + (p - b0) * kv_row;
             vec vv[8];
             for (int v = 0; v < nv; v++) vv[v] = *(const vec *)(val + v * VL);
