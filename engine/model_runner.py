@@ -128,11 +128,22 @@ class ModelRunner:
 
     def _allocate_kv_caches(self, num_blocks: int) -> list[KVCache]:
         """Zero-filled, because attention may read (masked) slots never written: garbage there
-        could hold NaN, and ``0 * NaN`` would leak into the output."""
+        could hold NaN, and ``0 * NaN`` would leak into the output.
+
+        Each layer's caches are ``[num_blocks, block_size, num_kv_heads, head_dim]``; on the
+        CPU that is a view of head-major memory ``[num_blocks, num_kv_heads, block_size,
+        head_dim]``, so each KV head's rows of a block lie together (4 KB for SmolLM2). The
+        CPU attention reads a row's context one KV head at a time, and from a block laid out
+        position by position it took a head's 256 bytes of every 768: 33 decodes over 334
+        tokens, 30 layers, random block tables over 2 GB of cache, 2 threads, AMD EPYC Zen 5
+        VM (a harness, medians of 20 alternating rounds): 20.2-21.4 ms a step's attention
+        position-major against 16.5-17.5 ms head-major. Every kernel takes the caches by
+        their strides."""
         mc = self.model_config
         shape = (2, mc.num_layers, num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
         if self.device.type == "cpu":
-            kv = _calloc_zeros(shape, self.dtype)
+            head_major = (*shape[:3], shape[4], shape[3], shape[5])
+            kv = _calloc_zeros(head_major, self.dtype).transpose(3, 4)
         else:
             kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         return [KVCache(kv[0, layer], kv[1, layer]) for layer in range(mc.num_layers)]

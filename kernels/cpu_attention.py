@@ -20,15 +20,17 @@ import ctypes
 import torch
 
 from kernels.attention import PagedAttentionInputs
+from kernels.kv_cache import cache_strides
 
 
 def kernel_applies(batch: PagedAttentionInputs) -> bool:
     """Whether ``batch`` is one the C kernel serves: fp32 tensors in the CPU's memory,
-    laid out as it reads them."""
+    laid out as it reads them (caches at any strides ``cache_strides`` takes)."""
     tensors = (batch.query, batch.k_cache, batch.v_cache)
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and all(t.is_contiguous() for t in tensors)
+        and batch.query.is_contiguous()
+        and cache_strides(batch.k_cache, batch.v_cache) is not None
         and batch.block_table.dtype == torch.int32
         and batch.block_table.stride(1) == 1
     )
@@ -47,6 +49,8 @@ def paged_attention_cpu(
     assert num_heads % num_kv_heads == 0, "every query head belongs to one KV head"
     query_start_loc = batch.query_start_loc.to(torch.int32).contiguous()
     seq_lens = batch.seq_lens.to(torch.int32).contiguous()
+    strides = cache_strides(k_cache, batch.v_cache)
+    assert strides is not None, "kernel_applies checked the caches' strides"
     status = library.kvbatch_paged_attention(
         query.data_ptr(),
         k_cache.data_ptr(),
@@ -61,6 +65,7 @@ def paged_attention_cpu(
         num_kv_heads,
         head_size,
         block_size,
+        *strides,
         batch.scale,
         torch.get_num_threads(),
     )

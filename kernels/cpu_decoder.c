@@ -26,7 +26,7 @@
 typedef struct { /* one layer's weights: packed panels (cpu_linear.c), biases may be NULL */
     const float *input_norm, *post_norm;
     const float *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
-    float *k_cache, *v_cache; /* [blocks, block_size, kv_heads, head_size] */
+    float *k_cache, *v_cache; /* [blocks, block_size, kv_heads, head_size], Dims' strides */
     const float *qkv_plain, *o_plain, *gate_up_plain, *down_plain; /* [N, K], for the GEMM */
 } Layer;
 
@@ -43,6 +43,7 @@ typedef struct { /* from min_rows tokens (0: never) the projections call sgemm *
 
 typedef struct {
     int64_t hidden, heads, kv_heads, head_size, intermediate, block_size, num_blocks;
+    int64_t block_stride, position_stride, head_stride; /* the caches', in floats */
     float eps, scale;
 } Dims;
 
@@ -100,13 +101,15 @@ int kvbatch_decoder(const Layer *layers, const int64_t num_layers, const float *
         kvbatch_rotary(s->positions, w->qkv, qkv_width, w->qkv + q_width, qkv_width,
                        s->cos_sin, w->q, w->k, T, d->heads, d->kv_heads, hs, num_threads);
         if (kvbatch_store_kv(w->k, kv_width, w->qkv + q_width + kv_width, qkv_width,
-                             L->k_cache, L->v_cache, s->slots, T, kv_width,
-                             d->num_blocks * d->block_size) != 0)
+                             L->k_cache, L->v_cache, s->slots, T, d->kv_heads, hs,
+                             d->block_size, d->num_blocks, d->block_stride,
+                             d->position_stride, d->head_stride) != 0)
             return -2;
         if (kvbatch_paged_attention(w->q, L->k_cache, L->v_cache, s->block_table,
                                     s->table_stride, s->query_start_loc, s->seq_lens,
                                     s->num_rows, w->attn, d->heads, d->kv_heads, hs,
-                                    d->block_size, d->scale, num_threads) != 0)
+                                    d->block_size, d->block_stride, d->position_stride,
+                                    d->head_stride, d->scale, num_threads) != 0)
             return -1;
         project(g, w->attn, T, q_width, q_width, L->o, L->o_plain, H, L->o_bias, hidden, H,
                 num_threads);

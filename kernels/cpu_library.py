@@ -62,6 +62,7 @@ _SIGNATURES: dict[str, tuple[tuple[type[ctypes._SimpleCData[Any]], ...], type[An
             *(_PTR, _PTR, _PTR, _PTR, _I64),  # query, k_cache, v_cache, block_table, table_stride
             *(_PTR, _PTR, _I64, _PTR),  # query_start_loc, seq_lens, num_rows (requests), out
             *(_I64, _I64, _I64, _I64),  # num_heads, num_kv_heads, head_size, block_size
+            *(_I64, _I64, _I64),  # the caches' block, position and head strides
             *(_F32, _I64),  # scale, num_threads
         ),
         ctypes.c_int,
@@ -84,8 +85,9 @@ _SIGNATURES: dict[str, tuple[tuple[type[ctypes._SimpleCData[Any]], ...], type[An
     "kvbatch_store_kv": (
         (
             *(_PTR, _I64, _PTR, _I64),  # key, ldk, value, ldv
-            *(_PTR, _PTR, _PTR, _I64, _I64, _I64),  # k_cache, v_cache, slots, tokens,
-            # width, num_slots
+            *(_PTR, _PTR, _PTR, _I64),  # k_cache, v_cache, slots, tokens
+            *(_I64, _I64, _I64, _I64),  # kv_heads, head_size, block_size, num_blocks
+            *(_I64, _I64, _I64),  # the caches' block, position and head strides
         ),
         _I64,
     ),

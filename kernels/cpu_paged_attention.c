@@ -6,9 +6,12 @@
  * table. Semantics are those of kernels/attention.py (its module docstring): query token
  * i of request r sits at position seq_lens[r] - q_len + i and sees keys 0 ..= that.
  *
- * Layouts (all contiguous): query and out [tokens, heads, head_size]; caches
- * [blocks, block_size, kv_heads, head_size]; block_table [reqs, table_stride] int32;
- * query_start_loc [reqs + 1] and seq_lens [reqs] int32; num_rows: reqs, every one attended.
+ * Layouts: query and out [tokens, heads, head_size], contiguous; caches [blocks, block_size,
+ * kv_heads, head_size] at any strides with head_size's 1 (in floats: block_stride,
+ * position_stride, head_stride; the engine lays the CPU's caches out head-major, each KV
+ * head's rows of a block contiguous, model_runner.py says why); block_table [reqs,
+ * table_stride] int32; query_start_loc [reqs + 1] and seq_lens [reqs] int32; num_rows:
+ * reqs, every one attended.
  *
  * Work items are rows (or, when rows are fewer than twice the threads, (row, KV head)
  * pairs), taken from a shared counter by num_threads threads, so a long context does not
@@ -57,6 +60,7 @@ typedef struct {
     const int32_t *block_table, *query_start_loc, *seq_lens;
     float *out;
     int64_t table_stride, num_rows, num_heads, num_kv_heads, head_size, block_size;
+    int64_t block_stride, position_stride, head_stride; /* the caches' */
     int64_t heads_split; /* head ranges per row: all KV heads at once, or one each */
     float scale;
     const int64_t *first_item; /* [num_rows + 1]: the work items of row i are
@@ -90,12 +94,11 @@ enum Sweep { SCORES, VALUES };
 static inline __attribute__((always_inline)) void sweep(
     const Job *j, const Row *x, const enum Sweep what, const int64_t hs) {
     const int64_t group = j->num_heads / j->num_kv_heads;
-    const int64_t bs = j->block_size;
-    const int64_t kv_row = j->num_kv_heads * hs; /* floats between positions */
+    const int64_t bs = j->block_size, step = j->position_stride;
     const int64_t num_q = x->q_len * group;      /* query vectors per KV head */
     const float *cache = what == SCORES ? j->k_cache : j->v_cache;
     for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
-        const float *block = cache + (int64_t)x->table[b0 / bs] * bs * kv_row;
+        const float *block = cache + (int64_t)x->table[b0 / bs] * j->block_stride;
         for (int64_t h = x->h0; h < x->h1; h++) {
             for (int64_t t = 0; t < x->q_len; t++) {
                 const int64_t visible = x->seq - x->q_len + t + 1;
@@ -106,11 +109,12 @@ static inline __attribute__((always_inline)) void sweep(
                     if (what == SCORES) {
                         const float *restrict q = j->query + vec;
                         for (int64_t p = b0; p < end; p++)
-                            w[p] = dot(q, block + (p - b0) * kv_row + h * hs, hs) * j->scale;
+                            w[p] = dot(q, block + (p - b0) * step + h * j->head_stride, hs) *
+                                   j->scale;
                     } else {
                         float *restrict o = j->out + vec;
                         for (int64_t p = b0; p < end; p++) {
-                            const float *restrict v = block + (p - b0) * kv_row + h * hs;
+                            const float *restrict v = block + (p - b0) * step + h * j->head_stride;
                             for (int64_t d = 0; d < hs; d++) o[d] += w[p] * v[d];
                         }
                     }
@@ -180,10 +184,11 @@ static void softmax(float *restrict w, const int64_t visible, const int64_t seq)
 }
 
 /* Where KV head h's row of key position p lies in cache. */
-static inline const float *head_row(const float *cache, const Row *x, const int64_t p,
-                                    const int64_t bs, const int64_t kv_row, const int64_t h,
-                                    const int64_t hs) {
-    return cache + ((int64_t)x->table[p / bs] * bs + p % bs) * kv_row + h * hs;
+static inline const float *head_row(const Job *j, const float *cache, const Row *x,
+                                    const int64_t p, const int64_t h) {
+    const int64_t bs = j->block_size;
+    return cache + (int64_t)x->table[p / bs] * j->block_stride + p % bs * j->position_stride +
+           h * j->head_stride;
 }
 
 /* A sweep over the row's context in KV head h's rows of cache reaches position p: ask for
@@ -197,17 +202,16 @@ static inline void prefetch_row(const float *row, const int64_t hs) {
 }
 
 static inline __attribute__((always_inline)) void prefetch_ahead(
-    const float *cache, const int64_t h, const float *next, const int64_t next_h,
-    const int first_sweep, const Row *x, const int64_t p, const int64_t bs,
-    const int64_t kv_row, const int64_t hs) {
+    const Job *j, const float *cache, const int64_t h, const float *next, const int64_t next_h,
+    const int first_sweep, const Row *x, const int64_t p, const int64_t hs) {
     if (first_sweep && p == 0)
         for (int64_t a = 1; a < PREFETCH_POSITIONS && a < x->seq; a++)
-            prefetch_row(head_row(cache, x, a, bs, kv_row, h, hs), hs);
+            prefetch_row(head_row(j, cache, x, a, h), hs);
     const int64_t a = p + PREFETCH_POSITIONS;
     if (a < x->seq)
-        prefetch_row(head_row(cache, x, a, bs, kv_row, h, hs), hs);
+        prefetch_row(head_row(j, cache, x, a, h), hs);
     else if (next != NULL && a - x->seq < x->seq)
-        prefetch_row(head_row(next, x, a - x->seq, bs, kv_row, next_h, hs), hs);
+        prefetch_row(head_row(j, next, x, a - x->seq, next_h), hs);
 }
 
 /* Query vectors [i0, i0 + n) of KV head h (vector i: token i / group, head
@@ -219,7 +223,7 @@ static inline __attribute__((always_inline)) void attend_chunk(
     const Job *j, const Row *x, const int64_t h, const int64_t i0, const int n, const int nv,
     const int with_scores) {
     const int64_t hs = nv * VL, group = j->num_heads / j->num_kv_heads;
-    const int64_t bs = j->block_size, kv_row = j->num_kv_heads * hs;
+    const int64_t bs = j->block_size, step = j->position_stride;
     const int64_t num_q = x->q_len * group; /* query vectors of this KV head */
     const int first = i0 == 0; /* later chunks find the head's context in L2 */
     float *w[MAX_CHUNK];
@@ -232,12 +236,12 @@ static inline __attribute__((always_inline)) void attend_chunk(
         w[c] = x->scores + ((h - x->h0) * num_q + i) * x->seq;
     }
     for (int64_t b0 = 0; with_scores && b0 < x->seq; b0 += bs) {
-        const float *block = head_row(j->k_cache, x, b0, bs, kv_row, h, hs);
+        const float *block = head_row(j, j->k_cache, x, b0, h);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
         for (int64_t p = b0; p < end; p++) {
             if (first)
-                prefetch_ahead(j->k_cache, h, j->v_cache, h, h == x->h0, x, p, bs, kv_row, hs);
-            const float *k = block + (p - b0) * kv_row;
+                prefetch_ahead(j, j->k_cache, h, j->v_cache, h, h == x->h0, x, p, hs);
+            const float *k = block + (p - b0) * step;
             vec kv[8];
             for (int v = 0; v < nv; v++) kv[v] = *(const vec *)(k + v * VL);
             for (int c = 0; c < n; c++) {
@@ -255,13 +259,13 @@ static inline __attribute__((always_inline)) void attend_chunk(
     for (int c = 0; c < n; c++)
         for (int v = 0; v < nv; v++) out[c][v] = (vec){0};
     for (int64_t b0 = 0; b0 < x->seq; b0 += bs) {
-        const float *block = head_row(j->v_cache, x, b0, bs, kv_row, h, hs);
+        const float *block = head_row(j, j->v_cache, x, b0, h);
         const int64_t end = x->seq < b0 + bs ? x->seq : b0 + bs;
         for (int64_t p = b0; p < end; p++) {
             if (first)
-                prefetch_ahead(j->v_cache, h, h + 1 < x->h1 ? j->k_cache : NULL, h + 1,
-                               !with_scores, x, p, bs, kv_row, hs);
-            const float *val = block + (p - b0) * kv_row;
+                prefetch_ahead(j, j->v_cache, h, h + 1 < x->h1 ? j->k_cache : NULL, h + 1,
+                               !with_scores, x, p, hs);
+            const float *val = block + (p - b0) * step;
             vec vv[8];
             for (int v = 0; v < nv; v++) vv[v] = *(const vec *)(val + v * VL);
             for (int c = 0; c < n; c++) {
@@ -297,7 +301,6 @@ static inline __attribute__((always_inline)) void attend_chunk(
 static inline __attribute__((always_inline)) void scores_tiled(const Job *j, const Row *x,
                                                                const int64_t h, const int nv) {
     const int64_t hs = nv * VL, group = j->num_heads / j->num_kv_heads;
-    const int64_t bs = j->block_size, kv_row = j->num_kv_heads * hs;
     const int64_t num_q = x->q_len * group;
     float kt[8 * VL * VL] __attribute__((aligned(64))); /* [d][position], d < hs */
     /* The head's query vectors side by side (then copies of the last, to a whole number of
@@ -313,7 +316,7 @@ static inline __attribute__((always_inline)) void scores_tiled(const Job *j, con
         const int64_t np = x->seq - p0 < VL ? x->seq - p0 : VL;
         for (int64_t pp = 0; pp < VL; pp++) {
             const int64_t p = p0 + (pp < np ? pp : np - 1); /* a short tile repeats its last */
-            const float *k = j->k_cache + ((int64_t)x->table[p / bs] * bs + p % bs) * kv_row + h * hs;
+            const float *k = head_row(j, j->k_cache, x, p, h);
             for (int64_t d = 0; d < hs; d++) kt[d * VL + pp] = k[d];
         }
         for (int64_t c0 = 0; c0 < num_q; c0 += TILE_QUERIES) {
@@ -475,12 +478,14 @@ int kvbatch_paged_attention(
     const int32_t *query_start_loc, const int32_t *seq_lens, int64_t num_rows,
     float *out,
     int64_t num_heads, int64_t num_kv_heads, int64_t head_size, int64_t block_size,
+    int64_t block_stride, int64_t position_stride, int64_t head_stride,
     float scale, int64_t num_threads) {
     int64_t *first_item = malloc((size_t)(num_rows + 1) * sizeof(int64_t));
     if (first_item == NULL) return -1;
     Job job = {
         query, k_cache, v_cache, block_table, query_start_loc, seq_lens, out,
         table_stride, num_rows, num_heads, num_kv_heads, head_size, block_size,
+        block_stride, position_stride, head_stride,
         /* Whole rows stream best; split a row by head only when rows are too few to
          * keep every thread busy. */
         num_rows >= 2 * num_threads ? 1 : num_kv_heads, scale, first_item, 0, 0,

@@ -79,21 +79,29 @@ void kvbatch_rotary(const int64_t *positions, const float *query, const int64_t 
     }
 }
 
-/* Token t's key and value rows (width floats each; row strides ldk, ldv) into slot
- * slots[t] of the caches [num_slots, width]; a negative slot is skipped. Returns how many
- * slots were past the caches' end (those tokens are not stored). */
+/* Token t's key and value rows (kv_heads * head_size floats each, row strides ldk, ldv) into
+ * slot slots[t] of the caches [num_blocks, block_size, kv_heads, head_size] (strides in
+ * floats as cpu_paged_attention.c's, head_size's 1), a head at a time; a negative slot is
+ * skipped. Returns how many slots were past the caches' end (those tokens are not stored). */
 int64_t kvbatch_store_kv(const float *key, const int64_t ldk, const float *value,
                          const int64_t ldv, float *k_cache, float *v_cache, const int64_t *slots,
-                         const int64_t tokens, const int64_t width, const int64_t num_slots) {
+                         const int64_t tokens, const int64_t kv_heads, const int64_t head_size,
+                         const int64_t block_size, const int64_t num_blocks,
+                         const int64_t block_stride, const int64_t position_stride,
+                         const int64_t head_stride) {
     int64_t beyond = 0;
+    const size_t bytes = (size_t)head_size * sizeof(float);
     for (int64_t t = 0; t < tokens; t++) {
         if (slots[t] < 0) continue;
-        if (slots[t] >= num_slots) {
+        if (slots[t] >= num_blocks * block_size) {
             beyond++;
             continue;
         }
-        memcpy(k_cache + slots[t] * width, key + t * ldk, (size_t)width * sizeof(float));
-        memcpy(v_cache + slots[t] * width, value + t * ldv, (size_t)width * sizeof(float));
+        const int64_t at = slots[t] / block_size * block_stride + slots[t] % block_size * position_stride;
+        for (int64_t h = 0; h < kv_heads; h++) {
+            memcpy(k_cache + at + h * head_stride, key + t * ldk + h * head_size, bytes);
+            memcpy(v_cache + at + h * head_stride, value + t * ldv + h * head_size, bytes);
+        }
     }
     return beyond;
 }

@@ -12,6 +12,8 @@ import ctypes
 
 import torch
 
+from kernels.kv_cache import cache_strides
+
 
 def pointwise_applies(*tensors: torch.Tensor) -> bool:
     # Checked on every call of every layer: the cheapest attributes (``is_cpu`` rather than
@@ -93,13 +95,14 @@ def rotary_embedding_cpu(
 def store_kv_cache_cpu(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size], contiguous
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_size], cache_strides
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # [num_tokens] int64, -1 = skip
     library: ctypes.CDLL,
 ) -> None:
-    width = k_cache.shape[2] * k_cache.shape[3]
-    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    num_blocks, block_size, kv_heads, head_size = k_cache.shape
+    strides = cache_strides(k_cache, v_cache)
+    assert strides is not None, "the caller checked the caches' strides"
     assert key.stride(1) == key.shape[2] and value.stride(1) == value.shape[2]
     slots = slot_mapping.to(torch.int64).contiguous()
     beyond = library.kvbatch_store_kv(
@@ -111,8 +114,11 @@ def store_kv_cache_cpu(
         v_cache.data_ptr(),
         slots.data_ptr(),
         key.shape[0],
-        width,
-        k_cache.shape[0] * k_cache.shape[1],
+        kv_heads,
+        head_size,
+        block_size,
+        num_blocks,
+        *strides,
     )
     if beyond:
         raise IndexError(f"{beyond} slot(s) past the KV cache's {k_cache.shape[0]} blocks")

@@ -29,7 +29,7 @@ from kernels.cpu_pointwise import (
     silu_and_mul_cpu,
     store_kv_cache_cpu,
 )
-from kernels.kv_cache import store_kv_cache_reference, store_kv_cache_triton
+from kernels.kv_cache import cache_strides, store_kv_cache_reference, store_kv_cache_triton
 from kernels.lora import (
     lora_expand_reference,
     lora_expand_triton,
@@ -132,7 +132,7 @@ def store_kv_cache(
         store_kv_cache_triton(key, value, k_cache, v_cache, slot_mapping)
         return
     library = _cpu_kernels(key, value, k_cache, v_cache)
-    if library is not None and k_cache.is_contiguous() and v_cache.is_contiguous():
+    if library is not None and cache_strides(k_cache, v_cache) is not None:
         store_kv_cache_cpu(key, value, k_cache, v_cache, slot_mapping, library)
     else:
         store_kv_cache_reference(key, value, k_cache, v_cache, slot_mapping)

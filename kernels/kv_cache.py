@@ -13,6 +13,15 @@ import triton.language as tl
 from kernels import launch_checks as checks
 
 
+def cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, int] | None:
+    """The caches' (block, position, head) strides in elements where the CPU's C kernels can
+    address them (cpu_paged_attention.c): both alike, with head_size's stride 1; else None.
+    The engine's CPU caches are head-major (``model_runner``), others contiguous."""
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
+        return None
+    return k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)
+
+
 def store_kv_cache_reference(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
@@ -24,8 +33,15 @@ def store_kv_cache_reference(
         keep = slot_mapping >= 0
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     slots = slot_mapping.long()
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key.to(k_cache.dtype))
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value.to(v_cache.dtype))
+    if k_cache.is_contiguous() and v_cache.is_contiguous():
+        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key.to(k_cache.dtype))
+        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value.to(v_cache.dtype))
+        return
+    # Other strides (the CPU's head-major caches): a (block, offset) index reaches any.
+    block_size = k_cache.shape[1]
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = key.to(k_cache.dtype)
+    v_cache[blocks, offsets] = value.to(v_cache.dtype)
 
 
 @triton.jit

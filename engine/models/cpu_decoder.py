@@ -41,6 +41,7 @@ from engine.models.attention import AttentionMetadata, KVCache
 from engine.models.packed_weights import PANEL_MAX_ROWS, Layout
 from kernels import Backend, get_backend
 from kernels.cpu_library import blas_sgemm, kernel_library
+from kernels.kv_cache import cache_strides
 
 if TYPE_CHECKING:
     from engine.models.layers import Linear
@@ -77,6 +78,7 @@ class _Dims(ctypes.Structure):
     _fields_ = [
         *((name, _I64) for name in ("hidden", "heads", "kv_heads", "head_size")),
         *((name, _I64) for name in ("intermediate", "block_size", "num_blocks")),
+        *((name, _I64) for name in ("block_stride", "position_stride", "head_stride")),
         ("eps", _F32),
         ("scale", _F32),
     ]
@@ -168,10 +170,14 @@ class CpuDecoder:
         if self.layers is None or seen != self.caches_seen:
             first = kv_caches[0].k_cache
             self.dims.num_blocks, self.dims.block_size = first.shape[0], first.shape[1]
+            strides = cache_strides(first, kv_caches[0].v_cache)
+            assert strides is not None, "run checked the caches' strides"
+            d = self.dims
+            d.block_stride, d.position_stride, d.head_stride = strides
             rows = []
             for layer, cache in zip(_decoder_layers(self.model), kv_caches, strict=True):
                 attn, mlp = layer.self_attn, layer.mlp
-                assert cache.k_cache.is_contiguous() and cache.v_cache.is_contiguous()
+                assert cache_strides(cache.k_cache, cache.v_cache) == strides
                 rows.append(
                     _Layer(
                         _ptr(layer.input_layernorm.weight),
@@ -244,7 +250,8 @@ class CpuDecoder:
             gemm = _Gemm(PANEL_MAX_ROWS, blas_sgemm())
             if gemm.sgemm is None and tokens >= PANEL_MAX_ROWS:
                 return None
-        if meta.block_table.dtype != torch.int32:
+        first = kv_caches[0]
+        if meta.block_table.dtype != torch.int32 or not cache_strides(first.k_cache, first.v_cache):
             return None
         d = self.dims
         hidden = hidden.contiguous()

@@ -24,6 +24,7 @@ from engine.request import Request, RequestId
 from engine.sampling_params import SamplingParams
 from engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from infra.harness.tiny_models import model_variant
+from kernels.kv_cache import cache_strides
 
 KINDS = ["llama", "qwen2", "qwen3"]
 BLOCK_SIZE = 4
@@ -194,6 +195,23 @@ def test_a_cpu_kv_cache_is_zero_aligned_and_resident_only_as_used(
     assert cache.dtype == torch.float32 and not cache[:64].any()
     cache[3].fill_(1.0)  # written pages become resident and hold what was written
     assert cache[3].eq(1.0).all() and not cache[2].any() and not cache[4].any()
+
+
+def test_a_cpu_kv_cache_keeps_each_kv_heads_rows_of_a_block_together(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """Shaped ``[blocks, block_size, kv_heads, head_dim]`` like any cache, laid out
+    head-major (engine/model_runner.py says why), and the C kernels take it as it is."""
+    runner = make_runner(tiny_model_dirs["llama"])
+    for layer in runner.kv_caches:
+        k, v = layer.k_cache, layer.v_cache
+        _, block_size, kv_heads, head_dim = k.shape
+        assert (
+            k.stride()
+            == v.stride()
+            == (kv_heads * block_size * head_dim, head_dim, block_size * head_dim, 1)
+        )
+        assert cache_strides(k, v) == k.stride()[:3]
 
 
 def test_max_model_len_defaults_to_the_model_and_may_only_shrink(

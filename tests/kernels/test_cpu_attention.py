@@ -94,11 +94,42 @@ def test_the_default_backend_runs_the_kernel_and_torch_forces_the_reference(
     assert calls == [1]
 
 
+def _head_major(cache: torch.Tensor) -> torch.Tensor:
+    """``cache``'s values, each KV head's rows of a block together (the engine's CPU caches)."""
+    return cache.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    ("num_heads", "num_kv_heads", "head_size", "block_size"), [(9, 3, 64, 16), (4, 2, 24, 8)]
+)
+def test_head_major_caches_give_the_bits_of_contiguous_ones(
+    library: object, num_heads: int, num_kv_heads: int, head_size: int, block_size: int
+) -> None:
+    # Decodes, a verify and a prefill chunk; head size 24 takes the plain sweeps.
+    batch = make_batch(
+        [1, 1, 5, 40],
+        [31, 300, 70, 200],
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        block_size=block_size,
+        device=CPU,
+    )
+    contiguous = paged_attention_cpu(batch, library)  # type: ignore[arg-type]
+    batch.k_cache, batch.v_cache = _head_major(batch.k_cache), _head_major(batch.v_cache)
+    assert kernel_applies(batch) and not batch.k_cache.is_contiguous()
+    assert torch.equal(paged_attention_cpu(batch, library), contiguous)  # type: ignore[arg-type]
+
+
 def test_other_dtypes_and_layouts_go_to_the_reference() -> None:
     assert not kernel_applies(make_batch([1], [9], dtype=torch.bfloat16, device=CPU))
     batch = make_batch([1], [9], device=CPU)
-    batch.k_cache = batch.k_cache.transpose(1, 2).contiguous().transpose(1, 2)
+    batch.k_cache = _head_major(batch.k_cache)  # the two caches laid out differently
     assert not kernel_applies(batch)
+    batch.v_cache = _head_major(batch.v_cache)
+    assert kernel_applies(batch)
+    batch.k_cache = batch.v_cache = batch.k_cache.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not kernel_applies(batch), "a head's values must be side by side"
 
 
 def test_without_a_compiler_the_reference_runs(

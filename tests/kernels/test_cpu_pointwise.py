@@ -89,6 +89,21 @@ def test_store_kv_cache_matches_the_reference_and_skips_negative_slots(
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
 
 
+def test_store_kv_cache_fills_head_major_caches_as_contiguous_ones(library: ctypes.CDLL) -> None:
+    gen = torch.Generator().manual_seed(0)
+    key, value = torch.randn(2, 50, 3, 64, generator=gen)
+    slots = torch.randperm(16 * 20, generator=gen)[:50]
+    want = [torch.zeros(20, 16, 3, 64) for _ in range(2)]
+    store_kv_cache_reference(key, value, want[0], want[1], slots)
+    for store in (store_kv_cache_cpu, store_kv_cache_reference):
+        caches = [torch.zeros(20, 3, 16, 64).transpose(1, 2) for _ in range(2)]
+        if store is store_kv_cache_cpu:
+            store_kv_cache_cpu(key, value, caches[0], caches[1], slots, library)
+        else:
+            store_kv_cache_reference(key, value, caches[0], caches[1], slots)
+        assert torch.equal(caches[0], want[0]) and torch.equal(caches[1], want[1])
+
+
 def test_a_slot_past_the_cache_is_an_error_not_a_stray_write(library: ctypes.CDLL) -> None:
     key = value = torch.randn(2, 3, 64)
     k_cache, v_cache = torch.zeros(2, 16, 3, 64), torch.zeros(2, 16, 3, 64)
