@@ -44,15 +44,15 @@
 
 /* How far ahead, in key positions, a sweep over a row's context asks for the cache: each
  * position asks for the one PREFETCH_POSITIONS further on (one head's row, 4 lines for
- * SmolLM2), so requests go out at the rate the sweep reads. Asking for whole blocks four
- * blocks ahead at each block's start instead (64 lines at once) was slower on a Zen 5 VM:
- * 33 decodes over 334 tokens, 30 layers, random block tables over 2 GB of cache, 2
- * threads (a harness, medians of 20-25 alternating rounds): 27.5-30.1 ms against 20.9-24.4
- * (1.2-1.3x), 64 decodes 56.0 against 44.1; distances of 16, 32 and 64 positions, into L1
- * or L2, within 5 % of each other. A CPU keeps only so many misses in flight, and a burst
- * past that waits in the pipeline while the multiplies behind it stall. Earlier, one block
- * ahead at each block's start was too late: each thread waited on memory (Zen 4: 77-85 ->
- * 55-65 ms for 64 decodes when four blocks ahead). */
+ * SmolLM2), and past the sweep's end for the next sweep's first rows, so requests go out at
+ * the rate the sweep reads. Asking for whole blocks four blocks ahead at each block's start
+ * instead (64 lines at once) was slower on a Zen 5 VM: 33 decodes over 334 tokens, 30
+ * layers, random block tables over 2 GB of position-major cache, 2 threads (a harness,
+ * medians of 20-30 alternating rounds): 27.5-31.4 ms against 20.9-25.9 (64 decodes: 56.0
+ * against 41.5-44.1); distances of 16, 32 and 64 positions, into L1 or L2, within 5 % of
+ * each other. A CPU keeps only so many misses in flight, and a burst past that waits in the
+ * pipeline while the multiplies behind it stall. In the 64-prompt workload
+ * (benchmarks/cpu_roofline.py) the decode steps went from 15.2-16.0 to 12.1-12.7 s. */
 #define PREFETCH_POSITIONS 32
 
 typedef struct {
