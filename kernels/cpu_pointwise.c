@@ -97,7 +97,8 @@ int64_t kvbatch_store_kv(const float *key, const int64_t ldk, const float *value
             beyond++;
             continue;
         }
-        const int64_t at = slots[t] / block_size * block_stride + slots[t] % block_size * position_stride;
+        const int64_t at =
+            slots[t] / block_size * block_stride + slots[t] % block_size * position_stride;
         for (int64_t h = 0; h < kv_heads; h++) {
             memcpy(k_cache + at + h * head_stride, key + t * ldk + h * head_size, bytes);
             memcpy(v_cache + at + h * head_stride, value + t * ldv + h * head_size, bytes);

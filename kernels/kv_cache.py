@@ -32,14 +32,9 @@ def store_kv_cache_reference(
     if bool((slot_mapping < 0).any()):
         keep = slot_mapping >= 0
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
+    # A (block, offset) index reaches a cache at any strides (the CPU's are head-major).
     slots = slot_mapping.long()
-    if k_cache.is_contiguous() and v_cache.is_contiguous():
-        k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key.to(k_cache.dtype))
-        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value.to(v_cache.dtype))
-        return
-    # Other strides (the CPU's head-major caches): a (block, offset) index reaches any.
-    block_size = k_cache.shape[1]
-    blocks, offsets = slots // block_size, slots % block_size
+    blocks, offsets = slots // k_cache.shape[1], slots % k_cache.shape[1]
     k_cache[blocks, offsets] = key.to(k_cache.dtype)
     v_cache[blocks, offsets] = value.to(v_cache.dtype)
 

@@ -251,7 +251,10 @@ class CpuDecoder:
             if gemm.sgemm is None and tokens >= PANEL_MAX_ROWS:
                 return None
         first = kv_caches[0]
-        if meta.block_table.dtype != torch.int32 or not cache_strides(first.k_cache, first.v_cache):
+        if (
+            meta.block_table.dtype != torch.int32
+            or cache_strides(first.k_cache, first.v_cache) is None
+        ):
             return None
         d = self.dims
         hidden = hidden.contiguous()

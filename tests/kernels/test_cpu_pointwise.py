@@ -95,13 +95,12 @@ def test_store_kv_cache_fills_head_major_caches_as_contiguous_ones(library: ctyp
     slots = torch.randperm(16 * 20, generator=gen)[:50]
     want = [torch.zeros(20, 16, 3, 64) for _ in range(2)]
     store_kv_cache_reference(key, value, want[0], want[1], slots)
-    for store in (store_kv_cache_cpu, store_kv_cache_reference):
-        caches = [torch.zeros(20, 3, 16, 64).transpose(1, 2) for _ in range(2)]
-        if store is store_kv_cache_cpu:
-            store_kv_cache_cpu(key, value, caches[0], caches[1], slots, library)
-        else:
-            store_kv_cache_reference(key, value, caches[0], caches[1], slots)
-        assert torch.equal(caches[0], want[0]) and torch.equal(caches[1], want[1])
+    by_c, by_reference = ([torch.zeros(20, 3, 16, 64).transpose(1, 2) for _ in "kv"] for _ in "ab")
+    store_kv_cache_cpu(key, value, by_c[0], by_c[1], slots, library)
+    store_kv_cache_reference(key, value, by_reference[0], by_reference[1], slots)
+    for got in (by_c, by_reference):
+        assert not got[0].is_contiguous()
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_a_slot_past_the_cache_is_an_error_not_a_stray_write(library: ctypes.CDLL) -> None:
